@@ -1,0 +1,36 @@
+PYTHON ?= python3
+VENV ?= .venv
+# cpu: tensorflow-cpu (no CUDA, half the download); gpu: tensorflow[and-cuda].
+PLATFORM ?= cpu
+STAMP := $(VENV)/.installed-$(PLATFORM)
+
+.PHONY: venv test test-slow demo bench lint clean
+
+venv: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --upgrade pip
+	$(VENV)/bin/python -m pip install -q -e ".[$(PLATFORM),test]"
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+# The whole suite on TensorFlow, then the backend-agnostic tests (heads, losses) on JAX.
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q
+	KERAS_BACKEND=jax $(VENV)/bin/python -m pytest -q -m "multibackend and not slow"
+
+test-slow: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -m slow
+
+demo: $(STAMP)
+	$(VENV)/bin/python examples/demo.py
+
+bench: $(STAMP)
+	$(VENV)/bin/python benchmarks/bench_heads.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check keras_facemargin tests examples benchmarks
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,92 @@
+"""Input checks shared by heads and losses.
+
+A check runs eagerly when its tensor holds concrete values (a `ValueError` that names the argument);
+inside a TensorFlow graph it becomes a cheap `tf.debugging.Assert`; where neither can raise (XLA,
+`jax.jit`) the callers turn the offending samples' losses into NaN so that training stops visibly
+(`keras.callbacks.TerminateOnNaN`) instead of optimising garbage.
+"""
+
+import keras
+import numpy as np
+from keras import ops
+
+
+def concrete(x):
+    """Returns `x` as a NumPy array when its values are known now, else None."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        if not tf.executing_eagerly() or not hasattr(x, "numpy"):
+            return None
+    elif backend == "jax":
+        import jax
+
+        if isinstance(x, jax.core.Tracer):
+            return None
+    elif backend == "torch":
+        import torch
+
+        if torch.compiler.is_compiling():
+            return None
+    return np.asarray(keras.ops.convert_to_numpy(x))
+
+
+def graph_assert(condition, message, value):
+    """`tf.debugging.Assert` in a TensorFlow graph; nothing on other backends (see module doc)."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        if not tf.executing_eagerly():
+            tf.debugging.Assert(condition, [message, value])
+
+
+def check_positive(name, value, allow_zero=False):
+    number = isinstance(value, (int, float, np.integer, np.floating)) and np.isfinite(value)
+    if not number or not (value >= 0 if allow_zero else value > 0):
+        expected = "a finite number >= 0" if allow_zero else "a finite number > 0"
+        raise ValueError(f"{name} must be {expected}; got {value!r}")
+    return float(value)
+
+
+def check_range(name, value, low, high, high_inclusive=True, doc=""):
+    if not isinstance(value, (int, float, np.integer, np.floating)) or not np.isfinite(value):
+        raise ValueError(f"{name} must be a finite number in [{low}, {high}]; got {value!r}")
+    ok = low <= value <= high if high_inclusive else low <= value < high
+    if not ok:
+        bracket = "]" if high_inclusive else ")"
+        raise ValueError(f"{name} must be in [{low}, {high}{bracket}{doc}; got {value!r}")
+    return float(value)
+
+
+def check_rank(name, x, rank, shape_doc):
+    if len(x.shape) != rank:
+        raise ValueError(f"{name} must have shape {shape_doc}; got shape {tuple(x.shape)}")
+
+
+def sparse_labels(y_true, num_classes, check):
+    """Integer labels `[batch]` from `[batch]` or `[batch, 1]`, plus a validity mask (or None)."""
+    if len(y_true.shape) == 2:
+        y_true = ops.squeeze(y_true, axis=-1)
+    values = concrete(y_true) if check else None
+    if values is not None:
+        if values.size and not np.all(np.isfinite(values)):
+            raise ValueError("y_true must hold integer class labels; got NaN or Inf")
+        if values.size and np.any(values != np.round(values)):
+            bad = values[values != np.round(values)][0]
+            raise ValueError(f"y_true must hold integer class labels; got {bad:g}")
+        if values.size and (values.min() < 0 or values.max() >= num_classes):
+            raise ValueError(
+                f"labels must be in [0, num_classes={num_classes}); got min label "
+                f"{values.min():g}, max label {values.max():g}"
+            )
+    labels = ops.cast(y_true, "int32")
+    if not check or values is not None:
+        return labels, None
+    valid = ops.logical_and(labels >= 0, labels < num_classes)
+    graph_assert(
+        ops.all(valid),
+        f"labels must be in [0, num_classes={num_classes}); got min/max label",
+        ops.stack([ops.min(labels), ops.max(labels)]),
+    )
+    return labels, valid

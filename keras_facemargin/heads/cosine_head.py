@@ -1,0 +1,118 @@
+import keras
+from keras import ops
+
+_HALF = ("float16", "bfloat16")
+
+
+def l2_normalize(x, axis=-1, epsilon=1e-12):
+    """`x / max(||x||, sqrt(epsilon))`: zero vectors map to zero with finite gradients.
+
+    Half-precision inputs are normalised in float32 (an epsilon of 1e-12 underflows in float16)
+    and returned in their own dtype.
+    """
+    dtype = x.dtype
+    if dtype in _HALF:
+        x = ops.cast(x, "float32")
+    squared = ops.sum(ops.square(x), axis=axis, keepdims=True)
+    out = x * ops.rsqrt(ops.maximum(squared, epsilon))
+    return ops.cast(out, dtype) if dtype in _HALF else out
+
+
+@keras.saving.register_keras_serializable(package="keras_facemargin")
+class CosineHead(keras.layers.Layer):
+    """Cosine similarity between features and learned class centres.
+
+    The head of every margin-softmax model: both the features and the class weights are
+    L2-normalised, so the output is cos θ between each feature and each class centre. The margin
+    losses (`ArcFaceLoss`, `CosFaceLoss`, ...) take this output as `y_pred`, add their margin to the
+    target class and scale it; keeping the scale in the loss means the head's output stays
+    interpretable (a cosine) and the same trained model works with any margin.
+
+    The head computes in float32 even under a `mixed_float16`/`mixed_bfloat16` policy: cosines close
+    to ±1 and the scale of 64 that the losses apply need more than half precision.
+
+    Args:
+        num_classes: number of classes (identities), at least 2.
+        kernel_initializer: initializer of the `[dim, num_classes]` class-centre matrix.
+        kernel_regularizer: optional regularizer of that matrix.
+        epsilon: floor of the squared norm, so zero features give zero cosines, not NaN.
+        **kwargs: base layer arguments (`name`, `dtype`, ...).
+
+    Call arguments:
+        inputs: features `[batch, dim]`.
+
+    Returns:
+        cos θ, `[batch, num_classes]`, in [-1, 1] up to float rounding.
+
+    Example:
+
+    ```python
+    model = keras.Sequential([backbone, keras_facemargin.heads.CosineHead(num_classes)])
+    model.compile(optimizer="sgd", loss=keras_facemargin.losses.ArcFaceLoss())
+    ```
+
+    Reference:
+        Wang et al., "NormFace: L2 Hypersphere Embedding for Face Verification", 2017.
+    """
+
+    def __init__(
+        self,
+        num_classes,
+        kernel_initializer="glorot_uniform",
+        kernel_regularizer=None,
+        epsilon=1e-12,
+        **kwargs,
+    ):
+        dtype = kwargs.pop("dtype", None)
+        policy = keras.config.dtype_policy() if dtype is None else keras.dtype_policies.get(dtype)
+        if policy.compute_dtype in _HALF or policy.variable_dtype in _HALF:
+            dtype = "float32"
+        super().__init__(dtype=dtype, **kwargs)
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f"num_classes must be an integer >= 2; got {num_classes!r}")
+        if not epsilon > 0:
+            raise ValueError(f"epsilon must be > 0; got {epsilon!r}")
+        self.num_classes = num_classes
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.epsilon = epsilon
+
+    def build(self, input_shape):
+        if len(input_shape) != 2 or input_shape[-1] is None:
+            raise ValueError(
+                f"CosineHead expects features of shape [batch, dim] with a known dim; "
+                f"got input shape {tuple(input_shape)}"
+            )
+        self.kernel = self.add_weight(
+            name="kernel",
+            shape=(input_shape[-1], self.num_classes),
+            initializer=self.kernel_initializer,
+            regularizer=self.kernel_regularizer,
+        )
+
+    def call(self, inputs):
+        features = l2_normalize(inputs, axis=-1, epsilon=self.epsilon)
+        # Scaling the [batch, classes] product by the inverse column norms is cheaper than
+        # normalising the [dim, classes] kernel whenever batch < dim, and equal in value.
+        inv_norms = ops.rsqrt(
+            ops.maximum(ops.sum(ops.square(self.kernel), axis=0), self.epsilon)
+        )
+        return ops.matmul(features, self.kernel) * inv_norms
+
+    @property
+    def centers(self):
+        """The L2-normalised class centres, `[num_classes, dim]`."""
+        return ops.transpose(l2_normalize(self.kernel, axis=0, epsilon=self.epsilon))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.num_classes)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            num_classes=self.num_classes,
+            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+            kernel_regularizer=keras.regularizers.serialize(self.kernel_regularizer),
+            epsilon=self.epsilon,
+        )
+        return config

@@ -1,0 +1,399 @@
+"""Margin-softmax losses: cross-entropy on scaled cosines with a margin on the target class.
+
+Every loss here takes `y_pred = cos θ` from a `CosineHead` and differs from the others only in
+`apply_margin`, the function ψ that replaces the target class's cosine before scaling by s.
+"""
+
+import math
+
+import keras
+from keras import ops
+
+from keras_facemargin import _checks
+
+# arccos is clipped to [-1 + _CLIP, 1 - _CLIP] so that its gradient stays finite at cos θ = ±1.
+_CLIP = 1e-7
+_RANGE_TOLERANCE = 1e-3
+_HALF = ("float16", "bfloat16")
+
+
+def _angle(cosine):
+    return ops.arccos(ops.clip(cosine, -1.0 + _CLIP, 1.0 - _CLIP))
+
+
+def _leave_one_out_logsumexp(z):
+    """`log Σ_{k≠j} exp(z_k)` for every column j of `z` `[batch, classes]`, in O(batch × classes).
+
+    Subtracting exp(z_j) from the full sum is exact enough for every column except the row's
+    largest, where it would cancel catastrophically; that column gets its own sum with the
+    second-largest value as shift.
+    """
+    num_classes = z.shape[-1]
+    is_top = ops.one_hot(ops.argmax(z, axis=-1), num_classes, dtype="bool")
+    shift = ops.stop_gradient(ops.max(z, axis=-1, keepdims=True))
+    exp = ops.exp(z - shift)
+    total = ops.sum(exp, axis=-1, keepdims=True)
+    tiny = 1e-30 if z.dtype != "float16" else 1e-7
+    others = shift + ops.log(ops.maximum(total - exp, tiny))
+    without_top = ops.where(is_top, ops.full_like(z, -math.inf), z)
+    shift2 = ops.stop_gradient(ops.max(without_top, axis=-1, keepdims=True))
+    top = shift2 + ops.log(ops.sum(ops.exp(without_top - shift2), axis=-1, keepdims=True))
+    return ops.where(is_top, top, others)
+
+
+@keras.saving.register_keras_serializable(package="keras_facemargin")
+class MarginSoftmaxLoss(keras.losses.Loss):
+    """Base class: softmax cross-entropy on s·cos θ with the target cosine replaced by ψ(θ).
+
+    Subclasses override `apply_margin(cosine)`, an elementwise function of cos θ that must decrease
+    monotonically over θ in [0, π] (so a larger angle to the target centre always costs more).
+    This base applies no margin: ψ(θ) = cos θ, the normalised softmax of NormFace.
+
+    `y_true` may be integer labels `[batch]` or `[batch, 1]`, or dense rows `[batch, num_classes]`
+    that sum to 1, such as the output of mixup or cutmix. A dense row is a mixture of hard targets,
+    loss = Σ_j y_j · L(target=j): the margin goes on each target in turn, so for mixup the loss is
+    exactly λ·L(a) + (1 − λ)·L(b).
+
+    With `label_smoothing=ε` the margin stays on the true class and the cross-entropy targets
+    are 1 − ε on the true class and ε / (num_classes − 1) on every other class (so ε = 0.1 over 5
+    classes gives [0.025, 0.025, 0.025, 0.9, 0.025]).
+
+    Bad labels raise a `ValueError` when their values are known (eager calls); inside a TensorFlow
+    graph a `tf.debugging.Assert` raises; under XLA or `jax.jit`, which cannot raise, the loss of
+    the offending samples is NaN. `check_inputs=False` turns all of this off.
+
+    Args:
+        scale: s > 0, the norm the cosines are scaled to (the inverse softmax temperature).
+        label_smoothing: ε in [0, 1).
+        check_inputs: whether to validate labels and the cosine range (cheap; see above).
+        reduction: as for every `keras.losses.Loss`.
+        name: loss name.
+        dtype: dtype of the loss computation; half precision is computed in float32.
+
+    Call arguments:
+        y_true: integer labels `[batch]`/`[batch, 1]`, or dense target rows `[batch, num_classes]`.
+        y_pred: cos θ from a `CosineHead`, `[batch, num_classes]`.
+        sample_weight: optional per-sample weights `[batch]`.
+
+    Reference:
+        Wang et al., "NormFace: L2 Hypersphere Embedding for Face Verification", 2017.
+    """
+
+    def __init__(
+        self,
+        scale=64.0,
+        label_smoothing=0.0,
+        check_inputs=True,
+        reduction="sum_over_batch_size",
+        name=None,
+        dtype=None,
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.scale = _checks.check_positive("scale", scale)
+        self.label_smoothing = _checks.check_range(
+            "label_smoothing", label_smoothing, 0.0, 1.0, high_inclusive=False
+        )
+        self.check_inputs = bool(check_inputs)
+
+    def apply_margin(self, cosine):
+        """ψ: the margin-penalised target cosine, elementwise on any shape."""
+        return cosine
+
+    def call(self, y_true, y_pred):
+        cosine = y_pred
+        if cosine.dtype in _HALF:
+            cosine = ops.cast(cosine, "float32")
+        _checks.check_rank("y_pred", cosine, 2, "[batch, num_classes] (cos θ from a CosineHead)")
+        num_classes = cosine.shape[-1]
+        if num_classes is None or num_classes < 2:
+            raise ValueError(
+                f"y_pred must have a known width num_classes >= 2; got shape {tuple(cosine.shape)}"
+            )
+        valid = self._check_cosine(cosine)
+        if len(y_true.shape) not in (1, 2):
+            raise ValueError(
+                "y_true must be integer labels [batch] or [batch, 1], or dense rows "
+                f"[batch, num_classes={num_classes}]; got shape {tuple(y_true.shape)}"
+            )
+        batch, batch_pred = y_true.shape[0], cosine.shape[0]
+        if batch is not None and batch_pred is not None and batch != batch_pred:
+            raise ValueError(
+                f"y_true and y_pred must have the same batch size; got y_true shape "
+                f"{tuple(y_true.shape)} and y_pred shape {tuple(cosine.shape)}"
+            )
+        if len(y_true.shape) == 2 and y_true.shape[-1] != 1:
+            loss, labels_valid = self._dense_loss(y_true, cosine)
+        else:
+            loss, labels_valid = self._sparse_loss(y_true, cosine)
+        for mask in (valid, labels_valid):
+            if mask is not None:
+                loss = ops.where(mask, loss, ops.full_like(loss, math.nan))
+        return loss
+
+    def _check_cosine(self, cosine):
+        if not self.check_inputs:
+            return None
+        values = _checks.concrete(cosine)
+        limit = 1.0 + _RANGE_TOLERANCE
+        if values is not None:
+            if values.size and not (abs(values).max() <= limit):
+                raise ValueError(
+                    "y_pred must be cosines in [-1, 1] (the output of a CosineHead); got values in "
+                    f"[{values.min():g}, {values.max():g}]. Raw logits? Put a "
+                    "keras_facemargin.heads.CosineHead before this loss."
+                )
+            return None
+        largest = ops.max(ops.abs(cosine), axis=-1)
+        _checks.graph_assert(
+            ops.all(largest <= limit),
+            "y_pred must be cosines in [-1, 1] (the output of a CosineHead); got max |y_pred|",
+            ops.max(largest),
+        )
+        return largest <= limit
+
+    def _smoothed_targets(self, num_classes):
+        """The cross-entropy targets (true class, every other class)."""
+        return 1.0 - self.label_smoothing, self.label_smoothing / (num_classes - 1)
+
+    def _sparse_loss(self, y_true, cosine):
+        num_classes = cosine.shape[-1]
+        labels, valid = _checks.sparse_labels(y_true, num_classes, self.check_inputs)
+        safe_labels = labels if valid is None else ops.where(valid, labels, 0)
+        is_target = ops.one_hot(safe_labels, num_classes, dtype="bool")
+        target = ops.take_along_axis(cosine, safe_labels[:, None], axis=-1)
+        logits = self.scale * ops.where(is_target, self.apply_margin(target), cosine)
+        if self.label_smoothing == 0.0:
+            loss = ops.sparse_categorical_crossentropy(safe_labels, logits, from_logits=True)
+        else:
+            on, off = self._smoothed_targets(num_classes)
+            targets = ops.cast(is_target, cosine.dtype) * (on - off) + off
+            loss = ops.categorical_crossentropy(targets, logits, from_logits=True)
+        return loss, valid
+
+    def _dense_loss(self, y_true, cosine):
+        num_classes = cosine.shape[-1]
+        if tuple(y_true.shape)[1:] != (num_classes,):
+            raise ValueError(
+                f"dense y_true must have shape [batch, num_classes={num_classes}]; got shape "
+                f"{tuple(y_true.shape)}"
+            )
+        if self.check_inputs:
+            values = _checks.concrete(y_true)
+            if values is not None and values.size:
+                sums = values.sum(axis=-1)
+                if values.min() < 0 or not abs(sums - 1).max() <= 1e-3:
+                    raise ValueError(
+                        "dense y_true rows must be non-negative and sum to 1 (a mixture of "
+                        f"classes); got values in [{values.min():g}, {values.max():g}] and row "
+                        f"sums in [{sums.min():g}, {sums.max():g}]"
+                    )
+        y_true = ops.cast(y_true, cosine.dtype)
+        logits = self.scale * cosine
+        margin_logits = self.scale * self.apply_margin(cosine)
+        # L_j = logsumexp over (every other class's logit, the margin logit of j) minus the
+        # smoothed targets' dot product with those logits; one pass over [batch, classes].
+        lse = ops.logaddexp(_leave_one_out_logsumexp(logits), margin_logits)
+        on, off = self._smoothed_targets(num_classes)
+        per_target = lse - on * margin_logits
+        if off:
+            others = ops.sum(logits, axis=-1, keepdims=True) - logits
+            per_target = per_target - off * others
+        return ops.sum(y_true * per_target, axis=-1), None
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            scale=self.scale,
+            label_smoothing=self.label_smoothing,
+            check_inputs=self.check_inputs,
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_facemargin")
+class NormFaceLoss(MarginSoftmaxLoss):
+    """Normalised softmax: cross-entropy on s·cos θ, no margin.
+
+    Args:
+        scale: s > 0. NormFace learns or tunes it; 16–64 is usual for cosines.
+        label_smoothing, check_inputs, reduction, name, dtype: see `MarginSoftmaxLoss`.
+
+    Example:
+
+    ```python
+    model.compile(optimizer="sgd", loss=keras_facemargin.losses.NormFaceLoss(scale=30.0))
+    ```
+
+    Reference:
+        Wang et al., "NormFace: L2 Hypersphere Embedding for Face Verification", ACM MM 2017.
+    """
+
+    def __init__(self, scale=30.0, **kwargs):
+        super().__init__(scale=scale, **kwargs)
+
+
+@keras.saving.register_keras_serializable(package="keras_facemargin")
+class SphereFaceLoss(MarginSoftmaxLoss):
+    """Multiplicative angular margin: ψ(θ) = (−1)^k cos(mθ) − 2k for θ in [kπ/m, (k+1)π/m].
+
+    cos(mθ) alone is not monotonic over [0, π]; SphereFace's piecewise extension is, and it joins
+    continuously. cos(mθ) is computed as the Chebyshev polynomial T_m(cos θ), so its gradient is
+    exact and finite everywhere, including θ = 0 and π; only the piece index k uses arccos.
+    This is the normalised-feature form (features on the unit sphere, scaled by s).
+
+    Args:
+        margin: integer m >= 1 (m = 1 is NormFace). The paper uses 4.
+        scale: s > 0.
+        label_smoothing, check_inputs, reduction, name, dtype: see `MarginSoftmaxLoss`.
+
+    Example:
+
+    ```python
+    loss = keras_facemargin.losses.SphereFaceLoss(margin=4, scale=30.0)
+    ```
+
+    Reference:
+        Liu et al., "SphereFace: Deep Hypersphere Embedding for Face Recognition", CVPR 2017.
+    """
+
+    def __init__(self, margin=4, scale=30.0, **kwargs):
+        if isinstance(margin, bool) or not float(margin).is_integer() or margin < 1:
+            raise ValueError(f"margin must be a positive integer (SphereFace's m); got {margin!r}")
+        super().__init__(scale=scale, **kwargs)
+        self.margin = int(margin)
+
+    def apply_margin(self, cosine):
+        m = self.margin
+        previous, current = ops.ones_like(cosine), cosine
+        for _ in range(m - 1):
+            previous, current = current, 2.0 * cosine * current - previous
+        k = ops.floor(ops.stop_gradient(_angle(cosine)) * (m / math.pi))
+        k = ops.clip(k, 0.0, m - 1.0)
+        sign = 1.0 - 2.0 * ops.mod(k, 2.0)
+        return sign * current - 2.0 * k
+
+    def get_config(self):
+        return {**super().get_config(), "margin": self.margin}
+
+
+@keras.saving.register_keras_serializable(package="keras_facemargin")
+class CosFaceLoss(MarginSoftmaxLoss):
+    """Additive cosine margin: ψ(θ) = cos θ − m.
+
+    Args:
+        margin: m in [0, 1]. The paper uses 0.35.
+        scale: s > 0. The paper uses 64.
+        label_smoothing, check_inputs, reduction, name, dtype: see `MarginSoftmaxLoss`.
+
+    Example:
+
+    ```python
+    model.compile(optimizer="sgd", loss=keras_facemargin.losses.CosFaceLoss(margin=0.35))
+    ```
+
+    Reference:
+        Wang et al., "CosFace: Large Margin Cosine Loss for Deep Face Recognition", CVPR 2018.
+    """
+
+    def __init__(self, margin=0.35, scale=64.0, **kwargs):
+        super().__init__(scale=scale, **kwargs)
+        self.margin = _checks.check_range("margin", margin, 0.0, 1.0)
+
+    def apply_margin(self, cosine):
+        return cosine - self.margin
+
+    def get_config(self):
+        return {**super().get_config(), "margin": self.margin}
+
+
+def _combined_margin(cosine, m1, m2, m3):
+    """cos(m1·θ + m2) − m3 while m1·θ + m2 <= π, a linear-in-cos θ fallback beyond."""
+    if m1 == 1.0 and m2 == 0.0:
+        return cosine - m3
+    theta_max = (math.pi - m2) / m1
+    # Beyond θ_max, cos(m1·θ + m2) would rise again. InsightFace's fallback cos θ − m2·sin(m2)
+    # (for m1 = 1) keeps ψ decreasing; where it would not (m1 != 1, or m2 > 2.3), the offset is
+    # raised until ψ cannot jump upwards at θ_max.
+    offset = max(m2 * math.sin(m2), 1.0 + math.cos(theta_max))
+    phi = ops.cos(m1 * _angle(cosine) + m2)
+    return ops.where(cosine > math.cos(theta_max), phi, cosine - offset) - m3
+
+
+@keras.saving.register_keras_serializable(package="keras_facemargin")
+class ArcFaceLoss(MarginSoftmaxLoss):
+    """Additive angular margin: ψ(θ) = cos(θ + m).
+
+    Where θ + m > π, cos(θ + m) would increase with θ again; there ψ falls back to cos θ − m·sin m,
+    the choice of InsightFace's reference implementation, which keeps ψ decreasing in θ.
+    With `easy_margin=True` the margin applies only where cos θ > 0 (ψ = cos θ elsewhere), which
+    helps some small models start training; ψ then jumps up at θ = 90°, so it is not monotonic.
+
+    Args:
+        margin: m in radians, in [0, π/2]. The paper uses 0.5.
+        scale: s > 0. The paper uses 64.
+        easy_margin: apply the margin only where cos θ > 0.
+        label_smoothing, check_inputs, reduction, name, dtype: see `MarginSoftmaxLoss`.
+
+    Example:
+
+    ```python
+    model.compile(optimizer="sgd", loss=keras_facemargin.losses.ArcFaceLoss(margin=0.5, scale=64.0))
+    ```
+
+    Reference:
+        Deng et al., "ArcFace: Additive Angular Margin Loss for Deep Face Recognition", CVPR 2019.
+    """
+
+    def __init__(self, margin=0.5, scale=64.0, easy_margin=False, **kwargs):
+        super().__init__(scale=scale, **kwargs)
+        self.margin = _checks.check_range("margin", margin, 0.0, math.pi / 2, doc=" radians")
+        self.easy_margin = bool(easy_margin)
+
+    def apply_margin(self, cosine):
+        if self.easy_margin:
+            phi = ops.cos(_angle(cosine) + self.margin)
+            return ops.where(cosine > 0, phi, cosine)
+        return _combined_margin(cosine, 1.0, self.margin, 0.0)
+
+    def get_config(self):
+        return {**super().get_config(), "margin": self.margin, "easy_margin": self.easy_margin}
+
+
+@keras.saving.register_keras_serializable(package="keras_facemargin")
+class CombinedMarginLoss(MarginSoftmaxLoss):
+    """All three margins at once: ψ(θ) = cos(m1·θ + m2) − m3.
+
+    m1 = 1, m2 = 0.5, m3 = 0 is ArcFace; m1 = 1, m2 = 0, m3 = 0.35 is CosFace; m1 > 1 is a
+    multiplicative margin in the spirit of SphereFace. All three margins are applied, whatever
+    their combination. Where m1·θ + m2 > π, ψ falls back to cos θ − c − m3 with c chosen so that ψ
+    keeps decreasing in θ (for m1 = 1 this is ArcFace's fallback, c = m2·sin m2).
+
+    Args:
+        m1: multiplicative angular margin, in [1, 4].
+        m2: additive angular margin in radians, in [0, π/2].
+        m3: additive cosine margin, in [0, 1].
+        scale: s > 0.
+        label_smoothing, check_inputs, reduction, name, dtype: see `MarginSoftmaxLoss`.
+
+    Example:
+
+    ```python
+    loss = keras_facemargin.losses.CombinedMarginLoss(m1=1.0, m2=0.3, m3=0.2)
+    ```
+
+    Reference:
+        Deng et al., "ArcFace: Additive Angular Margin Loss for Deep Face Recognition", CVPR 2019,
+        section 2.3 (combined margin).
+    """
+
+    def __init__(self, m1=1.0, m2=0.3, m3=0.2, scale=64.0, **kwargs):
+        super().__init__(scale=scale, **kwargs)
+        self.m1 = _checks.check_range("m1", m1, 1.0, 4.0)
+        self.m2 = _checks.check_range("m2", m2, 0.0, math.pi / 2, doc=" radians")
+        self.m3 = _checks.check_range("m3", m3, 0.0, 1.0)
+
+    def apply_margin(self, cosine):
+        return _combined_margin(cosine, self.m1, self.m2, self.m3)
+
+    def get_config(self):
+        return {**super().get_config(), "m1": self.m1, "m2": self.m2, "m3": self.m3}

@@ -1,0 +1,105 @@
+import keras
+import margin_reference as ref
+import numpy as np
+import pytest
+from helpers import (
+    FLOAT64,
+    GRAD_TOL,
+    check_config_round_trip,
+    check_save_load_keeps_training,
+    finite,
+    value_and_grad,
+)
+from keras import ops
+
+import keras_facemargin as kf
+
+pytestmark = pytest.mark.multibackend
+
+
+def test_output_is_the_cosine_between_features_and_centres(rng):
+    head = kf.heads.CosineHead(7, dtype="float64")
+    features = rng.normal(size=(5, 6))
+    out = np.asarray(ops.convert_to_numpy(head(features)))
+    kernel = np.asarray(ops.convert_to_numpy(head.kernel))
+    assert out.shape == (5, 7)
+    np.testing.assert_allclose(out, ref.head(features, kernel), atol=1e-12 if FLOAT64 else 1e-6)
+    assert np.all(np.abs(out) <= 1 + 1e-6)
+
+
+def test_output_is_independent_of_feature_and_centre_norms(rng):
+    head = kf.heads.CosineHead(4)
+    features = rng.normal(size=(3, 5)).astype("float32")
+    before = np.asarray(ops.convert_to_numpy(head(features)))
+    head.kernel.assign(head.kernel * 17.0)
+    after = np.asarray(ops.convert_to_numpy(head(features * 0.01)))
+    np.testing.assert_allclose(before, after, atol=1e-6)
+
+
+def test_centers_are_unit_rows(rng):
+    head = kf.heads.CosineHead(6)
+    head.build((None, 3))
+    centers = np.asarray(ops.convert_to_numpy(head.centers))
+    assert centers.shape == (6, 3)
+    np.testing.assert_allclose(np.linalg.norm(centers, axis=1), 1.0, atol=1e-6)
+    kernel = np.asarray(ops.convert_to_numpy(head.kernel))
+    np.testing.assert_allclose(centers, (kernel / np.linalg.norm(kernel, axis=0)).T, atol=1e-6)
+
+
+def test_zero_features_give_zero_cosines_and_finite_gradients():
+    head = kf.heads.CosineHead(3)
+    head.build((None, 4))
+    out = head(np.zeros((2, 4), "float32"))
+    assert np.all(np.asarray(ops.convert_to_numpy(out)) == 0)
+    _, (grad,) = value_and_grad(lambda f: ops.sum(kf.heads.l2_normalize(f)), np.zeros((2, 4), "float32"))
+    assert finite(grad)
+
+
+def test_gradient_matches_reference(rng):
+    features = rng.normal(size=(3, 4))
+    kernel = rng.normal(size=(4, 5))
+    weights = rng.normal(size=(3, 5))
+
+    def fn(f):
+        return ops.sum(weights * ops.matmul(kf.heads.l2_normalize(f), kf.heads.l2_normalize(kernel, axis=0)))
+
+    _, (grad,) = value_and_grad(fn, features)
+    numeric = ref.numerical_gradient(lambda f: float(np.sum(weights * ref.head(f, kernel))), features)
+    np.testing.assert_allclose(grad, numeric, **GRAD_TOL)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16", "float16", "bfloat16"])
+def test_head_computes_in_float32_under_half_precision(policy):
+    keras.config.set_dtype_policy(policy)
+    head = kf.heads.CosineHead(3)
+    out = head(np.ones((2, 4), "float32"))
+    assert head.compute_dtype == "float32" and head.variable_dtype == "float32"
+    assert "float32" in str(out.dtype)
+
+
+def test_config_round_trip():
+    head = kf.heads.CosineHead(12, kernel_initializer="he_normal", kernel_regularizer="l2", name="h")
+    clone = check_config_round_trip(head)
+    assert clone.num_classes == 12 and clone.name == "h"
+
+
+@pytest.mark.parametrize("num_classes", [1, 0, 2.5, "10", True])
+def test_bad_num_classes(num_classes):
+    with pytest.raises(ValueError, match="num_classes must be an integer >= 2; got"):
+        kf.heads.CosineHead(num_classes)
+
+
+def test_bad_input_shape():
+    with pytest.raises(ValueError, match=r"features of shape \[batch, dim\].*got input shape \(None, 4, 4\)"):
+        kf.heads.CosineHead(3).build((None, 4, 4))
+
+
+def test_model_with_head_and_arcface_saves_loads_and_keeps_training(rng, tmp_path):
+    x = rng.normal(size=(32, 6)).astype("float32")
+    y = rng.integers(0, 4, size=32)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8), kf.heads.CosineHead(4)])
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss=kf.losses.ArcFaceLoss(scale=16.0))
+    model.fit(x, y, epochs=2, batch_size=32, verbose=0)
+    loaded = check_save_load_keeps_training(model, x, y, tmp_path)
+    assert isinstance(loaded.layers[-1], kf.heads.CosineHead)
+    assert loaded.loss.margin == 0.5 and loaded.loss.scale == 16.0
