@@ -1,0 +1,120 @@
+"""One training step of embedding -> head -> loss, as a ratio to Dense + CategoricalCrossentropy.
+
+For each number of classes, every margin loss (with a CosineHead) and the baseline
+(`keras.layers.Dense` + `keras.losses.CategoricalCrossentropy(from_logits=True)`) are timed in the
+same process, interleaved, so that the ratios survive a noisy machine. The step is Keras's own
+compiled train step (`model.train_on_batch`, XLA as `fit` uses by default on TensorFlow).
+Peak memory is measured separately: each configuration runs alone in a fresh subprocess and
+reports its peak resident set size.
+
+    python benchmarks/bench_heads.py [--classes 1000 10000 100000] [--batch 256] [--dim 512]
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+LOSSES = ["normface", "sphereface", "cosface", "arcface", "combined_margin"]
+
+
+def build(config, classes, dim):
+    import keras
+
+    import keras_facemargin as kf
+
+    if config == "baseline":
+        head = keras.layers.Dense(classes)
+        loss = keras.losses.CategoricalCrossentropy(from_logits=True)
+    else:
+        head = kf.heads.CosineHead(classes)
+        loss = kf.losses.get(config)
+    model = keras.Sequential([keras.Input((dim,)), head])
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss=loss)
+    return model
+
+
+def batch(config, classes, size, dim):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(size, dim)).astype("float32")
+    labels = rng.integers(0, classes, size=size)
+    if config == "baseline":
+        y = np.zeros((size, classes), "float32")
+        y[np.arange(size), labels] = 1.0
+        return x, y
+    return x, labels.astype("int32")
+
+
+def time_steps(model, x, y, steps):
+    start = time.perf_counter()
+    for _ in range(steps):
+        model.train_on_batch(x, y)
+    return (time.perf_counter() - start) / steps
+
+
+def timing(classes, size, dim, repeats):
+    configs = ["baseline"] + LOSSES
+    models = {c: build(c, classes, dim) for c in configs}
+    data = {c: batch(c, classes, size, dim) for c in configs}
+    steps = max(2, int(20_000 / classes) + 1)
+    for c in configs:  # compile and warm up
+        time_steps(models[c], *data[c], 2)
+    samples = {c: [] for c in configs}
+    for _ in range(repeats):
+        for c in configs:
+            samples[c].append(time_steps(models[c], *data[c], steps))
+    base = statistics.median(samples["baseline"])
+    rows = {}
+    for c in configs:
+        ratios = [t / b for t, b in zip(samples[c], samples["baseline"])]
+        rows[c] = (statistics.median(samples[c]), statistics.median(ratios))
+    return base, rows
+
+
+def peak_memory(config, classes, size, dim):
+    """Runs one configuration alone in a subprocess; returns its peak RSS in MiB."""
+    code = (
+        "import sys, resource, json; sys.path.insert(0, %r); import bench_heads as b; "
+        "m = b.build(%r, %d, %d); x, y = b.batch(%r, %d, %d, %d); b.time_steps(m, x, y, 3); "
+        "print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))"
+    ) % (os.path.dirname(os.path.abspath(__file__)), config, classes, dim, config, classes, size, dim)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--classes", type=int, nargs="+", default=[1000, 10000, 100000])
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    args = parser.parse_args()
+
+    import keras
+    import tensorflow as tf
+
+    print(f"# bench_heads: batch {args.batch}, dim {args.dim}; keras {keras.__version__}, "
+          f"tensorflow {tf.__version__}, {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}")
+    print(f"# {time.strftime('%Y-%m-%d')}; baseline = Dense + CategoricalCrossentropy(from_logits=True)")
+    for classes in args.classes:
+        base, rows = timing(classes, args.batch, args.dim, args.repeats)
+        print(f"\nclasses = {classes:,}   (baseline step {base * 1e3:.1f} ms)")
+        print(f"{'head + loss':<28}{'step ms':>10}{'ratio':>8}{'peak RSS MiB':>15}")
+        for config, (seconds, ratio) in rows.items():
+            label = "Dense + CCE (baseline)" if config == "baseline" else f"CosineHead + {config}"
+            memory = "" if args.no_memory else f"{peak_memory(config, classes, args.batch, args.dim):.0f}"
+            print(f"{label:<28}{seconds * 1e3:>10.1f}{ratio:>8.2f}{memory:>15}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
