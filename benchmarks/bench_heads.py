@@ -11,7 +11,6 @@ reports its peak resident set size.
 """
 
 import argparse
-import json
 import os
 import platform
 import resource
@@ -75,20 +74,23 @@ def timing(classes, size, dim, repeats):
     base = statistics.median(samples["baseline"])
     rows = {}
     for c in configs:
-        ratios = [t / b for t, b in zip(samples[c], samples["baseline"])]
+        ratios = [t / b for t, b in zip(samples[c], samples["baseline"], strict=False)]
         rows[c] = (statistics.median(samples[c]), statistics.median(ratios))
     return base, rows
 
 
 def peak_memory(config, classes, size, dim):
     """Runs one configuration alone in a subprocess; returns its peak RSS in MiB."""
-    code = (
-        "import sys, resource, json; sys.path.insert(0, %r); import bench_heads as b; "
-        "m = b.build(%r, %d, %d); x, y = b.batch(%r, %d, %d, %d); b.time_steps(m, x, y, 3); "
-        "print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))"
-    ) % (os.path.dirname(os.path.abspath(__file__)), config, classes, dim, config, classes, size, dim)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    command = [sys.executable, os.path.abspath(__file__), "--memory-of", config,
+               "--classes", str(classes), "--batch", str(size), "--dim", str(dim)]
+    out = subprocess.run(command, capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
+
+
+def run_alone(config, classes, size, dim):
+    model = build(config, classes, dim)
+    time_steps(model, *batch(config, classes, size, dim), 3)
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def main():
@@ -98,7 +100,10 @@ def main():
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    parser.add_argument("--memory-of", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.memory_of:
+        return run_alone(args.memory_of, args.classes[0], args.batch, args.dim)
 
     import keras
     import tensorflow as tf

@@ -1,0 +1,98 @@
+"""Embedding images and scoring pairs, in bounded memory."""
+
+import numpy as np
+
+METRICS = ("cosine", "squared_euclidean")
+
+
+def _check_metric(metric):
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}; got {metric!r}")
+
+
+def _as_2d(name, x):
+    x = np.asarray(x)
+    if x.ndim != 2:
+        raise ValueError(f"{name} must have shape [n, dim]; got shape {x.shape}")
+    return x
+
+
+def normalize_rows(x, epsilon=1e-12):
+    """Rows scaled to unit L2 norm (zero rows stay zero)."""
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.sqrt(np.maximum(np.sum(x * x, axis=1, keepdims=True), epsilon))
+
+
+def pair_scores(a, b, metric="cosine"):
+    """Scores of aligned rows: cosine similarity, or ‖a‖² + ‖b‖² − 2a·b clamped at 0.
+
+    Returns `[n]` float32 scores; similarities are "higher is same", distances "lower is same".
+    """
+    _check_metric(metric)
+    a, b = _as_2d("a", a), _as_2d("b", b)
+    if a.shape != b.shape:
+        raise ValueError(
+            f"a and b must be embeddings of the same shape; got {a.shape} and {b.shape}"
+        )
+    if metric == "cosine":
+        return _row_dot(normalize_rows(a), normalize_rows(b))
+    a = a.astype(np.float32, copy=False)
+    b = b.astype(np.float32, copy=False)
+    return _squared_distance(_row_dot(a, a), _row_dot(b, b), _row_dot(a, b))
+
+
+def _row_dot(a, b):
+    return np.einsum("ij,ij->i", a, b)
+
+
+def _squared_distance(norm_a, norm_b, dot):
+    return np.maximum(norm_a + norm_b - 2.0 * dot, 0.0)
+
+
+def indexed_pair_scores(embeddings, index_a, index_b, metric="cosine", chunk_size=65536):
+    """Scores of pairs given as row indices into one embedding matrix, `chunk_size` at a time.
+
+    This is how a million pairs over a few thousand images are scored without materialising
+    two `[pairs, dim]` copies.
+    """
+    embeddings = _as_2d("embeddings", embeddings)
+    index_a, index_b = np.asarray(index_a), np.asarray(index_b)
+    if index_a.shape != index_b.shape or index_a.ndim != 1:
+        raise ValueError(
+            f"index_a and index_b must be 1-D of equal length; got {index_a.shape}, {index_b.shape}"
+        )
+    _check_metric(metric)
+    if metric == "cosine":
+        embeddings = normalize_rows(embeddings)
+    else:
+        embeddings = embeddings.astype(np.float32, copy=False)
+        norms = _row_dot(embeddings, embeddings)
+    out = np.empty(len(index_a), dtype=np.float32)
+    for start in range(0, len(index_a), chunk_size):
+        ia, ib = index_a[start:start + chunk_size], index_b[start:start + chunk_size]
+        dot = _row_dot(embeddings[ia], embeddings[ib])
+        out[start:start + chunk_size] = (
+            dot if metric == "cosine" else _squared_distance(norms[ia], norms[ib], dot)
+        )
+    return out
+
+
+def embed(model, images, batch_size=256, flip=False, normalize=True, verbose="auto"):
+    """Embeddings of `images` `[n, H, W, C]` (an array or a `tf.data.Dataset` of image batches).
+
+    With `flip=True` each embedding is the sum of the image's and its horizontal mirror's, the
+    "flip test" of face verification. Rows are L2-normalised unless `normalize=False`. Keras's
+    progress bar shows for long runs (`verbose`, as in `model.predict`).
+    """
+    out = np.asarray(model.predict(images, batch_size=batch_size, verbose=verbose))
+    if flip:
+        if isinstance(images, np.ndarray):
+            mirrored = images[:, :, ::-1]
+        else:
+            import tensorflow as tf
+
+            mirrored = images.map(
+                lambda x, *rest: (tf.reverse(x, axis=[2]), *rest) if rest else tf.reverse(x, [2])
+            )
+        out = out + np.asarray(model.predict(mirrored, batch_size=batch_size, verbose=verbose))
+    return normalize_rows(out) if normalize else out

@@ -1,0 +1,277 @@
+"""Verification (1:1) metrics: ROC, AUC, EER, TAR@FAR, accuracy and the LFW 10-fold protocol.
+
+Every function takes `labels` (1 = same identity, 0 = different) and `scores`, with
+`greater_is_same=True` for similarities (cosine) and `False` for distances (squared Euclidean);
+distances are negated internally, so every definition below reads "accept when score >= t".
+"""
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+from sklearn import metrics as sk_metrics
+
+
+def _check(labels, scores, greater_is_same):
+    labels = np.asarray(labels)
+    scores = np.asarray(scores, dtype=np.float64)
+    if labels.ndim != 1 or scores.ndim != 1:
+        raise ValueError(
+            f"labels and scores must be 1-D; got shapes {labels.shape} and {scores.shape}"
+        )
+    if len(labels) != len(scores):
+        raise ValueError(
+            f"labels and scores must have the same length; got {len(labels)} and {len(scores)}"
+        )
+    if not np.all(np.isfinite(scores)):
+        bad = int(np.sum(~np.isfinite(scores)))
+        raise ValueError(f"scores must be finite; got {bad} NaN or Inf value(s)")
+    unique = np.unique(labels)
+    if not np.all(np.isin(unique, [0, 1])):
+        raise ValueError(f"labels must be 0 (different) or 1 (same); got values {unique[:5]}")
+    if len(unique) < 2:
+        kind = "genuine (1)" if len(unique) and unique[0] == 1 else "impostor (0)"
+        raise ValueError(
+            f"labels must contain both genuine (1) and impostor (0) pairs; got only {kind} pairs "
+            f"({len(labels)} in all), for which ROC, AUC and EER are undefined"
+        )
+    return labels.astype(bool), scores if greater_is_same else -scores
+
+
+def far_name(far):
+    """`1e-3` for 0.001, `5e-2` for 0.05: the short form used in log keys."""
+    mantissa, exponent = f"{far:e}".split("e")
+    return f"{float(mantissa):g}e{int(exponent)}"
+
+
+def _check_fars(far_targets):
+    fars = tuple(float(f) for f in far_targets)
+    for far in fars:
+        if not 0.0 < far < 1.0:
+            raise ValueError(f"far_targets must be in (0, 1); got {far!r}")
+    return fars
+
+
+def roc(labels, scores, greater_is_same=True):
+    """FAR, TAR and thresholds at every distinct score (scikit-learn's `roc_curve`, no dropping).
+
+    Returns arrays `(far, tar, thresholds)`; thresholds are in the caller's units (distances stay
+    distances) and the first point is the reject-all threshold.
+    """
+    labels, scores = _check(labels, scores, greater_is_same)
+    far, tar, thresholds = sk_metrics.roc_curve(labels, scores, drop_intermediate=False)
+    return far, tar, thresholds if greater_is_same else -thresholds
+
+
+def _eer(far, tar):
+    """FAR = FRR by linear interpolation between the two ROC points that bracket the crossing."""
+    diff = far - (1.0 - tar)  # increases along the curve, from -1 to +1
+    i = int(np.searchsorted(diff, 0.0))
+    if i == 0:
+        return float(far[0])
+    d0, d1 = diff[i - 1], diff[i]
+    t = 0.0 if d1 == d0 else -d0 / (d1 - d0)
+    return float(far[i - 1] + t * (far[i] - far[i - 1]))
+
+
+def _tar_at_far(far, tar, thresholds, target):
+    """TAR and threshold at the smallest threshold whose FAR <= target."""
+    i = int(np.searchsorted(far, target, side="right")) - 1
+    return float(tar[i]), float(thresholds[i])
+
+
+def eer(labels, scores, greater_is_same=True):
+    """Equal error rate: where FAR = FRR, interpolated linearly between ROC points."""
+    far, tar, _ = roc(labels, scores, greater_is_same)
+    return _eer(far, tar)
+
+
+def tar_at_far(labels, scores, far_targets=(1e-3,), greater_is_same=True):
+    """{FAR target: TAR}, each at the smallest threshold whose FAR does not exceed the target."""
+    fars = _check_fars(far_targets)
+    far, tar, thresholds = roc(labels, scores, greater_is_same)
+    return {f: _tar_at_far(far, tar, thresholds, f)[0] for f in fars}
+
+
+def _best_threshold(sorted_scores, sorted_labels):
+    """Best-accuracy threshold over scores sorted in decreasing order.
+
+    Accepting the first k pairs is correct for the genuine pairs among them and the impostors
+    after them; k runs over the boundaries between distinct scores. The threshold is the midpoint
+    between the last accepted and the first rejected score (one unit beyond the range at the ends).
+    Returns `(threshold, accuracy)`.
+    """
+    n = len(sorted_scores)
+    genuine = np.concatenate([[0], np.cumsum(sorted_labels)])
+    impostor_total = n - genuine[-1]
+    impostor_accepted = np.arange(n + 1) - genuine
+    correct = genuine + (impostor_total - impostor_accepted)
+    # Only cut between distinct scores (ties are accepted or rejected together).
+    boundary = np.ones(n + 1, dtype=bool)
+    boundary[1:n] = sorted_scores[:-1] != sorted_scores[1:]
+    correct = np.where(boundary, correct, -1)
+    k = int(np.argmax(correct))
+    if k == 0:
+        threshold = sorted_scores[0] + 1.0 if n else 0.0
+    elif k == n:
+        threshold = sorted_scores[-1] - 1.0
+    else:
+        threshold = (sorted_scores[k - 1] + sorted_scores[k]) / 2.0
+    return threshold, correct[k] / n
+
+
+class _Sorted:
+    """Labels, scores (as similarities) and fold ids sorted once by decreasing score."""
+
+    def __init__(self, labels, scores, folds):
+        n = len(labels)
+        if np.ndim(folds) == 0:
+            count = int(folds)
+            if count < 2 or count > n:
+                raise ValueError(
+                    f"folds must be between 2 and the number of pairs ({n}); got {folds}"
+                )
+            fold_ids = np.arange(n) * count // n
+        else:
+            fold_ids = np.asarray(folds)
+            if fold_ids.shape != (n,):
+                raise ValueError(
+                    f"folds must have one id per pair, shape ({n},); got shape {fold_ids.shape}"
+                )
+        order = np.argsort(-scores, kind="stable")
+        self.scores, self.labels, self.folds = scores[order], labels[order], fold_ids[order]
+
+    def best(self):
+        return _best_threshold(self.scores, self.labels)
+
+    def kfold(self):
+        accuracies = []
+        for fold in np.unique(self.folds):
+            train = self.folds != fold
+            threshold, _ = _best_threshold(self.scores[train], self.labels[train])
+            test = ~train
+            accuracies.append(np.mean((self.scores[test] >= threshold) == self.labels[test]))
+        return np.array(accuracies, dtype=np.float64)
+
+
+def best_accuracy(labels, scores, greater_is_same=True):
+    """(accuracy, threshold) of the single threshold that classifies the pairs best."""
+    labels, scores = _check(labels, scores, greater_is_same)
+    threshold, accuracy = _Sorted(labels, scores, 2).best()
+    return float(accuracy), float(threshold if greater_is_same else -threshold)
+
+
+def kfold_accuracy(labels, scores, folds=10, greater_is_same=True):
+    """The LFW protocol: for each fold, the best threshold on the other folds, accuracy on it.
+
+    `folds` is the number of contiguous folds (LFW's pairs.txt lists its ten folds in order) or an
+    array of fold ids, one per pair. Returns `(mean, std, per_fold_accuracies)`. The threshold
+    is the midpoint between distinct training scores that maximises training accuracy (the
+    highest-scoring such cut if several tie).
+    """
+    labels, scores = _check(labels, scores, greater_is_same)
+    accuracies = _Sorted(labels, scores, folds).kfold()
+    return float(accuracies.mean()), float(accuracies.std()), accuracies
+
+
+@dataclasses.dataclass
+class VerificationReport:
+    """What a verification benchmark reports; prints as a table, serialises to JSON."""
+
+    num_pairs: int
+    num_genuine: int
+    auc: float
+    eer: float
+    tar_at_far: dict
+    thresholds_at_far: dict
+    best_accuracy: float
+    best_threshold: float
+    accuracy_10fold: float
+    accuracy_10fold_std: float
+    greater_is_same: bool = True
+
+    def to_dict(self):
+        """Plain JSON types; a threshold that accepts nothing (±inf) becomes None."""
+        data = dataclasses.asdict(self)
+        data["tar_at_far"] = {far_name(k): v for k, v in self.tar_at_far.items()}
+        data["thresholds_at_far"] = {
+            far_name(k): (v if math.isfinite(v) else None) for k, v in self.thresholds_at_far.items()
+        }
+        return data
+
+    def to_json(self, path=None):
+        text = json.dumps(self.to_dict(), indent=2)
+        if path is not None:
+            with open(path, "w") as f:
+                f.write(text + "\n")
+        return text
+
+    def as_logs(self, prefix="val_"):
+        """The Keras-log form: `val_auc`, `val_eer`, `val_tar@far=1e-3`, `val_accuracy_10fold`."""
+        logs = {
+            f"{prefix}auc": self.auc,
+            f"{prefix}eer": self.eer,
+            f"{prefix}accuracy_10fold": self.accuracy_10fold,
+            f"{prefix}best_accuracy": self.best_accuracy,
+        }
+        for far, tar in self.tar_at_far.items():
+            logs[f"{prefix}tar@far={far_name(far)}"] = tar
+        return logs
+
+    def __str__(self):
+        rows = [
+            ("pairs", f"{self.num_pairs} ({self.num_genuine} genuine)"),
+            ("AUC", f"{self.auc:.4f}"),
+            ("EER", f"{self.eer:.4f}"),
+        ]
+        for far, tar in self.tar_at_far.items():
+            threshold = self.thresholds_at_far[far]
+            rows.append((f"TAR@FAR={far_name(far)}", f"{tar:.4f}  (threshold {threshold:.4f})"))
+        rows.append(("best accuracy", f"{self.best_accuracy:.4f}  (threshold {self.best_threshold:.4f})"))
+        rows.append(("10-fold accuracy", f"{self.accuracy_10fold:.4f} ± {self.accuracy_10fold_std:.4f}"))
+        width = max(len(name) for name, _ in rows)
+        return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def verification_report(
+    labels, scores, far_targets=(1e-4, 1e-3, 1e-2), folds=10, greater_is_same=True
+):
+    """Every verification metric, from one ROC curve and one sort, as a `VerificationReport`.
+
+    Args:
+        labels: `[pairs]`, 1 for same identity, 0 for different.
+        scores: `[pairs]` similarities (`greater_is_same=True`) or distances (False).
+        far_targets: FARs in (0, 1) at which to report TAR.
+        folds: folds of the k-fold accuracy (an int: contiguous folds; or one fold id per pair).
+        greater_is_same: whether a higher score means "same identity".
+
+    Example:
+
+    ```python
+    report = verification_report(is_same, cosine_scores)
+    print(report)                 # a table
+    report.to_json("report.json")
+    ```
+    """
+    fars = _check_fars(far_targets)
+    checked_labels, similarities = _check(labels, scores, greater_is_same)
+    far, tar, thresholds = sk_metrics.roc_curve(checked_labels, similarities, drop_intermediate=False)
+    sign = 1.0 if greater_is_same else -1.0
+    ordered = _Sorted(checked_labels, similarities, folds)
+    threshold, accuracy = ordered.best()
+    fold_accuracies = ordered.kfold()
+    at_far = {f: _tar_at_far(far, tar, sign * thresholds, f) for f in fars}
+    return VerificationReport(
+        num_pairs=len(checked_labels),
+        num_genuine=int(checked_labels.sum()),
+        auc=float(sk_metrics.auc(far, tar)),
+        eer=_eer(far, tar),
+        tar_at_far={f: v[0] for f, v in at_far.items()},
+        thresholds_at_far={f: v[1] for f, v in at_far.items()},
+        best_accuracy=float(accuracy),
+        best_threshold=float(sign * threshold),
+        accuracy_10fold=float(fold_accuracies.mean()),
+        accuracy_10fold_std=float(fold_accuracies.std()),
+        greater_is_same=greater_is_same,
+    )
