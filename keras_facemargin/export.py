@@ -1,0 +1,69 @@
+"""Export of an embedding model as a self-contained SavedModel for serving."""
+
+import os
+
+import keras
+
+from keras_facemargin.heads.cosine_head import l2_normalize
+
+
+def export_embedder(embedder, path, image_size=None, name="serving_default"):
+    """Writes `embedder` as a SavedModel that turns uint8 images into unit-length embeddings.
+
+    The signature takes `images`: uint8 `[N, H, W, 3]` at the training size (the model's own
+    preprocessing, such as a `Rescaling` layer, is part of the exported graph) and returns
+    L2-normalised float32 embeddings `[N, dim]`. A client needs TensorFlow only:
+
+    ```python
+    import tensorflow as tf
+    serve = tf.saved_model.load("saved_models/demo").signatures["serving_default"]
+    embeddings = serve(images=tf.constant(uint8_images))["embeddings"]
+    ```
+
+    Images of another size or dtype are refused by the signature itself.
+
+    Args:
+        embedder: a Keras model from float32 pixel values `[N, H, W, 3]` in [0, 255] to
+            embeddings `[N, dim]` (as `build_recognizer` returns it).
+        path: the SavedModel directory to write (created; an existing export is replaced).
+        image_size: `(H, W)`; default: the model's input shape.
+        name: the signature name.
+
+    Returns:
+        `path`.
+    """
+    import tensorflow as tf
+
+    if keras.backend.backend() != "tensorflow":
+        raise ValueError(
+            f"export_embedder needs the TensorFlow backend; got KERAS_BACKEND={keras.backend.backend()}"
+        )
+    input_shape = tuple(embedder.input_shape)
+    if image_size is None:
+        if len(input_shape) != 4 or None in input_shape[1:3]:
+            raise ValueError(
+                f"image_size must be given for a model without a fixed input size; the model's input "
+                f"shape is {input_shape}"
+            )
+        image_size = input_shape[1:3]
+    height, width = (int(v) for v in image_size)
+    channels = input_shape[-1] if len(input_shape) == 4 and input_shape[-1] else 3
+
+    def serve(images):
+        tf.debugging.assert_equal(
+            tf.shape(images)[1:3], tf.constant([height, width]),
+            message=f"images must be uint8 [N, {height}, {width}, {channels}] (the training size)",
+        )
+        features = embedder(tf.cast(images, "float32"), training=False)
+        return {"embeddings": tf.cast(l2_normalize(tf.cast(features, "float32")), "float32")}
+
+    archive = keras.export.ExportArchive()
+    archive.track(embedder)
+    archive.add_endpoint(
+        name=name,
+        fn=serve,
+        input_signature=[tf.TensorSpec((None, height, width, channels), tf.uint8, name="images")],
+    )
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    archive.write_out(path, verbose=False)
+    return path

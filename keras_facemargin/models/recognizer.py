@@ -1,0 +1,45 @@
+import keras
+
+from keras_facemargin.heads import CosineHead
+
+
+def build_recognizer(backbone, num_classes=None, name="recognizer"):
+    """The training model and the embedding model of a face recognizer, sharing weights.
+
+    Images enter both models as float32 pixel values in [0, 255] and are scaled to [-1, 1]
+    inside (so the exported model and every data pipeline agree on one convention).
+
+    Args:
+        backbone: a Keras model from scaled images `[batch, H, W, C]` to features `[batch, dim]`
+            (see `keras_facemargin.models.get_backbone`).
+        num_classes: number of training identities; the training model ends in a `CosineHead`
+            for the margin-softmax losses. `None` for pair losses, which train the embedding
+            model directly (then both returned models are the same object).
+        name: name of the training model.
+
+    Returns:
+        `(model, embedder)`: `model` for `fit` (`[batch, num_classes]` cosines), and `embedder`
+        (`[batch, dim]` features) for verification and export.
+
+    Example:
+
+    ```python
+    backbone = keras_facemargin.models.get_backbone("iresnet18", input_shape=(112, 112, 3))
+    model, embedder = build_recognizer(backbone, num_classes=10_000)
+    model.compile(optimizer="sgd", loss=keras_facemargin.losses.ArcFaceLoss())
+    ```
+    """
+    if not isinstance(backbone, keras.Model):
+        raise ValueError(f"backbone must be a keras.Model; got {type(backbone).__name__}")
+    input_shape = tuple(backbone.input_shape)[1:]
+    if len(backbone.output_shape) != 2:
+        raise ValueError(
+            f"backbone must output embeddings [batch, dim]; got output shape {backbone.output_shape}"
+        )
+    images = keras.Input(input_shape, name="images")
+    scaled = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="scale_pixels")(images)
+    embedder = keras.Model(images, backbone(scaled), name="embedder")
+    if num_classes is None:
+        return embedder, embedder
+    cosines = CosineHead(num_classes, name="cosine_head")(embedder.output)
+    return keras.Model(images, cosines, name=name), embedder

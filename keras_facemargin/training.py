@@ -1,0 +1,165 @@
+"""Training that survives being killed: atomic backups, resume with the same command, run folders.
+
+A run folder holds `config.json` (the resolved configuration), `backup/` (the latest training
+state: weights and optimizer), `log.csv` (one row per finished epoch) and, at the end,
+`model.keras`. Running the same command again resumes from the latest state; a different
+configuration in the same folder is refused rather than mixed in.
+"""
+
+import json
+import logging
+import os
+import tempfile
+
+import keras
+
+logger = logging.getLogger(__name__)
+
+_STATE = "state.json"
+
+
+def _atomic_write_text(path, text):
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_model_atomically(model, path):
+    """`model.save(path)` through a temporary file and a rename: never a half-written file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".tmp-{os.getpid()}-{os.path.basename(path)}")
+    model.save(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def latest_state(backup_dir):
+    """`{"epoch": completed epochs, "weights": path}` of the newest complete backup, or None."""
+    path = os.path.join(backup_dir, _STATE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        state = json.load(f)
+    state["weights"] = os.path.join(backup_dir, state["weights"])
+    return state
+
+
+class TrainingBackup(keras.callbacks.Callback):
+    """Writes the training state (weights with the optimizer's state) every epoch or n batches.
+
+    Each backup goes to a new file; `state.json`, rewritten by an atomic rename only after that
+    file is complete, names the newest one, so a process killed at any moment leaves a loadable
+    state behind. Older files are removed after the switch.
+
+    Args:
+        backup_dir: folder of the backups.
+        save_freq: `"epoch"`, or an integer number of batches.
+    """
+
+    def __init__(self, backup_dir, save_freq="epoch"):
+        super().__init__()
+        if save_freq != "epoch" and (not isinstance(save_freq, int) or save_freq < 1):
+            raise ValueError(f"save_freq must be 'epoch' or a positive integer; got {save_freq!r}")
+        self.backup_dir = backup_dir
+        self.save_freq = save_freq
+        self._epoch = 0
+        self._batches = 0
+        self._counter = 0
+
+    def on_train_begin(self, logs=None):
+        os.makedirs(self.backup_dir, exist_ok=True)
+        state = latest_state(self.backup_dir)
+        self._counter = state["counter"] + 1 if state else 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.save_freq == "epoch":
+            return
+        self._batches += 1
+        if self._batches % self.save_freq == 0:
+            self._save(completed_epochs=self._epoch, batch=batch + 1)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._save(completed_epochs=epoch + 1, batch=0)
+
+    def _save(self, completed_epochs, batch):
+        name = f"backup-{self._counter:06d}.weights.h5"
+        self.model.save_weights(os.path.join(self.backup_dir, name))
+        state = {"epoch": completed_epochs, "batch": batch, "weights": name, "counter": self._counter}
+        _atomic_write_text(os.path.join(self.backup_dir, _STATE), json.dumps(state))
+        for old in os.listdir(self.backup_dir):
+            if old.startswith("backup-") and old != name:
+                os.remove(os.path.join(self.backup_dir, old))
+        self._counter += 1
+
+
+def _check_config(run_dir, config):
+    path = os.path.join(run_dir, "config.json")
+    text = json.dumps(config, indent=2, sort_keys=True, default=str)
+    if os.path.exists(path):
+        with open(path) as f:
+            saved = json.load(f)
+        current = json.loads(text)
+        if saved != current:
+            keys = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+            details = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in keys)
+            raise ValueError(
+                f"run_dir {run_dir!r} holds a run with a different configuration ({details}); "
+                "use a new run_dir, or the same configuration to resume"
+            )
+    else:
+        _atomic_write_text(path, text + "\n")
+
+
+def fit_resumable(model, data, epochs, run_dir, config=None, save_freq="epoch", callbacks=(),
+                  **fit_kwargs):
+    """`model.fit` that resumes from `run_dir` when the same run was interrupted.
+
+    Args:
+        model: a compiled Keras model.
+        data: what `fit` takes as `x` (a `tf.data.Dataset`, or arrays with `y=` in fit_kwargs).
+        epochs: total number of epochs of the run.
+        run_dir: the run folder (see the module docstring).
+        config: a JSON-serialisable dict describing the run (saved; checked on resume).
+        save_freq: `"epoch"` or a number of batches between backups.
+        callbacks: further Keras callbacks.
+        **fit_kwargs: passed on to `fit` (`steps_per_epoch`, `validation_data`, `verbose`, ...).
+
+    Returns:
+        The `History` of this process's part of the run.
+    """
+    os.makedirs(run_dir, exist_ok=True)
+    _check_config(run_dir, config or {})
+    backup_dir = os.path.join(run_dir, "backup")
+    state = latest_state(backup_dir)
+    initial_epoch = 0
+    if state is not None:
+        if model.optimizer is not None and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        model.load_weights(state["weights"])
+        initial_epoch = state["epoch"]
+        logger.warning("Resuming %s from its backup after %d epoch(s).", run_dir, initial_epoch)
+    if initial_epoch >= epochs:
+        logger.warning("%s already finished its %d epochs.", run_dir, epochs)
+    all_callbacks = [
+        TrainingBackup(backup_dir, save_freq),
+        keras.callbacks.CSVLogger(os.path.join(run_dir, "log.csv"), append=True),
+        *callbacks,
+    ]
+    history = model.fit(
+        data, epochs=epochs, initial_epoch=initial_epoch, callbacks=all_callbacks, **fit_kwargs
+    )
+    save_model_atomically(model, os.path.join(run_dir, "model.keras"))
+    return history

@@ -1,0 +1,84 @@
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+import keras_facemargin as kf
+from keras_facemargin.training import fit_resumable, latest_state
+
+pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="subprocess on TF")
+
+SCRIPT = os.path.join(os.path.dirname(__file__), "resume_script.py")
+
+
+def test_sigkill_mid_epoch_then_same_command_resumes_and_finishes(tmp_path):
+    run_dir = str(tmp_path / "run")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    process = subprocess.Popen([sys.executable, SCRIPT, run_dir], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 240
+    state = None
+    while time.time() < deadline:  # wait for a backup taken in the middle of the second epoch
+        state = latest_state(os.path.join(run_dir, "backup")) if os.path.isdir(run_dir) else None
+        if state and state["epoch"] >= 1 and state["batch"] > 0:
+            break
+        time.sleep(0.05)
+    assert state and state["epoch"] >= 1 and state["batch"] > 0, "no mid-epoch backup appeared"
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+    killed_at = state["epoch"]
+    assert not os.path.exists(os.path.join(run_dir, "model.keras"))
+
+    again = subprocess.run([sys.executable, SCRIPT, run_dir], env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "finished" in again.stdout
+    assert f"after {latest_resume_epoch(again.stderr)} epoch(s)" in again.stderr
+    assert latest_resume_epoch(again.stderr) >= killed_at
+    rows = list(csv.DictReader(open(os.path.join(run_dir, "log.csv"))))
+    epochs = [int(r["epoch"]) for r in rows]
+    assert epochs == sorted(set(epochs)) and epochs[-1] == 3 and set(epochs) == {0, 1, 2, 3}
+    assert latest_state(os.path.join(run_dir, "backup"))["epoch"] == 4
+    model = keras.models.load_model(os.path.join(run_dir, "model.keras"))
+    assert isinstance(model.loss, kf.losses.CosFaceLoss)
+
+
+def latest_resume_epoch(text):
+    marker = "from its backup after "
+    assert marker in text, text[-2000:]
+    return int(text.rsplit(marker, 1)[1].split(" ")[0])
+
+
+def _model():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), kf.heads.CosineHead(3)])
+    model.compile(optimizer="adam", loss=kf.losses.NormFaceLoss())
+    return model
+
+
+def test_resume_restores_weights_and_optimizer_state(tmp_path):
+    x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+    y = np.arange(32) % 3
+    first = _model()
+    fit_resumable(first, x, epochs=2, run_dir=str(tmp_path), y=y, verbose=0)
+    second = _model()
+    fit_resumable(second, x, epochs=2, run_dir=str(tmp_path), y=y, verbose=0)  # nothing left to do
+    for a, b in zip(first.weights, second.weights):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert int(second.optimizer.iterations) == int(first.optimizer.iterations) > 0
+
+
+def test_a_different_configuration_is_refused(tmp_path):
+    x = np.zeros((8, 4), "float32")
+    y = np.arange(8) % 3
+    fit_resumable(_model(), x, epochs=1, run_dir=str(tmp_path), config={"lr": 0.1}, y=y, verbose=0)
+    with pytest.raises(ValueError, match=r"different configuration \(lr: 0.1 -> 0.2\)"):
+        fit_resumable(_model(), x, epochs=1, run_dir=str(tmp_path), config={"lr": 0.2}, y=y, verbose=0)
+    assert json.load(open(tmp_path / "config.json")) == {"lr": 0.1}
