@@ -3,7 +3,8 @@
 For each number of classes, every margin loss (with a CosineHead) and the baseline
 (`keras.layers.Dense` + `keras.losses.CategoricalCrossentropy(from_logits=True)`) are timed in the
 same process, interleaved, so that the ratios survive a noisy machine. The step is Keras's own
-compiled train step (`model.train_on_batch`, XLA as `fit` uses by default on TensorFlow).
+train step (`model.train_on_batch`) as `fit` runs it: by default Keras compiles it with XLA on a
+GPU and without on a CPU-only machine; `--jit` forces XLA.
 Peak memory is measured separately: each configuration runs alone in a fresh subprocess and
 reports its peak resident set size.
 
@@ -24,7 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 LOSSES = ["normface", "sphereface", "cosface", "arcface", "combined_margin"]
 
 
-def build(config, classes, dim):
+def build(config, classes, dim, jit_compile="auto"):
     import keras
 
     import keras_facemargin as kf
@@ -36,7 +37,7 @@ def build(config, classes, dim):
         head = kf.heads.CosineHead(classes)
         loss = kf.losses.get(config)
     model = keras.Sequential([keras.Input((dim,)), head])
-    model.compile(optimizer=keras.optimizers.SGD(0.01), loss=loss)
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss=loss, jit_compile=jit_compile)
     return model
 
 
@@ -60,9 +61,9 @@ def time_steps(model, x, y, steps):
     return (time.perf_counter() - start) / steps
 
 
-def timing(classes, size, dim, repeats):
+def timing(classes, size, dim, repeats, jit_compile):
     configs = ["baseline"] + LOSSES
-    models = {c: build(c, classes, dim) for c in configs}
+    models = {c: build(c, classes, dim, jit_compile) for c in configs}
     data = {c: batch(c, classes, size, dim) for c in configs}
     steps = max(2, int(20_000 / classes) + 1)
     for c in configs:  # compile and warm up
@@ -100,6 +101,7 @@ def main():
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    parser.add_argument("--jit", action="store_true", help="compile every train step with XLA")
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_of:
@@ -110,9 +112,10 @@ def main():
 
     print(f"# bench_heads: batch {args.batch}, dim {args.dim}; keras {keras.__version__}, "
           f"tensorflow {tf.__version__}, {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}")
-    print(f"# {time.strftime('%Y-%m-%d')}; baseline = Dense + CategoricalCrossentropy(from_logits=True)")
+    print(f"# {time.strftime('%Y-%m-%d')}; baseline = Dense + CategoricalCrossentropy(from_logits=True); "
+          f"XLA: {'forced' if args.jit else 'Keras default (off on CPU-only machines)'}")
     for classes in args.classes:
-        base, rows = timing(classes, args.batch, args.dim, args.repeats)
+        base, rows = timing(classes, args.batch, args.dim, args.repeats, True if args.jit else "auto")
         print(f"\nclasses = {classes:,}   (baseline step {base * 1e3:.1f} ms)")
         print(f"{'head + loss':<28}{'step ms':>10}{'ratio':>8}{'peak RSS MiB':>15}")
         for config, (seconds, ratio) in rows.items():

@@ -143,10 +143,12 @@ class MarginSoftmaxLoss(keras.losses.Loss):
                     "keras_facemargin.heads.CosineHead before this loss."
                 )
             return None
-        largest = ops.max(ops.abs(cosine), axis=-1)
+        # In a graph only the upper bound is checked: one pass instead of two, and raw logits
+        # (the mistake this guards against) exceed 1 somewhere in practically every row.
+        largest = ops.max(cosine, axis=-1)
         _checks.graph_assert(
             ops.all(largest <= limit),
-            "y_pred must be cosines in [-1, 1] (the output of a CosineHead); got max |y_pred|",
+            "y_pred must be cosines in [-1, 1] (the output of a CosineHead); got max y_pred",
             ops.max(largest),
         )
         return largest <= limit
@@ -159,14 +161,18 @@ class MarginSoftmaxLoss(keras.losses.Loss):
         num_classes = cosine.shape[-1]
         labels, valid = _checks.sparse_labels(y_true, num_classes, self.check_inputs)
         safe_labels = labels if valid is None else ops.where(valid, labels, 0)
-        is_target = ops.one_hot(safe_labels, num_classes, dtype="bool")
-        target = ops.take_along_axis(cosine, safe_labels[:, None], axis=-1)
-        logits = self.scale * ops.where(is_target, self.apply_margin(target), cosine)
+        target = ops.take_along_axis(cosine, safe_labels[:, None], axis=-1)[:, 0]
+        # Replacing the B target entries costs one copy of [batch, classes]; a one-hot mask and a
+        # select would cost several passes, forward and backward.
+        rows = ops.arange(ops.shape(cosine)[0], dtype="int32")
+        indices = ops.stack([rows, safe_labels], axis=1)
+        logits = self.scale * ops.scatter_update(cosine, indices, self.apply_margin(target))
         if self.label_smoothing == 0.0:
             loss = ops.sparse_categorical_crossentropy(safe_labels, logits, from_logits=True)
         else:
             on, off = self._smoothed_targets(num_classes)
-            targets = ops.cast(is_target, cosine.dtype) * (on - off) + off
+            is_target = ops.one_hot(safe_labels, num_classes, dtype=cosine.dtype)
+            targets = is_target * (on - off) + off
             loss = ops.categorical_crossentropy(targets, logits, from_logits=True)
         return loss, valid
 
