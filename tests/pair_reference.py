@@ -20,7 +20,8 @@ def score(x, i, j, distance):
     if distance in ("cosine", "dot"):
         if distance == "dot":
             return _dot(x[i], x[j])
-        return _dot(x[i], x[j]) / math.sqrt(_dot(x[i], x[i]) * _dot(x[j], x[j]))
+        norms = math.sqrt(_dot(x[i], x[i]) * _dot(x[j], x[j]))
+        return _dot(x[i], x[j]) / norms if norms else 0.0  # a zero vector: cos θ = 0 by convention
     squared = sum((float(u) - float(v)) ** 2 for u, v in zip(x[i], x[j]))
     return -squared if distance == "squared_euclidean" else -math.sqrt(squared)
 
@@ -122,17 +123,20 @@ def unified(x, labels, gamma, margin):
     return _mean(terms)
 
 
-def circle(x, labels, margin, gamma):
+def circle(x, labels, margin, gamma, weights_from=None):
+    """With `weights_from`, the self-paced weights α come from those embeddings instead of `x`:
+    differentiating that function gives the gradient with α held constant, as the paper defines."""
     x = np.asarray(x, dtype=np.float64)
+    w = x if weights_from is None else np.asarray(weights_from, dtype=np.float64)
     terms = []
     for a, positives, negatives in _anchors(labels):
         exponents = []
         for p in positives:
             s_p = score(x, a, p, "cosine")
-            alpha_p = max(1 + margin - s_p, 0.0)
+            alpha_p = max(1 + margin - score(w, a, p, "cosine"), 0.0)
             for n in negatives:
                 s_n = score(x, a, n, "cosine")
-                alpha_n = max(s_n + margin, 0.0)
+                alpha_n = max(score(w, a, n, "cosine") + margin, 0.0)
                 exponents.append(gamma * (alpha_n * (s_n - margin) - alpha_p * (s_p - 1 + margin)))
         terms.append(_softplus(_logsumexp(exponents)))
     return _mean(terms)
