@@ -190,8 +190,8 @@ class TripletLoss(PairLoss):
     training when most triplets are already satisfied, at the price of a loss value that can rise
     while the model improves.
 
-    Nothing of size batch³ is built: `"all"` and `"semi_hard"` sort each anchor's row once
-    (O(batch²) memory, O(batch² log batch) time).
+    Nothing of size batch³ is built: `"all"` and `"semi_hard"` sort each anchor's negatives once
+    and binary-search them (O(batch²) memory, O(batch² log batch) time).
 
     Args:
         margin: m >= 0.
@@ -243,8 +243,9 @@ class TripletLoss(PairLoss):
         scores = pairwise.pairwise_scores(embeddings, self.distance)
         if self.mining == "all":
             sums, nonzero = pairwise.all_triplet_hinge(scores, positive, negative, self.margin)
+            sums = ops.sum(ops.where(positive, sums, 0.0), axis=-1)
             if self.average_nonzero:
-                return sums, nonzero
+                return sums, ops.sum(ops.where(positive, nonzero, 0.0), axis=-1)
             num_pos = ops.sum(ops.cast(positive, sums.dtype), axis=-1)
             return sums, num_pos * ops.sum(ops.cast(negative, sums.dtype), axis=-1)
         if self.mining == "batch_hard":
@@ -253,12 +254,10 @@ class TripletLoss(PairLoss):
             if self.average_nonzero:
                 return terms, ops.cast(terms > 0, terms.dtype)
             return _one_term_each(terms)
-        positive_scores, negative_scores, is_pair = pairwise.semi_hard_triplets(
-            scores, positive, negative
-        )
-        hinge = self._hinge(negative_scores - positive_scores + self.margin)
-        terms = ops.where(is_pair, hinge, 0.0)
-        return ops.sum(terms, axis=-1), self._count(terms, is_pair)
+        negative_scores = pairwise.semi_hard_negative_scores(scores, positive, negative)
+        hinge = self._hinge(negative_scores - scores + self.margin)
+        terms = ops.where(positive, hinge, 0.0)
+        return ops.sum(terms, axis=-1), self._count(terms, positive)
 
     def get_config(self):
         return {

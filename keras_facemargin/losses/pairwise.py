@@ -2,12 +2,14 @@
 
 Everything here works on `[batch, batch]` tensors, so every pair loss costs O(batch²) memory;
 none of them builds a `[batch, batch, batch]` tensor of triplets. The triplet mining rules sort
-each anchor's row instead (O(batch² log batch) time).
+each anchor's negatives once and binary-search them (O(batch² log batch) time).
 
 Scores follow one convention: higher means more similar. A cosine similarity is its own score;
 a distance d enters as the score −d, so that `max(s_an − s_ap + m, 0)` is both the similarity
 form and the distance form `max(d_ap − d_an + m, 0)` of the triplet hinge.
 """
+
+import math
 
 from keras import ops
 
@@ -93,71 +95,77 @@ def hardest(scores, positive, negative):
     return hardest_positive, hardest_negative
 
 
-def _sorted_descending(values, k):
-    """Values and order of each row, sorted descending; ties keep their column order.
+def _sorted_negatives(scores, negative, low):
+    """Each anchor's negative scores in ascending order, after `batch − #negatives` copies of `low`.
 
-    `top_k` is stable (the lower index first among equal values) on TensorFlow, XLA and JAX,
-    which the mining rules below rely on to decide ties.
+    `low` must lie below every score and every threshold searched for. Differentiable: the
+    sorted values are the scores themselves, permuted.
     """
-    order = ops.top_k(values, k).indices
-    return ops.take_along_axis(values, order, axis=-1), order
+    return ops.sort(ops.where(negative, scores, low), axis=-1)
 
 
-def semi_hard_triplets(scores, positive, negative):
-    """FaceNet's semi-hard negative for every anchor–positive pair.
+def _count_below(sorted_rows, thresholds, inclusive):
+    """Per entry, how many of its row's sorted values are < (or <=) it: a batched binary search.
 
-    Per pair (a, p): the most similar negative that is still less similar than p (in distances:
-    the closest negative farther than the positive); where no such negative exists, the least
-    similar negative.
+    `sorted_rows` and `thresholds` are `[batch, batch]`; every entry of row a is searched for in
+    row a. ceil(log2(batch + 1)) rounds of one `[batch, batch]` gather each.
+    """
+    width = sorted_rows.shape[-1]
+    rounds = math.ceil(math.log2(width + 1)) if width is not None else 32
+    length = ops.shape(sorted_rows)[-1]
+    sorted_rows = ops.stop_gradient(sorted_rows)
+    thresholds = ops.stop_gradient(thresholds)
+    lo = ops.zeros_like(thresholds, dtype="int32")
+    hi = ops.full_like(thresholds, length, dtype="int32")
+    for _ in range(rounds):
+        mid = (lo + hi) // 2
+        value = ops.take_along_axis(sorted_rows, ops.minimum(mid, length - 1), axis=-1)
+        below = value <= thresholds if inclusive else value < thresholds
+        active = lo < hi
+        lo = ops.where(ops.logical_and(active, below), mid + 1, lo)
+        hi = ops.where(ops.logical_and(active, ops.logical_not(below)), mid, hi)
+    return lo
 
-    Returns `(positive_scores, negative_scores, is_pair)`, each `[batch, 2 * batch]`: row a lists
-    s_ap and the score of its semi-hard negative for every pair where `is_pair` is true, in no
-    particular order (other entries are placeholders).
 
-    O(batch²) memory: each anchor's row, the negatives' scores followed by the positives' scores,
-    is sorted once; a positive preceded by c negatives (ties count, as a negative as close as
-    the positive is not farther) takes the (c + 1)-th most similar negative, or the last one.
+def semi_hard_negative_scores(scores, positive, negative):
+    """FaceNet's semi-hard negative for every anchor–positive pair: its score, `[batch, batch]`.
+
+    For the pair (a, p): the most similar negative that is still less similar than p (in
+    distances: the closest negative farther than the positive); where no such negative exists,
+    the least similar negative. Entries where p is not a positive of a are placeholders.
+
+    O(batch²) memory and O(batch² log batch) time: each anchor's negatives are sorted once, and
+    every positive's score is binary-searched among them.
     """
     batch = ops.shape(scores)[0]
-    bottom = ops.stop_gradient(ops.min(scores)) - 1.0
-    sorted_negatives, _ = _sorted_descending(ops.where(negative, scores, bottom), batch)
-    merged = ops.concatenate([scores, scores], axis=-1)
-    is_negative = ops.concatenate([negative, ops.zeros_like(negative)], axis=-1)
-    is_positive = ops.concatenate([ops.zeros_like(positive), positive], axis=-1)
-    positive_scores, order = _sorted_descending(merged, 2 * batch)
-    is_negative = ops.cast(ops.take_along_axis(is_negative, order, axis=-1), "int32")
-    is_positive = ops.take_along_axis(is_positive, order, axis=-1)
-    count = ops.cumsum(is_negative, axis=-1)
-    num_negatives = ops.sum(ops.cast(negative, "int32"), axis=-1, keepdims=True)
-    index = ops.maximum(ops.minimum(count, num_negatives - 1), 0)
-    negative_scores = ops.take_along_axis(sorted_negatives, index, axis=-1)
-    return positive_scores, negative_scores, is_positive
+    low = ops.stop_gradient(ops.min(scores)) - 1.0
+    sorted_negatives = _sorted_negatives(scores, negative, low)
+    first = batch - ops.sum(ops.cast(negative, "int32"), axis=-1, keepdims=True)
+    below = _count_below(sorted_negatives, scores, inclusive=False)
+    index = ops.where(below - 1 >= first, below - 1, first)
+    return ops.take_along_axis(sorted_negatives, ops.minimum(index, batch - 1), axis=-1)
 
 
 def all_triplet_hinge(scores, positive, negative, margin):
-    """Σ_p Σ_n max(s_an − s_ap + m, 0) per anchor, and the number of non-zero terms.
+    """Σ_n max(s_an − s_ap + m, 0) for every anchor–positive pair, and its number of non-zero terms.
 
-    Returns `(sums, nonzero)`, both `[batch]`. Without a `[batch, batch, batch]` tensor: in each
-    anchor's row, the thresholds t_p = s_ap − m and the negatives' scores are sorted together;
-    a threshold preceded by c negatives whose scores sum to S contributes S − c·t_p.
-    Thresholds come first among ties, where the hinge is 0 and the term does not count as non-zero.
+    Returns `(sums, nonzero)`, `[batch, batch]` each (placeholders where p is not a positive of a).
+    Without a `[batch, batch, batch]` tensor: each anchor's negatives are sorted once; for the
+    threshold t = s_ap − m, the c negatives above it (binary search) with score sum S give S − c·t.
     """
     batch = ops.shape(scores)[0]
     thresholds = scores - margin
-    merged = ops.concatenate([thresholds, scores], axis=-1)
-    is_threshold = ops.concatenate([positive, ops.zeros_like(positive)], axis=-1)
-    is_negative = ops.concatenate([ops.zeros_like(negative), negative], axis=-1)
-    values, order = _sorted_descending(merged, 2 * batch)
-    is_threshold = ops.take_along_axis(is_threshold, order, axis=-1)
-    is_negative = ops.cast(ops.take_along_axis(is_negative, order, axis=-1), scores.dtype)
-    # Centring on each row's mean keeps the running sums small, so S − c·t does not cancel badly.
-    centre = ops.stop_gradient(ops.mean(values, axis=-1, keepdims=True))
-    values = values - centre
-    count = ops.cumsum(is_negative, axis=-1)
-    total = ops.cumsum(is_negative * values, axis=-1)
-    terms = ops.where(is_threshold, total - count * values, 0.0)
-    nonzero = ops.where(is_threshold, count, 0.0)
-    return ops.sum(terms, axis=-1), ops.sum(nonzero, axis=-1)
+    low = ops.stop_gradient(ops.min(thresholds)) - 1.0
+    sorted_negatives = _sorted_negatives(scores, negative, low)
+    # Centring each row keeps the running sums small, so S − c·t does not cancel badly.
+    centre = ops.stop_gradient(ops.mean(scores, axis=-1, keepdims=True))
+    centred = sorted_negatives - centre
+    prefix = ops.cumsum(centred, axis=-1)
+    prefix = ops.concatenate([ops.zeros_like(prefix[:, :1]), prefix], axis=-1)
+    at_most = _count_below(sorted_negatives, thresholds, inclusive=True)
+    above_sum = prefix[:, -1:] - ops.take_along_axis(prefix, at_most, axis=-1)
+    above = ops.cast(batch - at_most, scores.dtype)
+    return above_sum - above * (thresholds - centre), above
 
 
 def multi_similarity_pairs(scores, positive, negative, epsilon):
@@ -175,8 +183,7 @@ def multi_similarity_pairs(scores, positive, negative, epsilon):
 
 __all__ = [
     "DISTANCES",
-    "all_triplet_hinge",
-    "hardest",
+        "hardest",
     "label_masks",
     "masked_logsumexp",
     "masked_mean",
@@ -184,5 +191,6 @@ __all__ = [
     "pairwise_scores",
     "pairwise_squared_distance",
     "safe_sqrt",
-    "semi_hard_triplets",
+    "all_triplet_hinge",
+    "semi_hard_negative_scores",
 ]
