@@ -3,6 +3,9 @@
 Every loss is a `keras.losses.Loss`, so it plugs into `model.compile(loss=...)`. Pick one by class
 or by name: `model.compile(loss=keras_facemargin.losses.get("arcface", margin=0.5))`. (Keras's own
 `compile(loss="...")` resolves only Keras's built-in names, so our names go through `get`.)
+
+The margin-softmax losses take cosines from a `CosineHead`; the pair losses (`PairLoss`
+subclasses) take embeddings `[batch, dim]` and integer identity labels of a P×K batch.
 """
 
 import keras
@@ -15,6 +18,17 @@ from keras_facemargin.losses.margin_losses import (
     NormFaceLoss,
     SphereFaceLoss,
 )
+from keras_facemargin.losses.pair_losses import (
+    CircleLoss,
+    ContrastiveLoss,
+    MultiSimilarityLoss,
+    NPairLoss,
+    PairLoss,
+    SupConLoss,
+    TripletLoss,
+    UnifiedPairLoss,
+    unified_pair_loss,
+)
 
 _REGISTRY = {
     "normface": NormFaceLoss,
@@ -22,6 +36,13 @@ _REGISTRY = {
     "cosface": CosFaceLoss,
     "arcface": ArcFaceLoss,
     "combined_margin": CombinedMarginLoss,
+    "triplet": TripletLoss,
+    "contrastive": ContrastiveLoss,
+    "npair": NPairLoss,
+    "unified_pair": UnifiedPairLoss,
+    "circle": CircleLoss,
+    "supcon": SupConLoss,
+    "multi_similarity": MultiSimilarityLoss,
 }
 
 
@@ -53,11 +74,20 @@ def get(identifier, **kwargs):
 
 __all__ = [
     "ArcFaceLoss",
+    "CircleLoss",
     "CombinedMarginLoss",
+    "ContrastiveLoss",
     "CosFaceLoss",
     "MarginSoftmaxLoss",
+    "MultiSimilarityLoss",
+    "NPairLoss",
     "NormFaceLoss",
+    "PairLoss",
     "SphereFaceLoss",
+    "SupConLoss",
+    "TripletLoss",
+    "UnifiedPairLoss",
+    "unified_pair_loss",
     "get",
     "names",
 ]

@@ -1,0 +1,146 @@
+"""Loss + gradient time of each pair loss, as a ratio to the batch × batch similarity matmul.
+
+Every pair loss pays at least for S = E·Eᵀ and its gradient (two more matmuls of the same size):
+that is the floor. Each configuration runs in its own subprocess, which times the floor and the
+loss in the same process (median of repeated calls, after compilation) and reports its peak
+resident memory (`ru_maxrss`), so that one configuration's allocations cannot hide another's.
+
+On TensorFlow the step is `tf.function(jit_compile=True)`, as `Model.fit` compiles it by default.
+
+    python benchmarks/bench_pair_losses.py            # batch 128, 512, 2048; dim 512
+    python benchmarks/bench_pair_losses.py --batches 128 512 --losses triplet_all supcon
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+LOSSES = {
+    "triplet_all": ("triplet", dict(mining="all")),
+    "triplet_batch_hard": ("triplet", dict(mining="batch_hard")),
+    "triplet_semi_hard": ("triplet", dict(mining="semi_hard")),
+    "contrastive": ("contrastive", {}),
+    "npair": ("npair", {}),
+    "unified_pair": ("unified_pair", {}),
+    "circle": ("circle", {}),
+    "supcon": ("supcon", {}),
+    "multi_similarity": ("multi_similarity", {}),
+}
+
+
+def _median_time(fn, args, min_seconds):
+    fn(*args)  # compile
+    times = []
+    start = time.perf_counter()
+    while len(times) < 3 or (time.perf_counter() - start < min_seconds and len(times) < 50):
+        t = time.perf_counter()
+        fn(*args)
+        times.append(time.perf_counter() - t)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def run_one(loss_key, batch, dim, min_seconds):
+    """In a fresh process: floor time, loss time, peak RSS; printed as one JSON line."""
+    import resource
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import numpy as np
+    import tensorflow as tf
+
+    import keras_facemargin as kf
+
+    rng = np.random.default_rng(0)
+    per_class = 4
+    labels = tf.constant(np.repeat(np.arange(batch // per_class), per_class), tf.float32)
+    embeddings = tf.constant(rng.normal(size=(batch, dim)), tf.float32)
+    weights = tf.constant(rng.normal(size=(batch, batch)), tf.float32)
+
+    @tf.function(jit_compile=True)
+    def floor(e):
+        with tf.GradientTape() as tape:
+            tape.watch(e)
+            value = tf.reduce_sum(tf.matmul(e, e, transpose_b=True) * weights)
+        return value, tape.gradient(value, e)
+
+    def finish(fn):
+        def timed(*args):
+            value, grad = fn(*args)
+            return float(value), grad.numpy()
+        return timed
+
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    floor_s = _median_time(finish(floor), (embeddings,), min_seconds)
+    rss_floor = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    result = dict(loss=loss_key, batch=batch, floor_ms=1e3 * floor_s,
+                  rss_floor_mb=rss_floor / 1024, rss_start_mb=rss_before / 1024)
+    if loss_key != "floor":
+        name, kwargs = LOSSES[loss_key]
+        loss = kf.losses.get(name, **kwargs)
+
+        @tf.function(jit_compile=True)
+        def step(y, e):
+            with tf.GradientTape() as tape:
+                tape.watch(e)
+                value = loss(y, e)
+            return value, tape.gradient(value, e)
+
+        loss_s = _median_time(finish(step), (labels, embeddings), min_seconds)
+        result.update(loss_ms=1e3 * loss_s, ratio=loss_s / floor_s)
+    result["rss_peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(result), flush=True)
+
+
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", type=int, nargs="+", default=[128, 512, 2048])
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--losses", nargs="+", default=list(LOSSES))
+    parser.add_argument("--min-seconds", type=float, default=2.0)
+    parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        run_one(args.one[0], int(args.one[1]), args.dim, args.min_seconds)
+        return
+
+    import tensorflow as tf
+
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    print(f"# {when}, {_cpu_name()}, {os.cpu_count()} CPUs, TensorFlow {tf.__version__}, "
+          f"tf.function(jit_compile=True), dim {args.dim}, P×K batches with K = 4")
+    print(f"{'loss':<20}{'batch':>6}{'floor ms':>10}{'loss ms':>10}{'ratio':>8}{'peak RSS MB':>13}")
+    for batch in args.batches:
+        for key in ["floor", *args.losses]:
+            out = subprocess.run(
+                [sys.executable, __file__, "--one", key, str(batch), "--dim", str(args.dim),
+                 "--min-seconds", str(args.min_seconds)],
+                capture_output=True, text=True, env={**os.environ, "KERAS_BACKEND": "tensorflow"},
+            )
+            lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+            if out.returncode or not lines:
+                print(f"{key:<20}{batch:>6}  failed: {out.stderr.strip().splitlines()[-1:]}")
+                continue
+            r = json.loads(lines[-1])
+            loss_ms = f"{r['loss_ms']:10.2f}" if "loss_ms" in r else f"{'':>10}"
+            ratio = f"{r['ratio']:8.2f}" if "ratio" in r else f"{'':>8}"
+            print(f"{key:<20}{batch:>6}{r['floor_ms']:10.2f}{loss_ms}{ratio}{r['rss_peak_mb']:13.0f}",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""Building blocks shared by the pair-based losses: pairwise scores, label masks, mining rules.
+
+Everything here works on `[batch, batch]` tensors, so every pair loss costs O(batch²) memory;
+none of them builds a `[batch, batch, batch]` tensor of triplets. The triplet mining rules sort
+each anchor's negatives once and binary-search them (O(batch² log batch) time).
+
+Scores follow one convention: higher means more similar. A cosine similarity is its own score;
+a distance d enters as the score −d, so that `max(s_an − s_ap + m, 0)` is both the similarity
+form and the distance form `max(d_ap − d_an + m, 0)` of the triplet hinge.
+"""
+
+import math
+
+from keras import ops
+
+from keras_facemargin.heads.cosine_head import l2_normalize
+
+DISTANCES = ("cosine", "euclidean", "squared_euclidean")
+_TINY = 1e-30
+
+
+def safe_sqrt(x):
+    """`sqrt(x)` for x >= 0 whose gradient is 0 (not inf, not NaN) at x = 0."""
+    positive = x > 0
+    return ops.where(positive, ops.sqrt(ops.where(positive, x, ops.ones_like(x))), 0.0)
+
+
+def pairwise_squared_distance(embeddings):
+    """‖a‖² + ‖b‖² − 2ab for every pair of rows of `[batch, dim]`, clamped at 0, `[batch, batch]`.
+
+    One matmul instead of a `[batch, batch, dim]` difference tensor.
+    """
+    squared_norms = ops.sum(ops.square(embeddings), axis=-1)
+    dots = ops.matmul(embeddings, ops.transpose(embeddings))
+    return ops.maximum(squared_norms[:, None] + squared_norms[None, :] - 2.0 * dots, 0.0)
+
+
+def pairwise_scores(embeddings, distance="cosine"):
+    """Scores `[batch, batch]`, higher = more similar: cos θ, −‖a − b‖ or −‖a − b‖²."""
+    if distance == "cosine":
+        unit = l2_normalize(embeddings, axis=-1)
+        return ops.matmul(unit, ops.transpose(unit))
+    squared = pairwise_squared_distance(embeddings)
+    if distance == "squared_euclidean":
+        return -squared
+    if distance == "euclidean":
+        return -safe_sqrt(squared)
+    raise ValueError(f"distance must be one of {', '.join(DISTANCES)}; got {distance!r}")
+
+
+def label_masks(labels):
+    """Boolean `[batch, batch]` masks (positive, negative) from labels `[batch]`.
+
+    Positives share the anchor's label and exclude the anchor itself; negatives do not share it.
+    """
+    same = ops.equal(labels[:, None], labels[None, :])
+    batch = ops.shape(labels)[0]
+    not_self = ops.logical_not(ops.cast(ops.eye(batch), "bool"))
+    return ops.logical_and(same, not_self), ops.logical_not(same)
+
+
+def masked_logsumexp(x, mask, include_zero=False):
+    """`log Σ_{j in mask} exp(x_j)` along the last axis, `log(1 + Σ ...)` with `include_zero`.
+
+    Stable (shifted by the masked maximum) and safe to differentiate: masked-out entries never
+    reach `exp`, so they cannot overflow and poison the gradient with inf × 0. An empty set gives
+    0 with `include_zero`, else a large negative finite value that the caller must mask out.
+    """
+    low = ops.stop_gradient(ops.min(x))
+    shift = ops.stop_gradient(ops.max(ops.where(mask, x, low), axis=-1, keepdims=True))
+    if include_zero:
+        shift = ops.maximum(shift, 0.0)
+    safe = ops.where(mask, x, shift)
+    total = ops.sum(ops.where(mask, ops.exp(safe - shift), 0.0), axis=-1, keepdims=True)
+    if include_zero:
+        total = total + ops.exp(-shift)
+    return ops.squeeze(shift + ops.log(ops.maximum(total, _TINY)), axis=-1)
+
+
+def masked_mean(x, mask, axis=-1):
+    """Mean of the entries in `mask` along `axis`; 0 for an empty set."""
+    mask = ops.cast(mask, x.dtype)
+    return ops.divide_no_nan(ops.sum(x * mask, axis=axis), ops.sum(mask, axis=axis))
+
+
+def hardest(scores, positive, negative):
+    """Batch-hard mining: per anchor the least similar positive and the most similar negative.
+
+    Rows without a positive (or negative) get a finite placeholder; the caller masks them out.
+    """
+    top = ops.stop_gradient(ops.max(scores))
+    bottom = ops.stop_gradient(ops.min(scores))
+    hardest_positive = ops.min(ops.where(positive, scores, top), axis=-1)
+    hardest_negative = ops.max(ops.where(negative, scores, bottom), axis=-1)
+    return hardest_positive, hardest_negative
+
+
+def _sorted_negatives(scores, negative, low):
+    """Each anchor's negative scores in ascending order, after `batch − #negatives` copies of `low`.
+
+    `low` must lie below every score and every threshold searched for. Differentiable: the
+    sorted values are the scores themselves, permuted.
+    """
+    return ops.sort(ops.where(negative, scores, low), axis=-1)
+
+
+def _count_below(sorted_rows, thresholds, inclusive):
+    """Per entry, how many of its row's sorted values are < (or <=) it: a batched binary search.
+
+    `sorted_rows` and `thresholds` are `[batch, batch]`; every entry of row a is searched for in
+    row a. ceil(log2(batch + 1)) rounds of one `[batch, batch]` gather each.
+    """
+    width = sorted_rows.shape[-1]
+    rounds = math.ceil(math.log2(width + 1)) if width is not None else 32
+    length = ops.shape(sorted_rows)[-1]
+    sorted_rows = ops.stop_gradient(sorted_rows)
+    thresholds = ops.stop_gradient(thresholds)
+    lo = ops.zeros_like(thresholds, dtype="int32")
+    hi = ops.full_like(thresholds, length, dtype="int32")
+    for _ in range(rounds):
+        mid = (lo + hi) // 2
+        value = ops.take_along_axis(sorted_rows, ops.minimum(mid, length - 1), axis=-1)
+        below = value <= thresholds if inclusive else value < thresholds
+        active = lo < hi
+        lo = ops.where(ops.logical_and(active, below), mid + 1, lo)
+        hi = ops.where(ops.logical_and(active, ops.logical_not(below)), mid, hi)
+    return lo
+
+
+def semi_hard_negative_scores(scores, positive, negative):
+    """FaceNet's semi-hard negative for every anchor–positive pair: its score, `[batch, batch]`.
+
+    For the pair (a, p): the most similar negative that is still less similar than p (in
+    distances: the closest negative farther than the positive); where no such negative exists,
+    the least similar negative. Entries where p is not a positive of a are placeholders.
+
+    O(batch²) memory and O(batch² log batch) time: each anchor's negatives are sorted once, and
+    every positive's score is binary-searched among them.
+    """
+    batch = ops.shape(scores)[0]
+    low = ops.stop_gradient(ops.min(scores)) - 1.0
+    sorted_negatives = _sorted_negatives(scores, negative, low)
+    first = batch - ops.sum(ops.cast(negative, "int32"), axis=-1, keepdims=True)
+    below = _count_below(sorted_negatives, scores, inclusive=False)
+    index = ops.where(below - 1 >= first, below - 1, first)
+    return ops.take_along_axis(sorted_negatives, ops.minimum(index, batch - 1), axis=-1)
+
+
+def all_triplet_hinge(scores, positive, negative, margin):
+    """Σ_n max(s_an − s_ap + m, 0) for every anchor–positive pair, and its number of non-zero terms.
+
+    Returns `(sums, nonzero)`, `[batch, batch]` each (placeholders where p is not a positive of a).
+    Without a `[batch, batch, batch]` tensor: each anchor's negatives are sorted once; for the
+    threshold t = s_ap − m, the c negatives above it (binary search) with score sum S give S − c·t.
+    """
+    batch = ops.shape(scores)[0]
+    thresholds = scores - margin
+    low = ops.stop_gradient(ops.min(thresholds)) - 1.0
+    sorted_negatives = _sorted_negatives(scores, negative, low)
+    # Centring each row keeps the running sums small, so S − c·t does not cancel badly.
+    centre = ops.stop_gradient(ops.mean(scores, axis=-1, keepdims=True))
+    centred = sorted_negatives - centre
+    prefix = ops.cumsum(centred, axis=-1)
+    prefix = ops.concatenate([ops.zeros_like(prefix[:, :1]), prefix], axis=-1)
+    at_most = _count_below(sorted_negatives, thresholds, inclusive=True)
+    above_sum = prefix[:, -1:] - ops.take_along_axis(prefix, at_most, axis=-1)
+    above = ops.cast(batch - at_most, scores.dtype)
+    return above_sum - above * (thresholds - centre), above
+
+
+def multi_similarity_pairs(scores, positive, negative, epsilon):
+    """Multi-Similarity mining: the informative positive and negative pairs, `[batch, batch]` each.
+
+    A negative is kept when it is more similar than the anchor's least similar positive minus ε;
+    a positive is kept when it is less similar than the anchor's most similar negative plus ε.
+    """
+    scores = ops.stop_gradient(scores)
+    hardest_positive, hardest_negative = hardest(scores, positive, negative)
+    keep_negative = ops.logical_and(negative, scores + epsilon > hardest_positive[:, None])
+    keep_positive = ops.logical_and(positive, scores - epsilon < hardest_negative[:, None])
+    return keep_positive, keep_negative
+
+
+__all__ = [
+    "DISTANCES",
+        "hardest",
+    "label_masks",
+    "masked_logsumexp",
+    "masked_mean",
+    "multi_similarity_pairs",
+    "pairwise_scores",
+    "pairwise_squared_distance",
+    "safe_sqrt",
+    "all_triplet_hinge",
+    "semi_hard_negative_scores",
+]

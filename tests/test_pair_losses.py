@@ -1,0 +1,533 @@
+import math
+import warnings
+
+import keras
+import numpy as np
+import pair_reference as ref
+import pytest
+from helpers import FLOAT64, GRAD_TOL, TOL, check_config_round_trip, finite, value_and_grad
+from keras import ops
+
+import keras_facemargin as kf
+
+pytestmark = pytest.mark.multibackend
+
+PAIR_NAMES = ["triplet", "contrastive", "npair", "unified_pair", "circle", "supcon", "multi_similarity"]
+
+# case -> (loss name, constructor kwargs, reference function with its kwargs); scales kept moderate
+# for float64 tolerances (the defaults get their own test).
+CASES = {
+    "triplet_all_cosine": ("triplet", dict(margin=0.3, mining="all")),
+    "triplet_all_euclidean_nonzero": (
+        "triplet", dict(margin=0.5, mining="all", distance="euclidean", average_nonzero=True)),
+    "triplet_all_squared": ("triplet", dict(margin=0.8, mining="all", distance="squared_euclidean")),
+    "triplet_hard_cosine": ("triplet", dict(margin=0.3, mining="batch_hard")),
+    "triplet_hard_euclidean_soft": (
+        "triplet", dict(margin=0.0, mining="batch_hard", distance="euclidean", soft=True)),
+    "triplet_hard_squared_nonzero": (
+        "triplet", dict(margin=0.4, mining="batch_hard", distance="squared_euclidean",
+                        average_nonzero=True)),
+    "triplet_semi_cosine": ("triplet", dict(margin=0.3, mining="semi_hard")),
+    "triplet_semi_euclidean": ("triplet", dict(margin=0.5, mining="semi_hard", distance="euclidean")),
+    "triplet_semi_squared_soft_nonzero": (
+        "triplet", dict(margin=0.2, mining="semi_hard", distance="squared_euclidean", soft=True,
+                        average_nonzero=True)),
+    "contrastive_euclidean": ("contrastive", dict(positive_margin=0.2, negative_margin=1.5)),
+    "contrastive_squared": ("contrastive", dict(distance="squared_euclidean")),
+    "contrastive_cosine": ("contrastive", dict(distance="cosine", positive_margin=0.9,
+                                               negative_margin=0.1)),
+    "npair_dot": ("npair", dict(margin=0.1)),
+    "npair_cosine": ("npair", dict(margin=0.2, similarity="cosine")),
+    "unified_pair": ("unified_pair", dict(gamma=8.0, margin=0.25)),
+    "circle": ("circle", dict(margin=0.25, gamma=16.0)),
+    "supcon": ("supcon", dict(temperature=0.5)),
+    "multi_similarity": ("multi_similarity", dict(alpha=2.0, beta=10.0, base=0.3, epsilon=0.1)),
+}
+
+TRIPLET_DEFAULTS = dict(margin=0.2, distance="cosine", mining="semi_hard", soft=False,
+                        average_nonzero=False)
+CONTRASTIVE_MARGINS = {"euclidean": (0.0, 1.0), "squared_euclidean": (0.0, 1.0), "cosine": (1.0, 0.0)}
+
+
+def make_loss(case, **extra):
+    name, kwargs = CASES[case]
+    return kf.losses.get(name, **kwargs, **extra)
+
+
+def reference(case, x, labels, weights_from=None):
+    """The reference loss; Circle's self-paced weights α are taken at `weights_from` if given."""
+    name, kwargs = CASES[case]
+    if name == "circle":
+        return ref.circle(x, labels, **kwargs, weights_from=weights_from)
+    if name == "triplet":
+        return ref.triplet(x, labels, **{**TRIPLET_DEFAULTS, **kwargs})
+    if name == "contrastive":
+        distance = kwargs.get("distance", "euclidean")
+        positive, negative = CONTRASTIVE_MARGINS[distance]
+        return ref.contrastive(x, labels, kwargs.get("positive_margin", positive),
+                               kwargs.get("negative_margin", negative), distance)
+    if name == "npair":
+        return ref.npair(x, labels, kwargs["margin"], kwargs.get("similarity", "dot"))
+    return {"unified_pair": ref.unified, "circle": ref.circle, "supcon": ref.supcon,
+            "multi_similarity": ref.multi_similarity}[name](x, labels, **kwargs)
+
+
+# All of size 9 (and embeddings of dim 4): on JAX every new shape compiles each op anew.
+BATCHES = {
+    "pk": np.repeat(np.arange(3), 3),                       # P = 3 identities × K = 3
+    "unbalanced": np.array([4, 4, 4, 4, 1, 1, 7, 7, 9]),    # 9 has one sample: no positive
+    "singletons": np.array([0, 5, 0, 2, 3, 3, 6, 3, 8]),    # several identities of one sample
+}
+
+
+def embeddings(rng, labels, dim=4):
+    """Clustered embeddings, so that every mining rule meets easy, hard and semi-hard cases."""
+    centres = rng.normal(size=(int(labels.max()) + 1, dim))
+    return 0.6 * centres[labels] + rng.normal(size=(len(labels), dim))
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("batch", list(BATCHES))
+def test_loss_matches_float64_reference(case, batch, rng):
+    labels = BATCHES[batch]
+    x = embeddings(rng, labels)
+    got = float(make_loss(case, dtype="float64")(labels.astype("float64"), x))
+    assert got == pytest.approx(reference(case, x, labels), **TOL)
+    if batch != "singletons":  # only 4 valid anchors there: some losses are legitimately 0
+        assert got > 0
+
+
+@pytest.mark.parametrize("name", PAIR_NAMES)
+def test_defaults_match_reference_with_column_labels(name, rng):
+    labels = BATCHES["pk"]
+    x = embeddings(rng, labels)
+    loss = kf.losses.get(name, dtype="float64")
+    config = {k: v for k, v in loss.get_config().items()
+              if k not in ("name", "reduction", "dtype", "check_inputs")}
+    if name == "triplet":
+        expected = ref.triplet(x, labels, **config)
+    elif name == "contrastive":
+        expected = ref.contrastive(x, labels, **config)
+    else:
+        expected = reference_by_name(name, x, labels, config)
+    assert float(loss(labels[:, None], x)) == pytest.approx(expected, **TOL)
+
+
+def reference_by_name(name, x, labels, config):
+    return {"npair": ref.npair, "unified_pair": ref.unified, "circle": ref.circle,
+            "supcon": ref.supcon, "multi_similarity": ref.multi_similarity}[name](x, labels, **config)
+
+
+# A hand-made batch on a line (euclidean distances 1, 2, 3, with ties) where each rule's choice
+# can be checked by hand: a = 0, p = 3 (label 0); n1 = 1, n2 = 2 (label 1); margin 0.5.
+LINE = np.array([[0.0, 0.0], [3.0, 0.0], [1.0, 0.0], [2.0, 0.0]])
+LINE_LABELS = np.array([0, 0, 1, 1])
+
+
+@pytest.mark.parametrize(
+    "mining, average_nonzero, expected",
+    [
+        # a and p: no negative is farther than the positive (3): the farthest (2) → 1.5 each;
+        # n1 and n2: positive at 1, the negative at the same distance 1 is not farther, so the
+        # one at 2 is taken → hinge 0.
+        ("semi_hard", False, (1.5 + 1.5 + 0 + 0) / 4),
+        ("batch_hard", False, (2.5 + 2.5 + 0.5 + 0.5) / 4),
+        ("all", False, (2.5 + 1.5 + 2.5 + 1.5 + 0.5 + 0 + 0.5 + 0) / 8),
+        ("all", True, 9.0 / 6),
+    ],
+)
+def test_mining_rules_by_hand(mining, average_nonzero, expected):
+    loss = kf.losses.TripletLoss(margin=0.5, distance="euclidean", mining=mining,
+                                 average_nonzero=average_nonzero, dtype="float64")
+    assert float(loss(LINE_LABELS, LINE)) == pytest.approx(expected, abs=1e-12)
+    assert ref.triplet(LINE, LINE_LABELS, 0.5, "euclidean", mining,
+                       average_nonzero=average_nonzero) == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_gradients_match_reference(case, rng):
+    """The implementation's gradient vs central differences of the loop-based reference."""
+    labels = BATCHES["unbalanced"]
+    x = embeddings(rng, labels)
+    loss = make_loss(case, dtype="float64")
+    value, (grad,) = value_and_grad(lambda e: loss(labels, e), x)
+    numerical = ref.numerical_gradient(lambda e: reference(case, e, labels, weights_from=x), x)
+    assert value == pytest.approx(reference(case, x, labels), **TOL)
+    assert np.abs(grad).max() > 0
+    np.testing.assert_allclose(grad, numerical, **GRAD_TOL)
+
+
+@pytest.mark.skipif(not FLOAT64, reason="needs float64 throughout (TensorFlow backend)")
+@pytest.mark.parametrize("case", list(CASES))
+def test_finite_difference_gradient_of_the_implementation(case, rng):
+    """Circle's α are held constant in its gradient (as the paper defines it): compared separately."""
+    if case == "circle":
+        pytest.skip("the gradient of Circle loss is not the derivative of its value, by design")
+    labels = np.array([0, 0, 0, 1, 1, 2])
+    x = embeddings(rng, labels, dim=2)
+    loss = make_loss(case, dtype="float64")
+    _, (grad,) = value_and_grad(lambda e: loss(labels, e), x)
+    numerical = ref.numerical_gradient(lambda e: float(loss(labels, e)), x, step=1e-6)
+    np.testing.assert_allclose(grad, numerical, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_duplicate_embeddings_give_finite_values_and_gradients(case, rng):
+    """Zero distances (duplicates within and across identities, and zero vectors): no NaN."""
+    labels = np.array([0, 0, 0, 1, 1, 2, 2, 3, 1])
+    x = embeddings(rng, labels)
+    x[1] = x[0]        # positive pair at distance 0
+    x[3] = x[0]        # negative pair at distance 0
+    x[6] = x[5]
+    x[7] = 0.0         # a zero embedding
+    loss = make_loss(case, dtype="float64")
+    value, (grad,) = value_and_grad(lambda e: loss(labels, e), x)
+    assert math.isfinite(value) and finite(grad)
+    assert value == pytest.approx(reference(case, x, labels), rel=1e-6, abs=1e-6)
+    f32 = make_loss(case)
+    value32, (grad32,) = value_and_grad(lambda e: f32(labels, e), x.astype("float32"))
+    assert math.isfinite(value32) and finite(grad32)
+
+
+@pytest.mark.parametrize("name", PAIR_NAMES)
+@pytest.mark.parametrize("labels", [np.arange(9), np.zeros(9)], ids=["all_distinct", "one_identity"])
+def test_no_valid_pair_gives_zero_loss_and_zero_gradients(name, labels, rng):
+    x = rng.normal(size=(9, 4))
+    loss = kf.losses.get(name, dtype="float64")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        value, (grad,) = value_and_grad(lambda e: loss(labels, e), x)
+        value_and_grad(lambda e: loss(labels, e), x)
+    assert value == 0.0
+    assert np.all(grad == 0.0)
+    distinct = [w for w in caught if "every label in this batch" in str(w.message)]
+    if labels[1] != labels[0] and keras.backend.backend() == "tensorflow":
+        assert len(distinct) == 1, "warns once per loss object"
+    if labels[1] == labels[0]:
+        assert not distinct
+
+
+def test_all_distinct_labels_warn_once_with_the_advice():
+    loss = kf.losses.TripletLoss()
+    x = np.random.default_rng(0).normal(size=(9, 4)).astype("float32")
+    with pytest.warns(UserWarning, match=r"TripletLoss: every label in this batch of 9 is distinct.*P×K"):
+        assert float(loss(np.arange(9), x)) == 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss(np.arange(9), x)
+
+
+def test_anchors_without_positive_are_left_out_of_the_mean(rng):
+    """A one-sample identity is no anchor (value 0, out of the mean) but a negative for the others."""
+    labels = np.append(BATCHES["pk"][:8], 9)
+    x = embeddings(rng, labels)
+    loss = kf.losses.SupConLoss(temperature=0.5, dtype="float64")
+    with_single = float(loss(labels, x))
+    # The lone sample is left out as an anchor but enters the others' denominators.
+    assert with_single == pytest.approx(ref.supcon(x, labels, 0.5), **TOL)
+    per_anchor = kf.losses.SupConLoss(temperature=0.5, reduction="none", dtype="float64")
+    values = np.asarray(ops.convert_to_numpy(per_anchor(labels, x)))
+    assert values[-1] == 0.0 and values.sum() / len(values) == pytest.approx(with_single, **TOL)
+
+
+def test_sample_weight_weighs_anchors(rng):
+    labels = BATCHES["pk"]
+    x = embeddings(rng, labels)
+    loss = kf.losses.TripletLoss(mining="batch_hard", dtype="float64")
+    per_anchor = np.asarray(ops.convert_to_numpy(
+        kf.losses.TripletLoss(mining="batch_hard", reduction="none", dtype="float64")(labels, x)))
+    weights = np.linspace(0.0, 2.0, len(labels))
+    got = float(loss(labels, x, sample_weight=weights))
+    assert got == pytest.approx(float(np.mean(per_anchor * weights)), **TOL)
+
+
+# ---- the unified view ----------------------------------------------------------------------
+
+
+def _split_target(cosines, labels):
+    positive = cosines[np.arange(len(labels)), labels][:, None]
+    others = np.stack([np.delete(row, y) for row, y in zip(cosines, labels)])
+    return positive, others
+
+
+@pytest.mark.parametrize(
+    "margin_loss, gamma, margin",
+    [
+        (kf.losses.NormFaceLoss(scale=16.0, reduction="none", dtype="float64"), 16.0, 0.0),
+        (kf.losses.CosFaceLoss(scale=30.0, margin=0.35, reduction="none", dtype="float64"), 30.0, 0.35),
+    ],
+    ids=["normface", "cosface"],
+)
+def test_unified_with_class_centres_is_the_margin_softmax(margin_loss, gamma, margin, rng):
+    """Positive: the true class centre; negatives: the other centres; γ = scale, γm = scale·margin."""
+    labels = rng.integers(0, 7, size=9)
+    features = kf.heads.l2_normalize(rng.normal(size=(9, 4)))
+    centres = kf.heads.l2_normalize(rng.normal(size=(7, 4)))
+    cosines = np.asarray(ops.convert_to_numpy(ops.matmul(features, ops.transpose(centres))))
+    positive, negatives = _split_target(cosines, labels)
+    unified = kf.losses.unified_pair_loss(positive, negatives, gamma=gamma, margin=margin)
+    expected = margin_loss(labels, cosines)
+    np.testing.assert_allclose(ops.convert_to_numpy(unified), ops.convert_to_numpy(expected),
+                               rtol=TOL["rel"], atol=TOL["abs"])
+
+
+def test_unified_with_one_positive_and_gamma_1_is_npair(rng):
+    """A batch of N pairs (one positive per anchor): unified, γ = 1, equals multi-class N-pair."""
+    labels = np.append(np.repeat(np.arange(4), 2), 4)  # and a lone sample, a negative only
+    x = embeddings(rng, labels)
+    for margin in (0.0, 0.3):
+        unified = kf.losses.UnifiedPairLoss(gamma=1.0, margin=margin, dtype="float64")
+        npair = kf.losses.NPairLoss(margin=margin, similarity="cosine", dtype="float64")
+        assert float(unified(labels, x)) == pytest.approx(float(npair(labels, x)), **TOL)
+
+
+def test_unified_over_gamma_tends_to_the_triplet_hinge(rng):
+    """One positive and one negative: (1/γ)·softplus(γ(s_n − s_p + m)) → max(s_n − s_p + m, 0)."""
+    labels = np.array([0, 0, 1])
+    x = rng.normal(size=(3, 4))
+    x[2] = x[0] + 0.3 * rng.normal(size=4)  # a hard negative: the hinge is active for anchor 0
+    margin = 0.3
+    triplet = ref.triplet(x, labels, margin, "cosine", "all")
+    assert triplet > 0
+    gaps = []
+    for gamma in (1.0, 10.0, 100.0, 1000.0):
+        unified = kf.losses.UnifiedPairLoss(gamma=gamma, margin=margin, dtype="float64")
+        gap = float(unified(labels, x)) / gamma - triplet
+        assert -1e-12 <= gap <= math.log(2.0) / gamma + 1e-9
+        gaps.append(gap)
+    assert gaps == sorted(gaps, reverse=True) and gaps[-1] < 1e-3
+    s_p, s_n = np.array([[0.4]]), np.array([[0.5]])
+    value = float(kf.losses.unified_pair_loss(s_p, s_n, gamma=1e4, margin=margin)[0]) / 1e4
+    assert value == pytest.approx(0.4, abs=1e-4)
+
+
+def test_unified_pair_loss_is_stable_for_large_gamma():
+    s_p = np.array([[0.9, -0.8]])
+    s_n = np.array([[0.95, -1.0, 0.2]])
+    value = kf.losses.unified_pair_loss(s_p, s_n, gamma=1e4, margin=0.1)
+    assert finite(value)
+    expected = 1e4 * (0.95 + 0.8 + 0.1)
+    assert float(value[0]) == pytest.approx(expected, rel=1e-6)
+
+
+# ---- memory: no [batch, batch, batch] tensor -----------------------------------------------
+
+
+@pytest.mark.parametrize("name", PAIR_NAMES)
+def test_no_intermediate_grows_like_batch_cubed(name):
+    """Every tensor of the loss and its gradient holds at most a few batch² elements."""
+    batch, dim = 48, 4
+    labels = np.repeat(np.arange(12), 4).astype("float32")
+    x = np.random.default_rng(0).normal(size=(batch, dim)).astype("float32")
+    losses = [kf.losses.get(name)]
+    if name == "triplet":
+        losses = [kf.losses.TripletLoss(mining=m) for m in ("all", "batch_hard", "semi_hard")]
+    for loss in losses:
+        sizes = _intermediate_sizes(lambda e, loss=loss: loss(labels, e), x)
+        assert max(sizes) <= 4 * batch * batch < batch**3, (loss.get_config(), max(sizes))
+
+
+def _intermediate_sizes(fn, x):
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        jaxpr = jax.make_jaxpr(jax.value_and_grad(fn))(x)
+        sizes = []
+
+        def visit(jpr):
+            for eqn in jpr.eqns:
+                sizes.extend(int(np.prod(v.aval.shape)) for v in eqn.outvars)
+                for sub in jax.core.jaxprs_in_params(eqn.params):
+                    visit(sub)
+
+        visit(jaxpr.jaxpr)
+        return sizes
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        @tf.function
+        def step(e):
+            with tf.GradientTape() as tape:
+                tape.watch(e)
+                value = fn(e)
+            return value, tape.gradient(value, e)
+
+        graph = step.get_concrete_function(tf.TensorSpec(x.shape, tf.float32)).graph
+        return [int(np.prod(t.shape.as_list())) for op in graph.get_operations()
+                for t in op.outputs if t.shape.rank is not None and None not in t.shape.as_list()]
+    pytest.skip("no graph to inspect")
+
+
+# ---- compiled code -------------------------------------------------------------------------
+
+
+# Every loss once, and every mining rule and distance of the triplet loss. On JAX, whose eager
+# ops are already jitted one by one, only the triplet mining rules (each jit costs seconds).
+COMPILED_CASES = ["triplet_all_euclidean_nonzero", "triplet_hard_cosine", "triplet_semi_squared_soft_nonzero"]
+if keras.backend.backend() == "tensorflow":
+    COMPILED_CASES += ["contrastive_cosine", "npair_dot", "unified_pair", "circle", "supcon",
+                       "multi_similarity"]
+
+
+@pytest.mark.parametrize("case", COMPILED_CASES)
+def test_compiled_equals_eager(case, rng):
+    """Under XLA (TensorFlow, with an unknown batch size at trace time) and jax.jit."""
+    labels = BATCHES["unbalanced"]
+    x = embeddings(rng, labels).astype("float32")
+    loss = make_loss(case)
+    eager = float(loss(labels, x))
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        fn = tf.function(lambda y, e: loss(y, e), jit_compile=True,
+                         input_signature=[tf.TensorSpec([None]), tf.TensorSpec([None, 4])])
+        compiled = float(fn(labels.astype("float32"), x))
+    elif keras.backend.backend() == "jax":
+        import jax
+
+        compiled = float(jax.jit(lambda y, e: loss(y, e))(labels, x))
+    else:
+        pytest.skip("no compiler")
+    assert compiled == pytest.approx(eager, rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+@pytest.mark.parametrize("name", PAIR_NAMES)
+def test_half_precision_embeddings_are_computed_in_float32(name, policy, rng):
+    keras.config.set_dtype_policy(policy)
+    labels = BATCHES["pk"]
+    x = embeddings(rng, labels).astype("float32")
+    half = "float16" if policy == "mixed_float16" else "bfloat16"
+    value = kf.losses.get(name)(labels, ops.cast(x, half))
+    assert "float32" in str(value.dtype) and finite(value)
+    assert float(value) == pytest.approx(float(kf.losses.get(name)(labels, x)), rel=0.05, abs=0.05)
+
+
+# ---- training ------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow",
+                    reason="compiling the train step dominates on JAX; test_compiled_equals_eager covers jit")
+def test_semi_hard_triplet_training_on_digits_lowers_the_loss():
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x, y = (data.data / 16.0).astype("float32"), data.target.astype("int32")
+    model = keras.Sequential([
+        keras.Input((64,)),
+        keras.layers.Dense(64, activation="relu"),
+        keras.layers.Dense(16),
+        keras.layers.UnitNormalization(),
+    ])
+    model.compile(optimizer=keras.optimizers.Adam(0.01),
+                  loss=kf.losses.TripletLoss(margin=0.2, mining="semi_hard"))
+    x, y = x[:1792], y[:1792]  # 14 full batches of 128: one compiled step for fit and evaluate
+    before = model.evaluate(x, y, batch_size=128, verbose=0)
+    history = model.fit(x, y, epochs=4, batch_size=128, verbose=0).history["loss"]
+    after = model.evaluate(x, y, batch_size=128, verbose=0)
+    assert np.all(np.isfinite(history))
+    assert after < 0.5 * before, (before, history, after)
+    # The embedding now separates the digits: 1-nearest-neighbour accuracy on cosine similarity.
+    e = np.asarray(ops.convert_to_numpy(model.predict(x, verbose=0)), dtype=np.float64)
+    similarity = e @ e.T
+    np.fill_diagonal(similarity, -np.inf)
+    assert np.mean(y[np.argmax(similarity, axis=1)] == y) > 0.85
+
+
+# ---- bad input -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "y_true, y_pred, message",
+    [
+        (np.array([0, 1, 1]), np.zeros((2, 4), "float32"),
+         r"y_true and y_pred must have the same batch size; got y_true shape \(3,\) and y_pred shape \(2, 4\)"),
+        (np.array([0, 1]), np.zeros((2,), "float32"), r"y_pred must have shape \[batch, dim\] \(embeddings\); got shape \(2,\)"),
+        (np.array([0, 1]), np.zeros((2, 3, 4), "float32"), r"y_pred must have shape \[batch, dim\]"),
+        (np.zeros((2, 2)), np.zeros((2, 4), "float32"), r"y_true must be integer identity labels \[batch\] or \[batch, 1\]; got shape \(2, 2\)"),
+        (np.array([0.0, 1.5]), np.zeros((2, 4), "float32"), "y_true must hold integer identity labels; got 1.5"),
+    ],
+)
+@pytest.mark.parametrize("name", PAIR_NAMES)
+def test_bad_inputs(name, y_true, y_pred, message):
+    with pytest.raises(ValueError, match=message):
+        kf.losses.get(name)(y_true, y_pred)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tf.function graph")
+def test_non_integer_labels_raise_in_a_graph_and_poison_under_xla():
+    import tensorflow as tf
+
+    loss = kf.losses.TripletLoss()
+    x = tf.constant(np.random.default_rng(0).normal(size=(4, 3)), tf.float32)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="integer labels"):
+        tf.function(lambda y, e: loss(y, e))(tf.constant([0.0, 0.0, 1.5, 1.5]), x)
+    jit = tf.function(lambda y, e: loss(y, e), jit_compile=True)
+    assert math.isnan(float(jit(tf.constant([0.0, 0.0, 1.5, 1.5]), x)))
+    assert math.isfinite(float(jit(tf.constant([0.0, 0.0, 1.0, 1.0]), x)))
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: kf.losses.TripletLoss(margin=-0.1), r"margin must be a finite number >= 0; got -0.1"),
+        (lambda: kf.losses.TripletLoss(distance="manhattan"),
+         r"distance must be one of 'cosine', 'euclidean', 'squared_euclidean'; got 'manhattan'"),
+        (lambda: kf.losses.TripletLoss(mining="hard"),
+         r"mining must be one of 'all', 'batch_hard', 'semi_hard'; got 'hard'"),
+        (lambda: kf.losses.TripletLoss(mining="all", soft=True), r"soft=True needs mining='batch_hard' or 'semi_hard'"),
+        (lambda: kf.losses.ContrastiveLoss(negative_margin=-1.0), r"negative_margin must be a finite number > 0; got -1.0"),
+        (lambda: kf.losses.ContrastiveLoss(positive_margin=-0.5), r"positive_margin must be a finite number >= 0"),
+        (lambda: kf.losses.ContrastiveLoss(positive_margin=2.0, negative_margin=1.0),
+         r"negative_margin must be >= positive_margin \(a distance\); got negative_margin=1.0"),
+        (lambda: kf.losses.ContrastiveLoss(distance="cosine", positive_margin=0.1, negative_margin=0.5),
+         r"negative_margin must be <= positive_margin \(a similarity\)"),
+        (lambda: kf.losses.ContrastiveLoss(distance="cosine", positive_margin=1.5), r"positive_margin must be in \[-1, 1\]"),
+        (lambda: kf.losses.NPairLoss(margin=-1.0), "margin must be a finite number >= 0"),
+        (lambda: kf.losses.NPairLoss(similarity="euclidean"), r"similarity must be one of 'dot', 'cosine'"),
+        (lambda: kf.losses.UnifiedPairLoss(gamma=0.0), r"gamma must be a finite number > 0; got 0.0"),
+        (lambda: kf.losses.UnifiedPairLoss(margin=-0.2), "margin must be a finite number >= 0"),
+        (lambda: kf.losses.CircleLoss(margin=1.5), r"margin must be in \[0.0, 1.0\]; got 1.5"),
+        (lambda: kf.losses.CircleLoss(gamma=-256), r"gamma must be a finite number > 0; got -256"),
+        (lambda: kf.losses.SupConLoss(temperature=0.0), r"temperature must be a finite number > 0; got 0.0"),
+        (lambda: kf.losses.SupConLoss(temperature=-0.1), "temperature must be a finite number > 0"),
+        (lambda: kf.losses.MultiSimilarityLoss(alpha=0), "alpha must be a finite number > 0"),
+        (lambda: kf.losses.MultiSimilarityLoss(beta=-50), "beta must be a finite number > 0"),
+        (lambda: kf.losses.MultiSimilarityLoss(base=2.0), r"base must be in \[-1.0, 1.0\]"),
+        (lambda: kf.losses.MultiSimilarityLoss(epsilon=-0.1), "epsilon must be a finite number >= 0"),
+        (lambda: kf.losses.get("tripplet"), "Unknown loss 'tripplet'; known names: .*triplet"),
+    ],
+)
+def test_bad_arguments(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+# ---- registry and serialization ------------------------------------------------------------
+
+
+def test_registry_lists_the_pair_losses():
+    assert set(PAIR_NAMES) <= set(kf.losses.names())
+    for name in PAIR_NAMES:
+        assert isinstance(kf.losses.get(name), kf.losses.PairLoss)
+    assert isinstance(kf.losses.get("multi-similarity"), kf.losses.MultiSimilarityLoss)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_config_round_trip(case):
+    loss = make_loss(case, check_inputs=False, reduction="sum", name="my_loss")
+    clone = check_config_round_trip(loss)
+    _, kwargs = CASES[case]
+    for key, value in kwargs.items():
+        assert getattr(clone, key) == value
+    assert not clone.check_inputs and clone.reduction == "sum"
+    assert kf.losses.get(keras.losses.serialize(loss)).get_config() == loss.get_config()
+    assert keras.losses.get(keras.losses.serialize(loss)).get_config() == loss.get_config()
+
+
+def test_contrastive_defaults_depend_on_the_distance():
+    assert kf.losses.ContrastiveLoss().get_config()["negative_margin"] == 1.0
+    cosine = kf.losses.ContrastiveLoss(distance="cosine")
+    assert (cosine.positive_margin, cosine.negative_margin) == (1.0, 0.0)
+    check_config_round_trip(cosine)
