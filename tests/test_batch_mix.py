@@ -17,7 +17,9 @@ def batch(rng, n=8, classes=5):
 def test_uses_keras_layers():
     mix = BatchMix(mixup=0.2, cutmix=0.3, cutout=0.1)
     assert [type(layer) for layer in mix.layers] == [
-        keras.layers.MixUp, keras.layers.CutMix, keras.layers.RandomErasing
+        keras.layers.MixUp,
+        keras.layers.CutMix,
+        keras.layers.RandomErasing,
     ]
 
 
@@ -55,7 +57,9 @@ def test_errors(rng):
     with pytest.raises(ValueError, match=r"cutout must be a probability in \[0, 1\]; got -0.1"):
         BatchMix(cutout=-0.1)
     images, _ = batch(rng)
-    with pytest.raises(ValueError, match="labels must be dense one-hot rows.*int32 labels of shape \\(8,\\).*P×K"):
+    with pytest.raises(
+        ValueError, match="labels must be dense one-hot rows.*int32 labels of shape \\(8,\\).*P×K"
+    ):
         BatchMix(mixup=1.0)(images, tf.range(8), 0)
     index = ImageIndex.from_directory(FACES)
     with pytest.raises(ValueError, match="mix must be None when training=False"):
@@ -64,18 +68,25 @@ def test_errors(rng):
 
 def test_mixed_batches_train_a_margin_loss():
     index = ImageIndex.from_directory(FACES)
-    ds = classification_dataset(index, batch_size=11, image_size=(24, 24), seed=0,
-                                mix=BatchMix(mixup=0.4, cutmix=0.4, cutout=0.2, seed=0))
+    ds = classification_dataset(
+        index,
+        batch_size=11,
+        image_size=(24, 24),
+        seed=0,
+        mix=BatchMix(mixup=0.4, cutmix=0.4, cutout=0.2, seed=0),
+    )
     x, y = next(iter(ds))
     assert x.shape == (11, 24, 24, 3) and y.shape == (11, 5) and y.dtype == tf.float32
     np.testing.assert_allclose(y.numpy().sum(1), 1.0, atol=1e-5)
-    model = keras.Sequential([
-        keras.Input((24, 24, 3)),
-        keras.layers.Rescaling(1 / 255.0),
-        keras.layers.Flatten(),
-        keras.layers.Dense(16),
-        kf.heads.CosineHead(5),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input((24, 24, 3)),
+            keras.layers.Rescaling(1 / 255.0),
+            keras.layers.Flatten(),
+            keras.layers.Dense(16),
+            kf.heads.CosineHead(5),
+        ]
+    )
     model.compile(optimizer="adam", loss=kf.losses.ArcFaceLoss(margin=0.2, scale=16.0))
     history = model.fit(ds, epochs=2, verbose=0, shuffle=False)
     assert np.isfinite(history.history["loss"]).all()

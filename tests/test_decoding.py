@@ -4,8 +4,7 @@ import tensorflow as tf
 from data_helpers import FACES, first_image
 from PIL import Image
 
-from keras_facemargin.data import Augmentation, ImageIndex, classification_dataset
-from keras_facemargin.data import decoding
+from keras_facemargin.data import Augmentation, ImageIndex, classification_dataset, decoding
 
 
 def write(tmp_path, name, array, mode):
@@ -20,10 +19,16 @@ def pixels():
     return rng.integers(0, 256, size=(12, 10, 4), dtype=np.uint8)
 
 
-@pytest.mark.parametrize("name, mode, channels", [
-    ("grey.png", "L", 1), ("rgb.png", "RGB", 3), ("rgba.png", "RGBA", 4),
-    ("rgb.bmp", "RGB", 3), ("grey.gif", "L", 1),
-])
+@pytest.mark.parametrize(
+    "name, mode, channels",
+    [
+        ("grey.png", "L", 1),
+        ("rgb.png", "RGB", 3),
+        ("rgba.png", "RGBA", 4),
+        ("rgb.bmp", "RGB", 3),
+        ("grey.gif", "L", 1),
+    ],
+)
 def test_decode_rgb_lossless_formats(tmp_path, pixels, name, mode, channels):
     array = pixels[..., :channels] if channels > 1 else pixels[..., 0]
     image = decoding.decode_rgb(tf.io.read_file(write(tmp_path, name, array, mode))).numpy()
@@ -95,7 +100,9 @@ def test_classification_dataset_epochs_and_eval_order():
     evaluation = classification_dataset(index, batch_size=16, image_size=(24, 24), training=False)
     labels = np.concatenate([y.numpy() for _, y in evaluation])
     np.testing.assert_array_equal(labels, index.labels)
-    with pytest.raises(ValueError, match=r"batch_size must be <= the number of images \(55\).*got batch_size=64"):
+    with pytest.raises(
+        ValueError, match=r"batch_size must be <= the number of images \(55\).*got batch_size=64"
+    ):
         classification_dataset(index, batch_size=64)
     with pytest.raises(ValueError, match="batch_size must be an integer >= 1; got 0"):
         classification_dataset(index, batch_size=0)

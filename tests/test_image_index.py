@@ -24,8 +24,18 @@ def test_from_directory_on_real_faces():
 
 
 def test_from_directory_extensions_nesting_and_order(tmp_path):
-    for rel in ["b/1.JPG", "b/2.jpeg", "b/sub/3.Png", "b/4.bmp", "b/5.GIF", "a/x.png",
-                "b/notes.txt", "b/6.webp", "empty/readme.md", ".hidden/7.png"]:
+    for rel in [
+        "b/1.JPG",
+        "b/2.jpeg",
+        "b/sub/3.Png",
+        "b/4.bmp",
+        "b/5.GIF",
+        "a/x.png",
+        "b/notes.txt",
+        "b/6.webp",
+        "empty/readme.md",
+        ".hidden/7.png",
+    ]:
         touch(str(tmp_path / rel))
     index = ImageIndex.from_directory(tmp_path)
     assert index.class_names == ("a", "b")
@@ -76,7 +86,9 @@ def test_from_list_errors_name_the_line(tmp_path):
 
 
 def test_constructor_checks():
-    with pytest.raises(ValueError, match=r"labels must be in \[0, len\(class_names\)=2\); got .*max label 2"):
+    with pytest.raises(
+        ValueError, match=r"labels must be in \[0, len\(class_names\)=2\); got .*max label 2"
+    ):
         ImageIndex(["a", "b"], [0, 2], ["x", "y"])
     with pytest.raises(ValueError, match="same length"):
         ImageIndex(["a", "b"], [0], ["x"])
@@ -84,8 +96,11 @@ def test_constructor_checks():
 
 def synthetic(counts):
     labels = np.repeat(np.arange(len(counts)), counts)
-    return ImageIndex([f"c{c}/{i}.jpg" for i, c in enumerate(labels)], labels,
-                      [f"c{c}" for c in range(len(counts))])
+    return ImageIndex(
+        [f"c{c}/{i}.jpg" for i, c in enumerate(labels)],
+        labels,
+        [f"c{c}" for c in range(len(counts))],
+    )
 
 
 def test_filter_min_images_relabels():
@@ -96,7 +111,9 @@ def test_filter_min_images_relabels():
     assert all(p.startswith(kept.class_names[y]) for p, y in zip(kept.paths, kept.labels))
     with pytest.raises(ValueError, match="min_images must be an integer >= 1; got 0"):
         index.filter_min_images(0)
-    with pytest.raises(ValueError, match="min_images=6 leaves no class: the largest class .* has 5"):
+    with pytest.raises(
+        ValueError, match="min_images=6 leaves no class: the largest class .* has 5"
+    ):
         index.filter_min_images(6)
 
 
@@ -112,7 +129,9 @@ def test_split_identities_is_open_set_and_deterministic():
     assert index.split_identities(num_test_classes=5, seed=4)[1].class_names != test.class_names
     with pytest.raises(ValueError, match="needs an index with >= 2 classes; got 1"):
         synthetic([4]).split_identities(test_fraction=0.5)
-    with pytest.raises(ValueError, match=r"num_test_classes must be in \[1, num_classes=20\); got 20"):
+    with pytest.raises(
+        ValueError, match=r"num_test_classes must be in \[1, num_classes=20\); got 20"
+    ):
         index.split_identities(num_test_classes=20)
     with pytest.raises(ValueError, match=r"test_fraction must be a number in \(0, 1\); got 1.5"):
         index.split_identities(test_fraction=1.5)

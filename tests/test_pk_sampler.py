@@ -11,7 +11,9 @@ from keras_facemargin.data import BatchMix, CorruptFileLog, ImageIndex, PKSample
 
 def synthetic(counts):
     labels = np.repeat(np.arange(len(counts)), counts)
-    return ImageIndex(np.arange(len(labels)).astype(str), labels, [str(c) for c in range(len(counts))])
+    return ImageIndex(
+        np.arange(len(labels)).astype(str), labels, [str(c) for c in range(len(counts))]
+    )
 
 
 def check_pk_rows(rows, labels, p, k, counts=None):
@@ -29,7 +31,7 @@ def test_pk_dataset_on_real_faces():
     ds = pk_dataset(index, classes_per_batch=5, samples_per_class=4, steps_per_epoch=3, seed=7)
     assert ds.element_spec[0].shape == (20, 112, 112, 3)
     assert int(ds.cardinality()) == 3
-    for epoch in range(2):
+    for _ in range(2):
         batches = list(ds)
         assert len(batches) == 3
         for images, labels in batches:
@@ -75,13 +77,17 @@ def test_small_classes_replace_and_skip(caplog):
     with caplog.at_level(logging.INFO):
         sampler = PKSampler(index, 2, 4, steps_per_epoch=30, seed=0)
     assert sampler.num_small_classes == 3
-    assert "3 of 6 classes have fewer than K=4 images and are sampled with replacement" in caplog.text
+    assert (
+        "3 of 6 classes have fewer than K=4 images and are sampled with replacement" in caplog.text
+    )
     epoch = sampler.epoch(0)
     check_pk_rows(epoch, index.labels, 2, 4, counts)
     for row in epoch:
         for group in row.reshape(2, 4):
             c = index.labels[group[0]]
-            assert len(set(group)) == min(counts[c], 4), "a small class cycles through all its images"
+            assert len(set(group)) == min(counts[c], 4), (
+                "a small class cycles through all its images"
+            )
     skip = PKSampler(index, 2, 4, small_classes="skip", seed=0)
     assert skip.num_small_classes == 3 and list(skip.classes) == [3, 4, 5]
     assert set(index.labels[skip.epoch(0).ravel()]) <= {3, 4, 5}
@@ -93,7 +99,10 @@ def test_bad_arguments():
         PKSampler(index, 0, 2)
     with pytest.raises(ValueError, match="samples_per_class must be an integer >= 1; got 0"):
         PKSampler(index, 2, 0)
-    with pytest.raises(ValueError, match=r"classes_per_batch must be <= the number of usable classes \(2 of 3.*got classes_per_batch=3"):
+    with pytest.raises(
+        ValueError,
+        match=r"classes_per_batch must be <= the number of usable classes \(2 of 3.*got classes_per_batch=3",
+    ):
         PKSampler(index, 3, 4, small_classes="skip")
     with pytest.raises(ValueError, match="small_classes must be one of"):
         PKSampler(index, 2, 2, small_classes="drop")
@@ -119,13 +128,20 @@ def test_scale_100k_classes_1m_images():
 
 def test_input_context_gives_each_replica_whole_classes():
     index = ImageIndex.from_directory(FACES)
-    kwargs = dict(classes_per_batch=4, samples_per_class=2, steps_per_epoch=3, seed=5,
-                  image_size=(16, 16), augment=False)
+    kwargs = dict(
+        classes_per_batch=4,
+        samples_per_class=2,
+        steps_per_epoch=3,
+        seed=5,
+        image_size=(16, 16),
+        augment=False,
+    )
     full = [y.numpy() for _, y in pk_dataset(index, **kwargs)]
     replicas = []
     for pipeline in range(2):
-        context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=pipeline,
-                                             num_replicas_in_sync=4)
+        context = tf.distribute.InputContext(
+            num_input_pipelines=2, input_pipeline_id=pipeline, num_replicas_in_sync=4
+        )
         ds = pk_dataset(index, input_context=context, **kwargs)
         assert ds.element_spec[1].shape == (2,)
         batches = [y.numpy() for _, y in ds]
@@ -136,9 +152,13 @@ def test_input_context_gives_each_replica_whole_classes():
         for labels in local:
             assert labels[0] == labels[1], "a replica gets one whole class (P/R = 1) × K"
         np.testing.assert_array_equal(np.concatenate(local), full[step])
-    context = tf.distribute.InputContext(num_input_pipelines=1, input_pipeline_id=0,
-                                         num_replicas_in_sync=3)
-    with pytest.raises(ValueError, match="multiple of the number of replicas .*num_replicas_in_sync=3.*got classes_per_batch=4"):
+    context = tf.distribute.InputContext(
+        num_input_pipelines=1, input_pipeline_id=0, num_replicas_in_sync=3
+    )
+    with pytest.raises(
+        ValueError,
+        match="multiple of the number of replicas .*num_replicas_in_sync=3.*got classes_per_batch=4",
+    ):
         pk_dataset(index, input_context=context, **kwargs)
 
 
@@ -153,7 +173,7 @@ def test_corrupt_files_do_not_stop_the_epoch(tmp_path, caplog):
     corrupt(truncated, "truncated")
     log = CorruptFileLog()
     ds = pk_dataset(index, 5, 11, image_size=(32, 32), augment=False, corrupt_files=log)
-    (images, labels), = list(ds)
+    ((images, labels),) = list(ds)
     assert images.shape == (55, 32, 32, 3)
     blank = tf.reduce_max(images, axis=[1, 2, 3]).numpy() == 0
     assert blank.sum() == 2 and log.count == 2
@@ -167,7 +187,7 @@ def test_corrupt_files_do_not_stop_the_epoch(tmp_path, caplog):
     import os
 
     os.remove(first_image(root, "John_Shimkus"))
-    (images, labels), = list(ds)
+    ((images, labels),) = list(ds)
     assert log.count == 5
     missing = log.collect()
     assert any("NotFoundError" in r.reason for r in missing)

@@ -160,6 +160,10 @@ def read_lfw_pairs(pairs_path, images_root, check_files=True):
     return VerificationPairs(a, b, same, folds=folds, name=os.path.basename(pairs_path))
 
 
+class _Refused(pickle.UnpicklingError):
+    pass
+
+
 class _RefusingUnpickler(pickle.Unpickler):
     """Resolves no global: a pickle that names any function or class is refused."""
 
@@ -167,7 +171,7 @@ class _RefusingUnpickler(pickle.Unpickler):
         if (module, name) == ("_codecs", "encode"):
             # Python 3 writes bytes into protocol-2 pickles as _codecs.encode(str, "latin1").
             return _latin1_bytes
-        raise pickle.UnpicklingError(
+        raise _Refused(
             f"refused to load {module}.{name}: an InsightFace .bin file holds only lists, bytes "
             "and booleans, and loading anything else could run code from the file"
         )
@@ -175,7 +179,7 @@ class _RefusingUnpickler(pickle.Unpickler):
 
 def _latin1_bytes(text, encoding="latin1"):
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-        raise pickle.UnpicklingError("refused _codecs.encode with anything but (str, 'latin1')")
+        raise _Refused("refused _codecs.encode with anything but (str, 'latin1')")
     return text.encode("latin1")
 
 
@@ -194,7 +198,7 @@ def read_insightface_bin(bin_path):
         data = f.read()
     try:
         loaded = _RefusingUnpickler(io.BytesIO(data), encoding="bytes").load()
-    except pickle.UnpicklingError as error:
+    except _Refused as error:
         raise ValueError(f"{bin_path} is not a safe InsightFace .bin file: {error}") from None
     except Exception as error:
         raise ValueError(
