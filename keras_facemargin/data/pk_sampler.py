@@ -104,6 +104,61 @@ class PKSampler:
         positions = within[self._starts[chosen][:, None] + offsets]
         return positions.reshape(steps, p * k)
 
+    def as_dataset(self, input_context=None):
+        """The epochs as a `tf.data.Dataset` of undecoded batches `(paths, labels, sample_ids)`,
+        each `[P·K]` (or `[P/R·K]` per replica with an `input_context`, see `pk_dataset`).
+
+        The dataset is one epoch long; each new iteration draws the next epoch. `sample_ids`
+        number the samples of all epochs (the augmentation seeds of `pk_dataset`).
+        """
+        p, k = self.classes_per_batch, self.samples_per_class
+        replicas, first, local = 1, 0, 1
+        if input_context is not None:
+            replicas = input_context.num_replicas_in_sync
+            pipelines = input_context.num_input_pipelines
+            if p % replicas or replicas % pipelines:
+                raise ValueError(
+                    f"classes_per_batch must be a multiple of the number of replicas "
+                    f"(num_replicas_in_sync={replicas}, input pipelines={pipelines}); got "
+                    f"classes_per_batch={p}"
+                )
+            local = replicas // pipelines
+            first = input_context.input_pipeline_id * local
+        per_replica = p // replicas
+        paths = self.index.paths
+        labels = self.index.labels.astype(np.int32)
+        steps = self.steps_per_epoch
+        state = {"epoch": 0}
+
+        def generate():
+            epoch = state["epoch"]
+            state["epoch"] += 1
+            positions = self.epoch(epoch)
+            ids = epoch * steps * p * k + np.arange(steps * p * k, dtype=np.int64).reshape(
+                steps, -1
+            )
+            if replicas > 1:
+                # Replica r of a step takes classes [r·P/R, (r+1)·P/R) of the global batch.
+                cut = (
+                    slice(None),
+                    slice(first * per_replica * k, (first + local) * per_replica * k),
+                )
+                positions = positions[cut].reshape(steps * local, per_replica * k)
+                ids = ids[cut].reshape(steps * local, per_replica * k)
+            yield paths[positions].astype(str), labels[positions], ids
+
+        n = per_replica * k
+        ds = tf.data.Dataset.from_generator(
+            generate,
+            output_signature=(
+                tf.TensorSpec([None, n], tf.string),
+                tf.TensorSpec([None, n], tf.int32),
+                tf.TensorSpec([None, n], tf.int64),
+            ),
+        )
+        ds = ds.unbatch()
+        return ds.apply(tf.data.experimental.assert_cardinality(steps * local))
+
 
 def pk_dataset(
     index,
@@ -169,50 +224,12 @@ def pk_dataset(
     sampler = PKSampler(
         index, classes_per_batch, samples_per_class, small_classes, steps_per_epoch, seed
     )
-    p, k = sampler.classes_per_batch, sampler.samples_per_class
-    replicas, first, local = 1, 0, 1
-    if input_context is not None:
-        replicas = input_context.num_replicas_in_sync
-        pipelines = input_context.num_input_pipelines
-        if p % replicas or replicas % pipelines:
-            raise ValueError(
-                f"classes_per_batch must be a multiple of the number of replicas "
-                f"(num_replicas_in_sync={replicas}, input pipelines={pipelines}); got "
-                f"classes_per_batch={p}"
-            )
-        local = replicas // pipelines
-        first = input_context.input_pipeline_id * local
-    per_replica = p // replicas
-    paths = index.paths
-    labels = index.labels.astype(np.int32)
-    steps = sampler.steps_per_epoch
-    state = {"epoch": 0}
-
-    def generate():
-        epoch = state["epoch"]
-        state["epoch"] += 1
-        positions = sampler.epoch(epoch)
-        ids = epoch * steps * p * k + np.arange(steps * p * k, dtype=np.int64).reshape(steps, -1)
-        if replicas > 1:
-            # Replica r of a step takes classes [r·P/R, (r+1)·P/R) of the global batch.
-            cut = (slice(None), slice(first * per_replica * k, (first + local) * per_replica * k))
-            positions = positions[cut].reshape(steps * local, per_replica * k)
-            ids = ids[cut].reshape(steps * local, per_replica * k)
-        yield paths[positions].astype(str), labels[positions], ids
-
-    n = per_replica * k
-    ds = tf.data.Dataset.from_generator(
-        generate,
-        output_signature=(
-            tf.TensorSpec([None, n], tf.string),
-            tf.TensorSpec([None, n], tf.int32),
-            tf.TensorSpec([None, n], tf.int64),
-        ),
-    )
-    ds = ds.unbatch().map(lambda s, y, i: (s, s, i, y))
+    sources = sampler.as_dataset(input_context)
+    steps = int(sources.cardinality())
+    ds = sources.map(lambda s, y, i: (s, s, i, y))
     preprocess = decoding.make_preprocess(
         image_size, resize_mode, decoding.as_augmentation(augment), seed
     )
     ds = decoding.decode_batches(ds, preprocess, corrupt_files)
-    ds = ds.apply(tf.data.experimental.assert_cardinality(steps * local))
+    ds = ds.apply(tf.data.experimental.assert_cardinality(steps))
     return ds.prefetch(decoding.AUTOTUNE) if prefetch else ds
