@@ -106,3 +106,20 @@ def test_classification_dataset_epochs_and_eval_order():
         classification_dataset(index, batch_size=64)
     with pytest.raises(ValueError, match="batch_size must be an integer >= 1; got 0"):
         classification_dataset(index, batch_size=0)
+
+
+def test_a_batch_where_every_file_fails_is_all_blank(tmp_path):
+    from keras_facemargin.data import CorruptFileLog
+
+    paths = [str(tmp_path / f"{i}.jpg") for i in range(3)]
+    for path in paths[:2]:
+        with open(path, "wb") as f:
+            f.write(b"\x89PNG\r\n\x1a\nbroken")
+    index = ImageIndex(paths, [0, 1, 1], ["a", "b"])
+    log = CorruptFileLog()
+    ds = classification_dataset(index, 3, image_size=(8, 8), training=False, corrupt_files=log)
+    ((images, labels),) = list(ds)
+    assert images.shape == (3, 8, 8, 3) and float(tf.reduce_max(images)) == 0.0
+    np.testing.assert_array_equal(labels, [0, 1, 1])
+    reasons = [r.reason for r in log.collect()]
+    assert log.count == 3 and reasons[2].startswith("NotFoundError")

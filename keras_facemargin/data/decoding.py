@@ -3,9 +3,12 @@
 TensorFlow graphs cannot catch an error: one corrupt JPEG raises inside the input pipeline and
 ends the epoch (and `Dataset.ignore_errors` drops the sample, which silently changes the batch).
 Here every batch is decoded by its own small inner dataset,
-`from_tensor_slices(batch).map(decode).ignore_errors().batch(n)`, whose survivors are scattered
-back into their positions; a sample that failed becomes a blank (all-zero) image with its label
-kept, so the batch keeps its shape and its P×K structure. The failures are recorded, in the
+`from_tensor_slices(batch).map(decode).batch(n, drop_remainder=True).ignore_errors()`: a batch
+that decodes comes out whole (the usual case, at the cost of a plain parallel `map`); a batch
+with a bad file is dropped there, and only then is it decoded again sample by sample, with
+`ignore_errors` on each sample and the survivors scattered back into their positions. A sample
+that failed becomes a blank (all-zero) image with its label kept, so the batch keeps its shape
+and its P×K structure. The failures are recorded, in the
 pipeline, in a `CorruptFileLog` (a counter and the names, held in `tf.Variable`s), which a Keras
 callback reads at the end of each epoch to log every file with the reason it failed.
 """
@@ -192,26 +195,43 @@ def make_preprocess(image_size, resize_mode="resize", augmentation=None, seed=0,
 def _decode_one_batch(preprocess, spec):
     def decode(sources, names, sample_ids, *rest):
         n = tf.shape(sources)[0]
-        positions = tf.range(n)
-        inner = (
-            tf.data.Dataset.from_tensor_slices((positions, sources, sample_ids))
+        size = tf.cast(n, tf.int64)
+        static = [sources.shape[0], *spec.shape]
+        # Fast path: the whole batch decodes, or one error drops it (and the slow path runs).
+        fast = (
+            tf.data.Dataset.from_tensor_slices((sources, sample_ids))
+            .map(preprocess)
+            .batch(size, drop_remainder=True)
+            .ignore_errors()
+            .map(lambda images: (images, tf.zeros([n], tf.bool)))
+        )
+        # Slow path, run only when the fast one yields nothing: sample by sample, the
+        # survivors scattered back to their positions (all zeros if none survives).
+        slow = (
+            tf.data.Dataset.from_tensor_slices((tf.range(n), sources, sample_ids))
             .map(lambda i, s, k: (i, preprocess(s, k)))
             .ignore_errors()
-            .batch(2**31 - 1)
-        )
-        # If every sample failed, `inner` is empty and this element stands in.
-        nothing = tf.data.Dataset.from_tensors(
-            (tf.zeros([0], tf.int32), tf.zeros([0, *spec.shape], spec.dtype))
+            .batch(size)
+            .concatenate(
+                tf.data.Dataset.from_tensors(
+                    (tf.zeros([0], tf.int32), tf.zeros([0, *spec.shape], spec.dtype))
+                )
+            )
+            .take(1)
+            .map(
+                lambda done, images: (
+                    tf.scatter_nd(done[:, None], images, tf.concat([[n], spec.shape], 0)),
+                    tf.logical_not(tf.scatter_nd(done[:, None], tf.ones_like(done, tf.bool), [n])),
+                )
+            )
         )
 
-        def scatter(done, images):
-            out = tf.scatter_nd(done[:, None], images, tf.concat([[n], spec.shape], 0))
-            ok = tf.scatter_nd(done[:, None], tf.ones_like(done, tf.bool), [n])
-            out.set_shape([sources.shape[0], *spec.shape])
-            ok.set_shape([sources.shape[0]])
-            return (out, tf.logical_not(ok), names, *rest)
+        def attach(images, failed):
+            images.set_shape(static)
+            failed.set_shape(static[:1])
+            return (images, failed, names, *rest)
 
-        return inner.concatenate(nothing).take(1).map(scatter)
+        return fast.concatenate(slow).take(1).map(attach)
 
     return decode
 
