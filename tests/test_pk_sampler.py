@@ -191,3 +191,33 @@ def test_corrupt_files_do_not_stop_the_epoch(tmp_path, caplog):
     assert log.count == 5
     missing = log.collect()
     assert any("NotFoundError" in r.reason for r in missing)
+
+
+def test_fit_on_pk_batches_with_a_corrupt_file_logs_it(tmp_path, caplog):
+    import keras
+    from data_helpers import copy_faces, corrupt, first_image
+
+    import keras_facemargin as kf
+
+    root = copy_faces(str(tmp_path))
+    bad = first_image(root, "John_Schneider")
+    corrupt(bad, "garbage")
+    log = kf.data.CorruptFileLog()
+    ds = kf.data.pk_dataset(
+        kf.data.ImageIndex.from_directory(root), 5, 11, image_size=(16, 16), corrupt_files=log
+    )
+    model = keras.Sequential(
+        [
+            keras.Input((16, 16, 3)),
+            keras.layers.Rescaling(1 / 255.0),
+            keras.layers.Flatten(),
+            keras.layers.Dense(8),
+            kf.heads.CosineHead(5),
+        ]
+    )
+    model.compile(optimizer="adam", loss=kf.losses.CosFaceLoss(margin=0.2, scale=16.0))
+    with caplog.at_level(logging.WARNING):
+        history = model.fit(ds, epochs=2, verbose=0, shuffle=False, callbacks=[log])
+    assert np.isfinite(history.history["loss"]).all()
+    assert log.count == 2 and [r.path for r in log.records] == [bad, bad]
+    assert f"corrupt or unreadable image replaced by a blank: {bad}" in caplog.text
