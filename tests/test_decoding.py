@@ -123,3 +123,15 @@ def test_a_batch_where_every_file_fails_is_all_blank(tmp_path):
     np.testing.assert_array_equal(labels, [0, 1, 1])
     reasons = [r.reason for r in log.collect()]
     assert log.count == 3 and reasons[2].startswith("NotFoundError")
+
+
+def test_without_a_log_failures_go_to_stderr(tmp_path, capfd):
+    good = first_image(FACES, "John_Simm")
+    bad = str(tmp_path / "bad.jpg")
+    with open(bad, "wb") as f:
+        f.write(b"\xff\xd8\xff not really")
+    index = ImageIndex([good, bad], [0, 1], ["a", "b"])
+    ((images, _),) = list(classification_dataset(index, 2, image_size=(8, 8), training=False))
+    assert float(tf.reduce_max(images[1])) == 0.0 and float(tf.reduce_max(images[0])) > 0
+    err = capfd.readouterr().err
+    assert "1 images could not be decoded and were replaced by blanks" in err and bad in err

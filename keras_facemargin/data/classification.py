@@ -43,7 +43,7 @@ def classification_dataset(
         mix: a `BatchMix` (training only), or None.
         seed: seed of the shuffling, augmentations and mixing.
         drop_remainder: None: the same as `training`.
-        corrupt_files: a `CorruptFileLog`, or None.
+        corrupt_files: a `CorruptFileLog`, or None (failures are then printed to stderr).
         prefetch: whether to end with `prefetch(AUTOTUNE)`.
     """
     if not isinstance(index, ImageIndex):

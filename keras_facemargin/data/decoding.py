@@ -16,6 +16,7 @@ callback reads at the end of each epoch to log every file with the reason it fai
 import dataclasses
 import logging
 import math
+import sys
 from typing import NamedTuple
 
 import keras
@@ -243,7 +244,7 @@ def decode_batches(dataset, preprocess, log=None, cycle_length=AUTOTUNE):
         dataset: elements `(sources [n], names [n], sample_ids [n], *rest)`: `sources` the paths
             or encoded bytes that `preprocess` takes, `names` what a failure is reported as.
         preprocess: `fn(source, sample_id)` → a tensor of fully known shape.
-        log: a `CorruptFileLog` that records the failures; None only logs their number.
+        log: a `CorruptFileLog` that records the failures; None: they are printed to stderr.
 
     Returns:
         A dataset of `(images [n, ...], *rest)` with a zero image for every sample that failed.
@@ -262,7 +263,7 @@ def decode_batches(dataset, preprocess, log=None, cycle_length=AUTOTUNE):
         deterministic=True,
     )
     if log is None:
-        log = _NULL_LOG
+        log = _STDERR_LOG
 
     def record(images, failed, names, *rest):
         log.record(names, failed)
@@ -336,12 +337,28 @@ class CorruptFileLog(keras.callbacks.Callback):
             )
 
 
-class _NullLog:
+class _StderrLog:
+    """Without a `CorruptFileLog`, failures still show: one line on stderr per batch."""
+
     def record(self, names, failed):
-        pass
+        failed_names = tf.boolean_mask(names, failed)
+
+        def report():
+            tf.print(
+                "keras_facemargin.data:",
+                tf.size(failed_names),
+                "images could not be decoded and were replaced by blanks (pass a CorruptFileLog "
+                "to count them and see why):",
+                failed_names,
+                summarize=-1,
+                output_stream=sys.stderr,
+            )
+            return tf.constant(0)
+
+        tf.cond(tf.size(failed_names) > 0, report, lambda: tf.constant(0))
 
 
-_NULL_LOG = _NullLog()
+_STDERR_LOG = _StderrLog()
 
 
 def diagnose(path):

@@ -203,7 +203,7 @@ def pk_dataset(
         steps_per_epoch: batches per epoch; None: usable classes // P.
         seed: seed of the sampling and of the augmentations.
         input_context: a `tf.distribute.InputContext`, see above.
-        corrupt_files: a `CorruptFileLog`, or None.
+        corrupt_files: a `CorruptFileLog`, or None (failures are then printed to stderr).
         mix: must be None. Mixup/cutmix blend identities, which pair losses cannot use.
         prefetch: whether to end with `prefetch(AUTOTUNE)`.
 
