@@ -223,3 +223,43 @@ def test_fit_on_pk_batches_with_a_corrupt_file_logs_it(tmp_path, caplog):
     assert np.isfinite(history.history["loss"]).all()
     assert log.count == 2 and [r.path for r in log.records] == [bad, bad]
     assert f"corrupt or unreadable image replaced by a blank: {bad}" in caplog.text
+
+
+MIRRORED = """
+import os, sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from keras_facemargin.data import ImageIndex, pk_dataset
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+index = ImageIndex.from_directory(sys.argv[1])
+dist = strategy.distribute_datasets_from_function(
+    lambda ctx: pk_dataset(index, 4, 2, image_size=16, steps_per_epoch=3, input_context=ctx)
+)
+for _, labels in dist:
+    print([l.numpy().tolist() for l in strategy.experimental_local_results(labels)])
+"""
+
+
+@pytest.mark.slow
+def test_mirrored_strategy_replicas_get_whole_classes():
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), TF_CPP_MIN_LOG_LEVEL="2")
+    out = subprocess.run(
+        [sys.executable, "-c", MIRRORED, FACES],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    steps = [json.loads(line) for line in out.stdout.splitlines()]
+    assert len(steps) == 3
+    for replica_a, replica_b in steps:
+        for local in (replica_a, replica_b):
+            assert len(local) == 4 and local[0] == local[1] and local[2] == local[3]
+        assert len(set(replica_a + replica_b)) == 4, "4 distinct classes across the replicas"
