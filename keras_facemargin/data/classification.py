@@ -45,6 +45,18 @@ def classification_dataset(
         drop_remainder: None: the same as `training`.
         corrupt_files: a `CorruptFileLog`, or None (failures are then printed to stderr).
         prefetch: whether to end with `prefetch(AUTOTUNE)`.
+
+    Example:
+
+    ```python
+    train, val = ImageIndex.from_directory("train").split_images(test_fraction=0.05)
+    model.compile(optimizer="sgd", loss=keras_facemargin.losses.ArcFaceLoss())
+    model.fit(
+        classification_dataset(train, 128, mix=BatchMix(mixup=0.2, cutmix=0.2)),
+        validation_data=classification_dataset(val, 128, training=False),
+        epochs=20,
+    )
+    ```
     """
     if not isinstance(index, ImageIndex):
         raise ValueError(f"index must be an ImageIndex; got {type(index).__name__}")

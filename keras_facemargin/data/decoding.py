@@ -283,6 +283,9 @@ class CorruptFileLog(keras.callbacks.Callback):
     so training went on. Prefetching may decode a few batches of the next epoch early: their
     failures show up one epoch early.
 
+    Create it outside any `tf.distribute` strategy scope: its counters belong to the input
+    pipeline, not to the replicas.
+
     Args:
         max_paths: how many failing names are kept (the count goes on beyond it).
     """

@@ -246,7 +246,16 @@ def pair_dataset(
 
     `images_a`, `images_b` are float32 `[batch, height, width, 3]` in [0, 255] with the same
     evaluation preprocessing as `classification_dataset(training=False)`; `is_same` is bool
-    `[batch]`. An image that does not decode is blank and recorded in `corrupt_files`.
+    `[batch]`. An image that does not decode is blank and recorded in `corrupt_files` (a
+    `CorruptFileLog`; without one, failures are printed to stderr).
+
+    Example:
+
+    ```python
+    pairs = read_lfw_pairs("lfw/pairs.txt", "lfw/lfw-deepfunneled")  # or read_insightface_bin
+    for images_a, images_b, is_same in pair_dataset(pairs, batch_size=256):
+        similarity = cosine(embedder(images_a), embedder(images_b))
+    ```
     """
     if not isinstance(pairs, VerificationPairs):
         raise ValueError(f"pairs must be VerificationPairs; got {type(pairs).__name__}")
