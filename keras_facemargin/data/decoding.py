@@ -140,7 +140,7 @@ def resize(image, image_size, resize_mode="resize"):
         image = image[top : top + height, left : left + width]
     else:
         image = tf.image.resize(image, (height, width))
-    image = tf.clip_by_value(image, 0.0, 255.0)
+    # Bilinear weights are convex: the values stay in [0, 255] without clipping.
     image.set_shape([height, width, 3])
     return image
 
