@@ -57,9 +57,9 @@ class PKSampler:
         self.small_classes = small_classes
         self.seed = int(seed)
         counts = index.class_counts()
-        small = counts < self.samples_per_class
+        small = (counts > 0) & (counts < self.samples_per_class)
         self.num_small_classes = int(small.sum())
-        usable = counts > 0 if small_classes == "replace" else ~small
+        usable = counts >= (1 if small_classes == "replace" else self.samples_per_class)
         self.classes = np.flatnonzero(usable)
         if self.num_small_classes:
             action = "sampled with replacement" if small_classes == "replace" else "skipped"
@@ -181,7 +181,8 @@ def pk_dataset(
     `[P·K, height, width, 3]` float32 in [0, 255], `labels` `[P·K]` int32 (the index's labels).
     The dataset is finite, one epoch of `steps_per_epoch` batches, and every new iteration (each
     `fit` epoch) draws the next epoch, deterministically from `seed`. See `PKSampler` for what an
-    epoch is and how classes smaller than K are handled.
+    epoch is and how classes smaller than K are handled; their number is logged (INFO) and is
+    `PKSampler(index, P, K).num_small_classes`.
 
     A file that does not decode becomes a blank image with its label and is recorded in
     `corrupt_files` (a `CorruptFileLog`; also pass it to `fit(callbacks=...)` to have it logged).
