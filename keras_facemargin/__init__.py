@@ -2,6 +2,18 @@
 
 __version__ = "0.1.0"
 
+import importlib  # noqa: E402
+
 from keras_facemargin import evaluation, heads, losses  # noqa: E402
 
-__all__ = ["evaluation", "heads", "losses", "__version__"]
+__all__ = ["data", "evaluation", "heads", "losses", "models", "__version__"]
+
+_LAZY = ("data", "models")
+
+
+def __getattr__(name):
+    # `data` needs TensorFlow (tf.data); it and the backbones are imported on first use, so that
+    # the heads and losses still import on a JAX or PyTorch install without TensorFlow.
+    if name in _LAZY:
+        return importlib.import_module(f"keras_facemargin.{name}")
+    raise AttributeError(f"module 'keras_facemargin' has no attribute {name!r}")

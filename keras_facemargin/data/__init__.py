@@ -1,0 +1,44 @@
+"""Data: image-folder datasets, P×K batches, mixup/cutmix/cutout, verification pair lists.
+
+Everything here builds `tf.data` pipelines (TensorFlow is required, whatever the Keras backend):
+an `ImageIndex` of paths and labels, then `pk_dataset` (P identities × K images per batch, for
+pair losses) or `classification_dataset` (shuffled batches, optionally mixed by a `BatchMix`, for
+margin-softmax losses), and `pair_dataset` over `VerificationPairs` for evaluation. Files that do
+not decode are replaced by blank images and reported through a `CorruptFileLog`.
+"""
+
+from keras_facemargin.data.batch_mix import BatchMix
+from keras_facemargin.data.classification import classification_dataset
+from keras_facemargin.data.decoding import (
+    Augmentation,
+    CorruptFile,
+    CorruptFileLog,
+    find_corrupt_files,
+)
+from keras_facemargin.data.image_index import IMAGE_EXTENSIONS, ImageIndex
+from keras_facemargin.data.pk_sampler import PKSampler, pk_dataset
+from keras_facemargin.data.verification_pairs import (
+    VerificationPairs,
+    pair_dataset,
+    read_insightface_bin,
+    read_lfw_pairs,
+    read_pair_list,
+)
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "Augmentation",
+    "BatchMix",
+    "CorruptFile",
+    "CorruptFileLog",
+    "ImageIndex",
+    "PKSampler",
+    "VerificationPairs",
+    "classification_dataset",
+    "find_corrupt_files",
+    "pair_dataset",
+    "pk_dataset",
+    "read_insightface_bin",
+    "read_lfw_pairs",
+    "read_pair_list",
+]

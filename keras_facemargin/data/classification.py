@@ -1,0 +1,114 @@
+"""`classification_dataset`: shuffled image batches with class labels, for margin-softmax losses."""
+
+import numpy as np
+import tensorflow as tf
+
+from keras_facemargin.data import decoding
+from keras_facemargin.data.batch_mix import BatchMix
+from keras_facemargin.data.image_index import ImageIndex, _check_int
+
+
+def classification_dataset(
+    index,
+    batch_size,
+    image_size=(112, 112),
+    resize_mode="resize",
+    training=True,
+    augment=None,
+    mix=None,
+    seed=0,
+    drop_remainder=None,
+    corrupt_files=None,
+    prefetch=True,
+):
+    """A `tf.data.Dataset` of `(images, labels)` batches over every image of `index`.
+
+    For training (`training=True`) the images are reshuffled every epoch (deterministically from
+    `seed`: epoch e of a dataset is the same every run), augmented, and the last partial batch is
+    dropped; for evaluation they come in index order, resized only, every image once.
+    `images` are float32 `[batch, height, width, 3]` in [0, 255]; `labels` are int32 `[batch]`,
+    or, with `mix`, float32 one-hot rows `[batch, num_classes]` (mixtures after mixup/cutmix),
+    both of which the margin-softmax losses take as `y_true`.
+
+    A file that does not decode becomes a blank image with its label and is recorded in
+    `corrupt_files` (a `CorruptFileLog`).
+
+    Args:
+        index: an `ImageIndex`.
+        batch_size: images per batch.
+        image_size: `(height, width)`.
+        resize_mode: `"resize"` or `"center_crop"` (without augmentation).
+        training: shuffle, augment and drop the remainder (see above).
+        augment: True, False or an `Augmentation`; None: True when training.
+        mix: a `BatchMix` (training only), or None.
+        seed: seed of the shuffling, augmentations and mixing.
+        drop_remainder: None: the same as `training`.
+        corrupt_files: a `CorruptFileLog`, or None (failures are then printed to stderr).
+        prefetch: whether to end with `prefetch(AUTOTUNE)`.
+
+    Example:
+
+    ```python
+    train, val = ImageIndex.from_directory("train").split_images(test_fraction=0.05)
+    model.compile(optimizer="sgd", loss=keras_facemargin.losses.ArcFaceLoss())
+    model.fit(
+        classification_dataset(train, 128, mix=BatchMix(mixup=0.2, cutmix=0.2)),
+        validation_data=classification_dataset(val, 128, training=False),
+        epochs=20,
+    )
+    ```
+    """
+    if not isinstance(index, ImageIndex):
+        raise ValueError(f"index must be an ImageIndex; got {type(index).__name__}")
+    if len(index) == 0:
+        raise ValueError(f"index must hold at least one image; got {index}")
+    batch_size = _check_int("batch_size", batch_size, 1)
+    if mix is not None and not isinstance(mix, BatchMix):
+        raise ValueError(f"mix must be a BatchMix or None; got {mix!r}")
+    if mix is not None and not training:
+        raise ValueError("mix must be None when training=False: evaluation images are not mixed")
+    augment = training if augment is None else augment
+    drop_remainder = training if drop_remainder is None else bool(drop_remainder)
+    if drop_remainder and len(index) < batch_size:
+        raise ValueError(
+            f"batch_size must be <= the number of images ({len(index)}) when the remainder is "
+            f"dropped; got batch_size={batch_size}"
+        )
+    num = len(index)
+    steps = num // batch_size if drop_remainder else -(-num // batch_size)
+    paths, labels = index.paths, index.labels.astype(np.int32)
+    state = {"epoch": 0}
+
+    def generate():
+        epoch = state["epoch"]
+        state["epoch"] += 1
+        if training:
+            order = np.random.default_rng([seed, epoch]).permutation(num)
+        else:
+            order = np.arange(num)
+        order = order[: steps * batch_size] if drop_remainder else order
+        yield paths[order].astype(str), labels[order], epoch * num + np.arange(len(order))
+
+    ds = tf.data.Dataset.from_generator(
+        generate,
+        output_signature=(
+            tf.TensorSpec([None], tf.string),
+            tf.TensorSpec([None], tf.int32),
+            tf.TensorSpec([None], tf.int64),
+        ),
+    )
+    ds = ds.unbatch().batch(batch_size, drop_remainder=drop_remainder)
+    ds = ds.map(lambda s, y, i: (s, s, i, y))
+    preprocess = decoding.make_preprocess(
+        image_size, resize_mode, decoding.as_augmentation(augment), seed
+    )
+    ds = decoding.decode_batches(ds, preprocess, corrupt_files)
+    if mix is not None:
+        num_classes = index.num_classes
+        ds = ds.enumerate().map(
+            lambda step, batch: mix(
+                batch[0], tf.one_hot(batch[1], num_classes, dtype=tf.float32), step
+            )
+        )
+    ds = ds.apply(tf.data.experimental.assert_cardinality(steps))
+    return ds.prefetch(decoding.AUTOTUNE) if prefetch else ds

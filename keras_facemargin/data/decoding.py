@@ -1,0 +1,393 @@
+"""Image decoding and augmentation in `tf.data`, and what happens to files that will not decode.
+
+TensorFlow graphs cannot catch an error: one corrupt JPEG raises inside the input pipeline and
+ends the epoch (and `Dataset.ignore_errors` drops the sample, which silently changes the batch).
+Here every batch is decoded by its own small inner dataset,
+`from_tensor_slices(batch).map(decode).batch(n, drop_remainder=True).ignore_errors()`: a batch
+that decodes comes out whole (the usual case, at the cost of a plain parallel `map`); a batch
+with a bad file is dropped there, and only then is it decoded again sample by sample, with
+`ignore_errors` on each sample and the survivors scattered back into their positions. A sample
+that failed becomes a blank (all-zero) image with its label kept, so the batch keeps its shape
+and its P×K structure. The failures are recorded, in the
+pipeline, in a `CorruptFileLog` (a counter and the names, held in `tf.Variable`s), which a Keras
+callback reads at the end of each epoch to log every file with the reason it failed.
+"""
+
+import dataclasses
+import logging
+import math
+import sys
+from typing import NamedTuple
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+logger = logging.getLogger(__name__)
+
+AUTOTUNE = tf.data.AUTOTUNE
+RESIZE_MODES = ("resize", "center_crop")
+
+
+class CorruptFile(NamedTuple):
+    path: str
+    reason: str
+
+
+def check_image_size(image_size):
+    if isinstance(image_size, (int, np.integer)) and not isinstance(image_size, bool):
+        image_size = (image_size, image_size)
+    ok = (
+        isinstance(image_size, (tuple, list))
+        and len(image_size) == 2
+        and all(
+            isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s > 0
+            for s in image_size
+        )
+    )
+    if not ok:
+        raise ValueError(
+            f"image_size must be (height, width) with positive integers; got {image_size!r}"
+        )
+    return int(image_size[0]), int(image_size[1])
+
+
+def check_resize_mode(resize_mode):
+    if resize_mode not in RESIZE_MODES:
+        raise ValueError(f"resize_mode must be one of {RESIZE_MODES}; got {resize_mode!r}")
+    return resize_mode
+
+
+def _check_range(name, value, low, high):
+    ok = (
+        isinstance(value, (tuple, list))
+        and len(value) == 2
+        and all(isinstance(v, (int, float)) and math.isfinite(v) for v in value)
+        and low < value[0] <= value[1] <= high
+    )
+    if not ok:
+        raise ValueError(
+            f"{name} must be (low, high) with {low} < low <= high <= {high}; got {value!r}"
+        )
+    return float(value[0]), float(value[1])
+
+
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+    """The training augmentations: random horizontal flip, random resized crop, colour jitter.
+
+    Aligned face crops tolerate only mild geometry: the default crop keeps 80–100% of the area
+    with an aspect ratio within ±10% before resizing back, and colour jitter is off.
+
+    Args:
+        flip: random left-right flip with probability 0.5.
+        crop_scale: `(low, high)` fraction of the image area to crop, or None for no crop.
+        crop_ratio: `(low, high)` aspect ratio (width / height) of the crop.
+        color_jitter: j in [0, 1): brightness ±j·255, contrast and saturation in [1 − j, 1 + j].
+    """
+
+    flip: bool = True
+    crop_scale: tuple | None = (0.8, 1.0)
+    crop_ratio: tuple = (0.9, 1.0 / 0.9)
+    color_jitter: float = 0.0
+
+    def __post_init__(self):
+        if self.crop_scale is not None:
+            object.__setattr__(
+                self, "crop_scale", _check_range("crop_scale", self.crop_scale, 0.0, 1.0)
+            )
+        object.__setattr__(
+            self, "crop_ratio", _check_range("crop_ratio", self.crop_ratio, 0.0, math.inf)
+        )
+        jitter = self.color_jitter
+        if not isinstance(jitter, (int, float)) or not 0.0 <= jitter < 1.0:
+            raise ValueError(f"color_jitter must be a number in [0, 1); got {jitter!r}")
+
+
+def as_augmentation(augment):
+    """`True` → the default `Augmentation()`; `False`/None → none; an `Augmentation` as is."""
+    if augment is True:
+        return Augmentation()
+    if augment is False or augment is None:
+        return None
+    if isinstance(augment, Augmentation):
+        return augment
+    raise ValueError(f"augment must be True, False or an Augmentation; got {augment!r}")
+
+
+def decode_rgb(contents):
+    """Encoded JPEG/PNG/BMP/GIF bytes → uint8 `[height, width, 3]` (grey and RGBA become RGB;
+    a GIF gives its first frame)."""
+    image = tf.io.decode_image(contents, channels=3, expand_animations=False, dtype=tf.uint8)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def resize(image, image_size, resize_mode="resize"):
+    """`image` → float32 `[height, width, 3]` in [0, 255].
+
+    `"resize"` scales the whole image to `image_size` (aligned face crops are already framed);
+    `"center_crop"` scales the shorter side to fit and crops the centre, keeping the aspect ratio.
+    """
+    height, width = image_size
+    if resize_mode == "center_crop":
+        shape = tf.cast(tf.shape(image)[:2], tf.float32)
+        scale = tf.maximum(height / shape[0], width / shape[1])
+        new = tf.maximum(tf.cast(tf.math.ceil(shape * scale), tf.int32), [height, width])
+        image = tf.image.resize(image, new)
+        top = (new[0] - height) // 2
+        left = (new[1] - width) // 2
+        image = image[top : top + height, left : left + width]
+    else:
+        image = tf.image.resize(image, (height, width))
+    # Bilinear weights are convex: the values stay in [0, 255] without clipping.
+    image.set_shape([height, width, 3])
+    return image
+
+
+def augment_image(image, image_size, augmentation, seed):
+    """A random training view of a uint8 `image`, drawn from the stateless `seed` `[2]`."""
+    seeds = tf.random.experimental.stateless_split(seed, num=5)
+    if augmentation.crop_scale is not None:
+        begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+            tf.shape(image),
+            bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+            seed=seeds[0],
+            min_object_covered=0.0,
+            aspect_ratio_range=augmentation.crop_ratio,
+            area_range=augmentation.crop_scale,
+            max_attempts=10,
+            use_image_if_no_bounding_boxes=True,
+        )
+        image = tf.slice(image, begin, size)
+    image = resize(image, image_size, "resize")
+    if augmentation.flip:
+        image = tf.image.stateless_random_flip_left_right(image, seed=seeds[1])
+    jitter = augmentation.color_jitter
+    if jitter > 0:
+        image = tf.image.stateless_random_brightness(image, jitter * 255.0, seed=seeds[2])
+        image = tf.image.stateless_random_contrast(image, 1 - jitter, 1 + jitter, seed=seeds[3])
+        image = tf.image.stateless_random_saturation(image, 1 - jitter, 1 + jitter, seed=seeds[4])
+        image = tf.clip_by_value(image, 0.0, 255.0)
+    return image
+
+
+def make_preprocess(image_size, resize_mode="resize", augmentation=None, seed=0, from_bytes=False):
+    """`fn(source, sample_id)` → float32 image `[height, width, 3]` in [0, 255].
+
+    `source` is a file path (or encoded bytes when `from_bytes`); `sample_id` (int64) makes the
+    augmentation of every sample a function of `(seed, sample_id)` only, so that a pipeline is
+    deterministic whatever its parallelism.
+    """
+    image_size = check_image_size(image_size)
+    resize_mode = check_resize_mode(resize_mode)
+    augmentation = as_augmentation(augmentation)
+
+    def preprocess(source, sample_id):
+        image = decode_rgb(source if from_bytes else tf.io.read_file(source))
+        if augmentation is None:
+            return resize(image, image_size, resize_mode)
+        pair = tf.stack([tf.constant(seed, tf.int64), tf.cast(sample_id, tf.int64)])
+        return augment_image(image, image_size, augmentation, pair)
+
+    return preprocess
+
+
+def _decode_one_batch(preprocess, spec):
+    def decode(sources, names, sample_ids, *rest):
+        n = tf.shape(sources)[0]
+        size = tf.cast(n, tf.int64)
+        static = [sources.shape[0], *spec.shape]
+        # Fast path: the whole batch decodes, or one error drops it (and the slow path runs).
+        fast = (
+            tf.data.Dataset.from_tensor_slices((sources, sample_ids))
+            .map(preprocess)
+            .batch(size, drop_remainder=True)
+            .ignore_errors()
+            .map(lambda images: (images, tf.zeros([n], tf.bool)))
+        )
+        # Slow path, run only when the fast one yields nothing: sample by sample, the
+        # survivors scattered back to their positions (all zeros if none survives).
+        slow = (
+            tf.data.Dataset.from_tensor_slices((tf.range(n), sources, sample_ids))
+            .map(lambda i, s, k: (i, preprocess(s, k)))
+            .ignore_errors()
+            .batch(size)
+            .concatenate(
+                tf.data.Dataset.from_tensors(
+                    (tf.zeros([0], tf.int32), tf.zeros([0, *spec.shape], spec.dtype))
+                )
+            )
+            .take(1)
+            .map(
+                lambda done, images: (
+                    tf.scatter_nd(done[:, None], images, tf.concat([[n], spec.shape], 0)),
+                    tf.logical_not(tf.scatter_nd(done[:, None], tf.ones_like(done, tf.bool), [n])),
+                )
+            )
+        )
+
+        def attach(images, failed):
+            images.set_shape(static)
+            failed.set_shape(static[:1])
+            return (images, failed, names, *rest)
+
+        return fast.concatenate(slow).take(1).map(attach)
+
+    return decode
+
+
+def decode_batches(dataset, preprocess, log=None, cycle_length=AUTOTUNE):
+    """Decodes a dataset of batches without ever failing on a file.
+
+    Args:
+        dataset: elements `(sources [n], names [n], sample_ids [n], *rest)`: `sources` the paths
+            or encoded bytes that `preprocess` takes, `names` what a failure is reported as.
+        preprocess: `fn(source, sample_id)` → a tensor of fully known shape.
+        log: a `CorruptFileLog` that records the failures; None: they are printed to stderr.
+
+    Returns:
+        A dataset of `(images [n, ...], *rest)` with a zero image for every sample that failed.
+    """
+    probe = tf.data.Dataset.from_tensors((tf.constant(""), tf.constant(0, tf.int64))).map(
+        preprocess
+    )
+    spec = probe.element_spec
+    if not spec.shape.is_fully_defined():
+        raise ValueError(f"preprocess must return a tensor of known shape; got {spec.shape}")
+    decoded = dataset.interleave(
+        _decode_one_batch(preprocess, spec),
+        cycle_length=cycle_length,
+        block_length=1,
+        num_parallel_calls=AUTOTUNE,
+        deterministic=True,
+    )
+    if log is None:
+        log = _STDERR_LOG
+
+    def record(images, failed, names, *rest):
+        log.record(names, failed)
+        return (images, *rest)
+
+    # Sequential on purpose: the log's variables are updated by one batch at a time.
+    return decoded.map(record)
+
+
+class CorruptFileLog(keras.callbacks.Callback):
+    """Counts and names the files a pipeline could not decode; a Keras callback that logs them.
+
+    Pass one to a dataset builder (`pk_dataset(..., corrupt_files=log)`) and to `model.fit`
+    (`callbacks=[log]`): at the end of every epoch each new failure is logged as a warning with
+    its path and the reason (the error TensorFlow gives when the file is decoded again), and
+    `log.count` / `log.records` say how many and which. Each failed sample became a blank image,
+    so training went on. Prefetching may decode a few batches of the next epoch early: their
+    failures show up one epoch early.
+
+    Create it outside any `tf.distribute` strategy scope: its counters belong to the input
+    pipeline, not to the replicas.
+
+    Args:
+        max_paths: how many failing names are kept (the count goes on beyond it).
+    """
+
+    def __init__(self, max_paths=10_000):
+        super().__init__()
+        if isinstance(max_paths, bool) or not isinstance(max_paths, int) or max_paths < 0:
+            raise ValueError(f"max_paths must be an integer >= 0; got {max_paths!r}")
+        self.max_paths = max_paths
+        with tf.device("/cpu:0"):
+            self._count = tf.Variable(0, dtype=tf.int64, trainable=False)
+            self._names = tf.Variable(
+                tf.zeros([0], tf.string), shape=tf.TensorShape([None]), trainable=False
+            )
+        self.records = []
+
+    def record(self, names, failed):
+        """Inside the pipeline: adds the `names [n]` where `failed [n]` is true."""
+        failed_names = tf.boolean_mask(names, failed)
+        room = tf.maximum(self.max_paths - tf.size(self._names), 0)
+        self._names.assign(tf.concat([self._names, failed_names[:room]], 0))
+        self._count.assign_add(tf.size(failed_names, out_type=tf.int64))
+
+    @property
+    def count(self):
+        """Samples that failed to decode so far (a file that fails twice counts twice)."""
+        return int(self._count.numpy())
+
+    def collect(self):
+        """Diagnoses and logs the failures recorded since the last call; returns them."""
+        names = [n.decode("utf-8", "replace") for n in self._names.numpy()[len(self.records) :]]
+        new = [CorruptFile(name, diagnose(name)) for name in names]
+        for item in new:
+            logger.warning(
+                "corrupt or unreadable image replaced by a blank: %s (%s)", item.path, item.reason
+            )
+        self.records.extend(new)
+        return new
+
+    def reset(self):
+        self._count.assign(0)
+        self._names.assign(tf.zeros([0], tf.string))
+        self.records = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        new = self.collect()
+        if new or self.count > len(self.records):
+            logger.warning(
+                "epoch %d: %d samples so far could not be decoded and were blank",
+                epoch + 1,
+                self.count,
+            )
+
+
+class _StderrLog:
+    """Without a `CorruptFileLog`, failures still show: one line on stderr per batch."""
+
+    def record(self, names, failed):
+        failed_names = tf.boolean_mask(names, failed)
+
+        def report():
+            tf.print(
+                "keras_facemargin.data:",
+                tf.size(failed_names),
+                "images could not be decoded and were replaced by blanks (pass a CorruptFileLog "
+                "to count them and see why):",
+                failed_names,
+                summarize=-1,
+                output_stream=sys.stderr,
+            )
+            return tf.constant(0)
+
+        tf.cond(tf.size(failed_names) > 0, report, lambda: tf.constant(0))
+
+
+_STDERR_LOG = _StderrLog()
+
+
+def diagnose(path):
+    """Why `path` does not decode (TensorFlow's error), decoded eagerly; for reports only."""
+    try:
+        decode_rgb(tf.io.read_file(path))
+    except tf.errors.OpError as error:
+        return f"{type(error).__name__}: {error.message}"
+    except (ValueError, TypeError) as error:
+        return f"{type(error).__name__}: {error}"
+    return "failed in the pipeline but decodes now (was the file replaced?)"
+
+
+def find_corrupt_files(paths, batch_size=256, num_parallel_calls=None):
+    """The files among `paths` that do not decode, as a list of `CorruptFile`, each logged."""
+    paths = np.asarray(paths, dtype=object)
+    if paths.size == 0:
+        return []
+    log = CorruptFileLog(max_paths=len(paths))
+
+    def shape_only(source, sample_id):
+        return tf.shape(decode_rgb(tf.io.read_file(source)))
+
+    ds = tf.data.Dataset.from_tensor_slices(paths.astype(str)).batch(batch_size)
+    ds = ds.map(lambda p: (p, p, tf.zeros_like(p, tf.int64)))
+    cycle = AUTOTUNE if num_parallel_calls is None else num_parallel_calls
+    for _ in decode_batches(ds, shape_only, log, cycle_length=cycle):
+        pass
+    return log.collect()

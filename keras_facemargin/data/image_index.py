@@ -1,0 +1,298 @@
+"""`ImageIndex`: the file paths, integer labels and class names of an image data set.
+
+An index holds no pixels: it is three NumPy arrays, so a million images index in seconds and the
+samplers work on integer positions. Every method returns a new index; none touches the files
+except `from_directory` (which lists them) and `verify` (which decodes them).
+"""
+
+import csv
+import logging
+import os
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+
+
+def _check_int(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
+    return int(value)
+
+
+def _check_fraction(name, value):
+    ok = isinstance(value, (float, int, np.floating, np.integer)) and not isinstance(value, bool)
+    if not ok or not 0.0 < value < 1.0:
+        raise ValueError(f"{name} must be a number in (0, 1); got {value!r}")
+    return float(value)
+
+
+class ImageIndex:
+    """File paths, integer labels `[0, num_classes)` and the class names they stand for.
+
+    Build one with `from_directory` (one folder per identity) or `from_list` (a `path label`
+    text or CSV file); restrict it with `filter_min_images`, split it with `split_identities`
+    (open set: disjoint people) or `split_images` (closed set: stratified images), check the
+    files with `verify`. Labels are always contiguous: a method that drops classes relabels the
+    rest in their previous order.
+
+    Args:
+        paths: sequence of file paths (or encoded images' names); `[num_images]`.
+        labels: integer labels in `[0, len(class_names))`; `[num_images]`.
+        class_names: one name per label.
+
+    Example:
+
+    ```python
+    index = ImageIndex.from_directory("casia-webface").filter_min_images(4)
+    train, test = index.split_identities(test_fraction=0.1, seed=0)
+    ```
+    """
+
+    def __init__(self, paths, labels, class_names):
+        self.paths = np.asarray(paths, dtype=object)
+        self.labels = np.asarray(labels)
+        self.class_names = tuple(str(name) for name in class_names)
+        if self.paths.ndim != 1 or self.labels.shape != self.paths.shape:
+            raise ValueError(
+                "paths and labels must be 1-D and of the same length; got "
+                f"{self.paths.shape} paths and {self.labels.shape} labels"
+            )
+        if self.labels.size and not np.issubdtype(self.labels.dtype, np.integer):
+            raise ValueError(f"labels must be integers; got dtype {self.labels.dtype}")
+        self.labels = self.labels.astype(np.int64)
+        if self.labels.size and (
+            self.labels.min() < 0 or self.labels.max() >= len(self.class_names)
+        ):
+            raise ValueError(
+                f"labels must be in [0, len(class_names)={len(self.class_names)}); got min label "
+                f"{self.labels.min()}, max label {self.labels.max()}"
+            )
+
+    # -- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def from_directory(cls, root, extensions=IMAGE_EXTENSIONS, follow_links=False):
+        """An index of `root/<class name>/**/<image>`: one sub-folder per identity.
+
+        Class names are the sub-folder names in sorted order, so the labels do not depend on the
+        file system's listing order. Files are matched on `extensions`, case-insensitively;
+        nested folders inside a class folder belong to that class; other files are ignored.
+        Class folders without any image are left out (with a log message).
+
+        Args:
+            root: the data set folder.
+            extensions: the file name endings that count as images.
+            follow_links: whether to follow symbolic links to folders.
+        """
+        root = os.fspath(root)
+        if not os.path.isdir(root):
+            raise ValueError(f"root must be an existing folder; got {root!r}")
+        extensions = tuple(e.lower() for e in extensions)
+        folders = sorted(
+            entry.name
+            for entry in os.scandir(root)
+            if entry.is_dir(follow_symlinks=follow_links) and not entry.name.startswith(".")
+        )
+        paths, labels, names, empty = [], [], [], []
+        for name in folders:
+            found = []
+            for folder, subfolders, files in os.walk(
+                os.path.join(root, name), followlinks=follow_links
+            ):
+                subfolders.sort()
+                found.extend(
+                    os.path.join(folder, f) for f in sorted(files) if f.lower().endswith(extensions)
+                )
+            if not found:
+                empty.append(name)
+                continue
+            paths.extend(found)
+            labels.extend([len(names)] * len(found))
+            names.append(name)
+        if empty:
+            logger.info("%d class folders in %s hold no image and are left out", len(empty), root)
+        if not paths:
+            raise ValueError(
+                f"root must hold one sub-folder per class with images ({', '.join(extensions)}); "
+                f"got {len(folders)} sub-folders and no image in {root!r}"
+            )
+        return cls(paths, np.asarray(labels, dtype=np.int64), names)
+
+    @classmethod
+    def from_list(cls, list_path, root=None, delimiter=None):
+        """An index from a text or CSV file with one `path label` line per image.
+
+        A label is a class name or an integer. Integer labels that are exactly `0..C-1` are kept;
+        any other labels are sorted (numerically when all are integers) and numbered in that
+        order. Blank lines and lines starting with `#` are skipped; in a CSV file a first line
+        whose label column is `label` is a header.
+
+        Args:
+            list_path: the list file.
+            root: folder that relative paths are relative to; defaults to the list's folder.
+            delimiter: the column separator; by default `,` for `.csv` files, else whitespace.
+        """
+        list_path = os.fspath(list_path)
+        if not os.path.isfile(list_path):
+            raise ValueError(f"list_path must be an existing file; got {list_path!r}")
+        root = os.path.dirname(os.path.abspath(list_path)) if root is None else os.fspath(root)
+        if delimiter is None and list_path.lower().endswith(".csv"):
+            delimiter = ","
+        paths, raw_labels = [], []
+        with open(list_path, newline="", encoding="utf-8") as f:
+            if delimiter is None:
+                rows = ((n, line.split()) for n, line in enumerate(f, 1))
+            else:
+                rows = enumerate(csv.reader(f, delimiter=delimiter), 1)
+            for number, row in rows:
+                row = [c.strip() for c in row]
+                if not row or not any(row) or row[0].startswith("#"):
+                    continue
+                if number == 1 and len(row) == 2 and row[1].lower() == "label":
+                    continue
+                if len(row) != 2 or not row[0] or not row[1]:
+                    raise ValueError(
+                        f"{list_path}, line {number}: expected 'path label' (2 columns); got "
+                        f"{row!r}"
+                    )
+                path = row[0] if os.path.isabs(row[0]) else os.path.join(root, row[0])
+                paths.append(path)
+                raw_labels.append(row[1])
+        if not paths:
+            raise ValueError(
+                f"list_path must list at least one 'path label' line; {list_path!r} has none"
+            )
+        try:
+            as_int = [int(label) for label in raw_labels]
+        except ValueError:
+            as_int = None
+        if as_int is not None:
+            values = np.asarray(as_int, dtype=np.int64)
+            unique = np.unique(values)
+            if unique[0] == 0 and unique[-1] == len(unique) - 1:
+                return cls(paths, values, [str(u) for u in unique])
+            return cls(paths, np.searchsorted(unique, values), [str(u) for u in unique])
+        names, labels = np.unique(np.asarray(raw_labels, dtype=object), return_inverse=True)
+        return cls(paths, labels, names)
+
+    # -- queries ------------------------------------------------------------------------------
+
+    def __len__(self):
+        return len(self.paths)
+
+    @property
+    def num_classes(self):
+        return len(self.class_names)
+
+    def class_counts(self):
+        """Images per class, `[num_classes]`."""
+        return np.bincount(self.labels, minlength=self.num_classes)
+
+    def __repr__(self):
+        return f"ImageIndex({len(self)} images, {self.num_classes} classes)"
+
+    # -- derived indices ----------------------------------------------------------------------
+
+    def subset(self, positions, relabel=True):
+        """The images at `positions` (indices or a boolean mask); empty classes are dropped when
+        `relabel` (the default), and the remaining classes keep their order."""
+        positions = np.asarray(positions)
+        paths, labels = self.paths[positions], self.labels[positions]
+        if not relabel:
+            return ImageIndex(paths, labels, self.class_names)
+        kept = np.unique(labels)
+        return ImageIndex(paths, np.searchsorted(kept, labels), [self.class_names[k] for k in kept])
+
+    def filter_min_images(self, min_images):
+        """Only the classes with at least `min_images` images, relabelled `0..C'-1`."""
+        min_images = _check_int("min_images", min_images, 1)
+        keep = self.class_counts() >= min_images
+        if not keep.any():
+            raise ValueError(
+                f"min_images={min_images} leaves no class: the largest class of {self} has "
+                f"{self.class_counts().max() if len(self) else 0} images"
+            )
+        dropped = int((~keep).sum())
+        if dropped:
+            logger.info(
+                "filter_min_images(%d) drops %d of %d classes",
+                min_images,
+                dropped,
+                self.num_classes,
+            )
+        return self.subset(keep[self.labels])
+
+    def split_identities(self, test_fraction=None, num_test_classes=None, seed=0):
+        """Open-set split: `(train, test)` indices over disjoint sets of classes (people).
+
+        Verification is measured on people the model never saw; this split gives them. Exactly
+        one of `test_fraction` (of the classes, rounded, at least 1) or `num_test_classes`.
+        Both parts are relabelled `0..C-1` in class-name order.
+        """
+        if (test_fraction is None) == (num_test_classes is None):
+            raise ValueError(
+                "split_identities needs exactly one of test_fraction or num_test_classes; got "
+                f"test_fraction={test_fraction!r}, num_test_classes={num_test_classes!r}"
+            )
+        if self.num_classes < 2:
+            raise ValueError(
+                f"split_identities needs an index with >= 2 classes; got {self.num_classes}"
+            )
+        if num_test_classes is None:
+            fraction = _check_fraction("test_fraction", test_fraction)
+            num_test = min(max(1, round(fraction * self.num_classes)), self.num_classes - 1)
+        else:
+            num_test = _check_int("num_test_classes", num_test_classes, 1)
+            if num_test >= self.num_classes:
+                raise ValueError(
+                    f"num_test_classes must be in [1, num_classes={self.num_classes}); got "
+                    f"{num_test}"
+                )
+        rng = np.random.default_rng(seed)
+        is_test = np.zeros(self.num_classes, dtype=bool)
+        is_test[rng.permutation(self.num_classes)[:num_test]] = True
+        in_test = is_test[self.labels]
+        return self.subset(~in_test), self.subset(in_test)
+
+    def split_images(self, test_fraction, seed=0):
+        """Closed-set split: `(train, test)` with the same classes and labels, stratified.
+
+        Each class puts `round(test_fraction × n)` of its n images in the test part, but always
+        keeps at least one in the training part (so a 1-image class stays all in training).
+        """
+        fraction = _check_fraction("test_fraction", test_fraction)
+        rng = np.random.default_rng(seed)
+        counts = self.class_counts()
+        # Shuffle, then stably sort by class: a random order within each class, in one pass.
+        order = rng.permutation(len(self))
+        order = order[np.argsort(self.labels[order], kind="stable")]
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        rank = np.arange(len(self)) - starts[self.labels[order]]
+        num_test = np.minimum(np.round(fraction * counts), np.maximum(counts - 1, 0))
+        in_test = np.zeros(len(self), dtype=bool)
+        in_test[order] = rank < num_test[self.labels[order]]
+        train = np.flatnonzero(~in_test)
+        test = np.flatnonzero(in_test)
+        return self.subset(train, relabel=False), self.subset(test, relabel=False)
+
+    def remove_paths(self, paths):
+        """The index without the given paths (for example the corrupt files `verify` found);
+        classes left empty are dropped and the rest relabelled."""
+        drop = np.isin(self.paths, np.asarray(list(paths), dtype=object))
+        if drop.all():
+            raise ValueError(f"remove_paths would remove every image of {self}")
+        return self.subset(~drop)
+
+    def verify(self, num_parallel_calls=None):
+        """Decodes every file and returns the unreadable ones as a list of `CorruptFile`
+        `(path, reason)`, each also logged as a warning.
+
+        The decoding runs in a `tf.data` pipeline (in parallel) with the same decoder as the
+        training pipelines; only the failures are decoded again, eagerly, to get the reason.
+        """
+        from keras_facemargin.data import decoding
+
+        return decoding.find_corrupt_files(self.paths, num_parallel_calls=num_parallel_calls)

@@ -1,0 +1,288 @@
+"""Verification pair lists: the course format, LFW's pairs.txt, InsightFace's .bin sets.
+
+An InsightFace `.bin` file is a pickle, and unpickling runs whatever functions the file names.
+`read_insightface_bin` therefore uses an unpickler that resolves no name at all (bar one
+bytes constructor that Python 3 writes into protocol-2 pickles): lists, tuples, bytes, booleans
+and numbers load, anything else is refused before it can run.
+"""
+
+import io
+import os
+import pickle
+
+import numpy as np
+import tensorflow as tf
+
+from keras_facemargin.data import decoding
+
+_TRUE = ("1", "true", "same")
+_FALSE = ("0", "-1", "false", "diff", "different")
+
+
+class VerificationPairs:
+    """Pairs of images and whether they show the same person.
+
+    Args:
+        images_a, images_b: file paths, or encoded image bytes when `from_bytes`; `[num_pairs]`.
+        is_same: booleans, `[num_pairs]`.
+        folds: optional fold of each pair (LFW's 10 folds), `[num_pairs]` int.
+        from_bytes: whether the images are encoded bytes rather than paths.
+        name: what the pairs are called in messages.
+    """
+
+    def __init__(self, images_a, images_b, is_same, folds=None, from_bytes=False, name="pairs"):
+        self.images_a = np.asarray(images_a, dtype=object)
+        self.images_b = np.asarray(images_b, dtype=object)
+        self.is_same = np.asarray(is_same, dtype=bool)
+        self.folds = None if folds is None else np.asarray(folds, dtype=np.int64)
+        self.from_bytes = bool(from_bytes)
+        self.name = name
+        n = len(self.is_same)
+        if len(self.images_a) != n or len(self.images_b) != n:
+            raise ValueError(
+                f"images_a, images_b and is_same must have the same length; got "
+                f"{len(self.images_a)}, {len(self.images_b)} and {n}"
+            )
+        if n == 0:
+            raise ValueError(f"{name} must hold at least one pair; got none")
+
+    def __len__(self):
+        return len(self.is_same)
+
+    def __repr__(self):
+        return (
+            f"VerificationPairs({self.name!r}, {len(self)} pairs, {int(self.is_same.sum())} same)"
+        )
+
+
+def _lines(path):
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            fields = line.split()
+            if fields and not fields[0].startswith("#"):
+                yield number, fields
+
+
+def _check_exists(list_path, number, path):
+    if not os.path.isfile(path):
+        raise ValueError(f"{list_path}, line {number}: image file not found: {path!r}")
+
+
+def read_pair_list(list_path, root=None, check_files=True):
+    """Reads `path_a path_b label` lines (label 1/0, true/false or same/diff).
+
+    Relative paths are relative to `root`, by default the list's folder. A malformed line or
+    (with `check_files`) a missing image is a `ValueError` naming the line and the path.
+    """
+    list_path = os.fspath(list_path)
+    if not os.path.isfile(list_path):
+        raise ValueError(f"list_path must be an existing file; got {list_path!r}")
+    root = os.path.dirname(os.path.abspath(list_path)) if root is None else os.fspath(root)
+    a, b, same = [], [], []
+    for number, fields in _lines(list_path):
+        label = fields[-1].lower() if len(fields) == 3 else None
+        if label not in _TRUE + _FALSE:
+            raise ValueError(
+                f"{list_path}, line {number}: expected 'path_a path_b label' with label 1/0; "
+                f"got {' '.join(fields)!r}"
+            )
+        pair = [p if os.path.isabs(p) else os.path.join(root, p) for p in fields[:2]]
+        if check_files:
+            for path in pair:
+                _check_exists(list_path, number, path)
+        a.append(pair[0])
+        b.append(pair[1])
+        same.append(label in _TRUE)
+    return VerificationPairs(a, b, same, name=os.path.basename(list_path))
+
+
+def read_lfw_pairs(pairs_path, images_root, check_files=True):
+    """Reads LFW's `pairs.txt` (or `pairsDevTest.txt`): images at `root/name/name_%04d.jpg`.
+
+    The header is `folds pairs_per_fold` (pairs.txt: `10 300`, each fold 300 same then 300
+    different pairs) or a single count (pairsDevTrain/DevTest). Lines are `name n1 n2` (same
+    person) or `name1 n1 name2 n2` (different people). `folds` holds each pair's fold.
+    """
+    pairs_path = os.fspath(pairs_path)
+    if not os.path.isfile(pairs_path):
+        raise ValueError(f"pairs_path must be an existing file; got {pairs_path!r}")
+    lines = list(_lines(pairs_path))
+    if not lines:
+        raise ValueError(f"pairs_path {pairs_path!r} is empty; expected LFW's pairs.txt")
+    header_number, header = lines[0]
+    try:
+        counts = [int(v) for v in header]
+    except ValueError:
+        counts = []
+    if len(counts) not in (1, 2) or min(counts) < 1:
+        raise ValueError(
+            f"{pairs_path}, line {header_number}: expected the header 'folds pairs_per_fold' "
+            f"(e.g. '10 300') or a pair count; got {' '.join(header)!r}"
+        )
+    num_folds, per_fold = (1, counts[0]) if len(counts) == 1 else counts
+    # pairs.txt counts pairs per class (same/different) and fold; pairsDevTest.txt the same.
+    expected = num_folds * per_fold * 2
+    body = lines[1:]
+    if len(body) != expected:
+        raise ValueError(
+            f"{pairs_path}: header {' '.join(header)!r} announces {expected} pairs; got "
+            f"{len(body)} pair lines"
+        )
+    root = os.fspath(images_root)
+
+    def image(name, number, line):
+        try:
+            n = int(number)
+        except ValueError:
+            raise ValueError(
+                f"{pairs_path}, line {line}: expected an image number; got {number!r}"
+            ) from None
+        return os.path.join(root, name, f"{name}_{n:04d}.jpg")
+
+    a, b, same, folds = [], [], [], []
+    for i, (number, fields) in enumerate(body):
+        if len(fields) == 3:
+            pair = image(fields[0], fields[1], number), image(fields[0], fields[2], number)
+        elif len(fields) == 4:
+            pair = image(fields[0], fields[1], number), image(fields[2], fields[3], number)
+        else:
+            raise ValueError(
+                f"{pairs_path}, line {number}: expected 'name n1 n2' or 'name1 n1 name2 n2'; got "
+                f"{' '.join(fields)!r}"
+            )
+        if check_files:
+            for path in pair:
+                _check_exists(pairs_path, number, path)
+        a.append(pair[0])
+        b.append(pair[1])
+        same.append(len(fields) == 3)
+        folds.append(i // (2 * per_fold))
+    return VerificationPairs(a, b, same, folds=folds, name=os.path.basename(pairs_path))
+
+
+class _Refused(pickle.UnpicklingError):
+    pass
+
+
+class _RefusingUnpickler(pickle.Unpickler):
+    """Resolves no global: a pickle that names any function or class is refused."""
+
+    def find_class(self, module, name):
+        if (module, name) == ("_codecs", "encode"):
+            # Python 3 writes bytes into protocol-2 pickles as _codecs.encode(str, "latin1").
+            return _latin1_bytes
+        raise _Refused(
+            f"refused to load {module}.{name}: an InsightFace .bin file holds only lists, bytes "
+            "and booleans, and loading anything else could run code from the file"
+        )
+
+
+def _latin1_bytes(text, encoding="latin1"):
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise _Refused("refused _codecs.encode with anything but (str, 'latin1')")
+    return text.encode("latin1")
+
+
+def read_insightface_bin(bin_path):
+    """Reads an InsightFace verification set (lfw.bin, cfp_fp.bin, agedb_30.bin, ...).
+
+    The file is a pickle of `(images, is_same)`: a list of 2·N encoded images (pairs are
+    consecutive) and a list of N booleans. It is loaded with an unpickler that refuses every
+    function or class (see the module doc), so a malicious file raises a `ValueError` before
+    anything runs.
+    """
+    bin_path = os.fspath(bin_path)
+    if not os.path.isfile(bin_path):
+        raise ValueError(f"bin_path must be an existing file; got {bin_path!r}")
+    with open(bin_path, "rb") as f:
+        data = f.read()
+    try:
+        loaded = _RefusingUnpickler(io.BytesIO(data), encoding="bytes").load()
+    except _Refused as error:
+        raise ValueError(f"{bin_path} is not a safe InsightFace .bin file: {error}") from None
+    except Exception as error:
+        raise ValueError(
+            f"{bin_path} is not a readable InsightFace .bin file: {type(error).__name__}: {error}"
+        ) from None
+    ok = isinstance(loaded, (tuple, list)) and len(loaded) == 2
+    images, is_same = loaded if ok else (None, None)
+    if not (ok and isinstance(images, (list, tuple)) and isinstance(is_same, (list, tuple))):
+        raise ValueError(
+            f"{bin_path} must hold a pickled (list of encoded images, list of is_same); got "
+            f"{type(loaded).__name__}"
+        )
+    if len(images) != 2 * len(is_same):
+        raise ValueError(
+            f"{bin_path} must hold 2 images per is_same entry; got {len(images)} images and "
+            f"{len(is_same)} is_same entries"
+        )
+    for i, item in enumerate(images):
+        if not isinstance(item, (bytes, bytearray)):
+            raise ValueError(
+                f"{bin_path}: image {i} must be encoded bytes; got {type(item).__name__}"
+            )
+    for i, item in enumerate(is_same):
+        if not isinstance(item, (bool, int, np.integer)):
+            raise ValueError(f"{bin_path}: is_same {i} must be a boolean; got {item!r}")
+    images = [bytes(item) for item in images]
+    return VerificationPairs(
+        images[0::2],
+        images[1::2],
+        [bool(s) for s in is_same],
+        from_bytes=True,
+        name=os.path.basename(bin_path),
+    )
+
+
+def pair_dataset(
+    pairs,
+    batch_size=64,
+    image_size=(112, 112),
+    resize_mode="resize",
+    corrupt_files=None,
+    prefetch=True,
+):
+    """A `tf.data.Dataset` of `(images_a, images_b, is_same)` batches, in the pairs' order.
+
+    `images_a`, `images_b` are float32 `[batch, height, width, 3]` in [0, 255] with the same
+    evaluation preprocessing as `classification_dataset(training=False)`; `is_same` is bool
+    `[batch]`. An image that does not decode is blank and recorded in `corrupt_files` (a
+    `CorruptFileLog`; without one, failures are printed to stderr).
+
+    Example:
+
+    ```python
+    pairs = read_lfw_pairs("lfw/pairs.txt", "lfw/lfw-deepfunneled")  # or read_insightface_bin
+    for images_a, images_b, is_same in pair_dataset(pairs, batch_size=256):
+        similarity = cosine(embedder(images_a), embedder(images_b))
+    ```
+    """
+    if not isinstance(pairs, VerificationPairs):
+        raise ValueError(f"pairs must be VerificationPairs; got {type(pairs).__name__}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1; got {batch_size!r}")
+    if pairs.from_bytes:
+        a, b = list(pairs.images_a), list(pairs.images_b)
+        names_a = [f"{pairs.name}[{2 * i}]" for i in range(len(pairs))]
+        names_b = [f"{pairs.name}[{2 * i + 1}]" for i in range(len(pairs))]
+    else:
+        a, b = pairs.images_a.astype(str), pairs.images_b.astype(str)
+        names_a, names_b = a, b
+    ds = tf.data.Dataset.from_tensor_slices(
+        tuple(tf.constant(x, tf.string) for x in (a, b, names_a, names_b)) + (pairs.is_same,)
+    )
+    # Images a and b of a batch are decoded together, a first.
+    ds = ds.batch(batch_size).map(
+        lambda a, b, na, nb, same: (
+            tf.concat([a, b], 0),
+            tf.concat([na, nb], 0),
+            tf.zeros([2 * tf.shape(a)[0]], tf.int64),
+            same,
+        )
+    )
+    preprocess = decoding.make_preprocess(
+        image_size, resize_mode, None, from_bytes=pairs.from_bytes
+    )
+    ds = decoding.decode_batches(ds, preprocess, corrupt_files)
+    ds = ds.map(lambda images, same: (*tf.split(images, 2), same))
+    return ds.prefetch(decoding.AUTOTUNE) if prefetch else ds

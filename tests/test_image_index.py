@@ -1,0 +1,169 @@
+import os
+
+import numpy as np
+import pytest
+from data_helpers import FACES, NAMES, copy_faces, corrupt, first_image
+
+from keras_facemargin.data import ImageIndex
+
+
+def touch(path, data=b"x"):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def test_from_directory_on_real_faces():
+    index = ImageIndex.from_directory(FACES)
+    assert index.class_names == NAMES
+    assert len(index) == 55 and index.num_classes == 5
+    np.testing.assert_array_equal(index.class_counts(), [11] * 5)
+    for path, label in zip(index.paths, index.labels):
+        assert os.path.basename(os.path.dirname(path)) == NAMES[label]
+    assert list(index.paths) == sorted(index.paths)
+
+
+def test_from_directory_extensions_nesting_and_order(tmp_path):
+    for rel in [
+        "b/1.JPG",
+        "b/2.jpeg",
+        "b/sub/3.Png",
+        "b/4.bmp",
+        "b/5.GIF",
+        "a/x.png",
+        "b/notes.txt",
+        "b/6.webp",
+        "empty/readme.md",
+        ".hidden/7.png",
+    ]:
+        touch(str(tmp_path / rel))
+    index = ImageIndex.from_directory(tmp_path)
+    assert index.class_names == ("a", "b")
+    names = [os.path.relpath(p, tmp_path) for p in index.paths]
+    assert names == ["a/x.png", "b/1.JPG", "b/2.jpeg", "b/4.bmp", "b/5.GIF", "b/sub/3.Png"]
+    np.testing.assert_array_equal(index.labels, [0, 1, 1, 1, 1, 1])
+
+
+def test_from_directory_bad_roots(tmp_path):
+    with pytest.raises(ValueError, match="root must be an existing folder; got .*missing"):
+        ImageIndex.from_directory(tmp_path / "missing")
+    with pytest.raises(ValueError, match="got 0 sub-folders and no image"):
+        ImageIndex.from_directory(tmp_path)
+    touch(str(tmp_path / "a" / "notes.txt"))
+    with pytest.raises(ValueError, match="got 1 sub-folders and no image"):
+        ImageIndex.from_directory(tmp_path)
+
+
+def test_from_list_text_and_csv(tmp_path):
+    (tmp_path / "list.txt").write_text(
+        "# comment\nimgs/a1.jpg bob\n\nimgs/a2.jpg bob\n/abs/c.jpg alice\n"
+    )
+    index = ImageIndex.from_list(tmp_path / "list.txt")
+    assert index.class_names == ("alice", "bob")
+    np.testing.assert_array_equal(index.labels, [1, 1, 0])
+    assert index.paths[0] == os.path.join(str(tmp_path), "imgs/a1.jpg")
+    assert index.paths[2] == "/abs/c.jpg"
+
+    (tmp_path / "list.csv").write_text("path,label\nx.jpg,7\ny.jpg,3\nz.jpg,7\n")
+    index = ImageIndex.from_list(tmp_path / "list.csv", root="/data")
+    assert index.class_names == ("3", "7")
+    np.testing.assert_array_equal(index.labels, [1, 0, 1])
+    assert index.paths[0] == "/data/x.jpg"
+
+    (tmp_path / "ids.txt").write_text("x.jpg 1\ny.jpg 0\nz.jpg 2\n")
+    np.testing.assert_array_equal(ImageIndex.from_list(tmp_path / "ids.txt").labels, [1, 0, 2])
+
+
+def test_from_list_errors_name_the_line(tmp_path):
+    (tmp_path / "bad.txt").write_text("a.jpg 0\nb.jpg\n")
+    with pytest.raises(ValueError, match=r"bad.txt, line 2: expected 'path label'.*\['b.jpg'\]"):
+        ImageIndex.from_list(tmp_path / "bad.txt")
+    (tmp_path / "empty.txt").write_text("# nothing\n")
+    with pytest.raises(ValueError, match="at least one 'path label' line"):
+        ImageIndex.from_list(tmp_path / "empty.txt")
+    with pytest.raises(ValueError, match="list_path must be an existing file"):
+        ImageIndex.from_list(tmp_path / "nope.txt")
+
+
+def test_constructor_checks():
+    with pytest.raises(
+        ValueError, match=r"labels must be in \[0, len\(class_names\)=2\); got .*max label 2"
+    ):
+        ImageIndex(["a", "b"], [0, 2], ["x", "y"])
+    with pytest.raises(ValueError, match="same length"):
+        ImageIndex(["a", "b"], [0], ["x"])
+
+
+def synthetic(counts):
+    labels = np.repeat(np.arange(len(counts)), counts)
+    return ImageIndex(
+        [f"c{c}/{i}.jpg" for i, c in enumerate(labels)],
+        labels,
+        [f"c{c}" for c in range(len(counts))],
+    )
+
+
+def test_filter_min_images_relabels():
+    index = synthetic([3, 1, 5, 2])
+    kept = index.filter_min_images(3)
+    assert kept.class_names == ("c0", "c2")
+    np.testing.assert_array_equal(kept.class_counts(), [3, 5])
+    assert all(p.startswith(kept.class_names[y]) for p, y in zip(kept.paths, kept.labels))
+    with pytest.raises(ValueError, match="min_images must be an integer >= 1; got 0"):
+        index.filter_min_images(0)
+    with pytest.raises(
+        ValueError, match="min_images=6 leaves no class: the largest class .* has 5"
+    ):
+        index.filter_min_images(6)
+
+
+def test_split_identities_is_open_set_and_deterministic():
+    index = synthetic([4] * 20)
+    train, test = index.split_identities(test_fraction=0.25, seed=3)
+    assert len(test.class_names) == 5 and len(train.class_names) == 15
+    assert not set(train.class_names) & set(test.class_names)
+    assert sorted(train.paths.tolist() + test.paths.tolist()) == sorted(index.paths.tolist())
+    np.testing.assert_array_equal(test.class_counts(), [4] * 5)
+    again = index.split_identities(test_fraction=0.25, seed=3)[1]
+    assert again.class_names == test.class_names
+    assert index.split_identities(num_test_classes=5, seed=4)[1].class_names != test.class_names
+    with pytest.raises(ValueError, match="needs an index with >= 2 classes; got 1"):
+        synthetic([4]).split_identities(test_fraction=0.5)
+    with pytest.raises(
+        ValueError, match=r"num_test_classes must be in \[1, num_classes=20\); got 20"
+    ):
+        index.split_identities(num_test_classes=20)
+    with pytest.raises(ValueError, match=r"test_fraction must be a number in \(0, 1\); got 1.5"):
+        index.split_identities(test_fraction=1.5)
+    with pytest.raises(ValueError, match="exactly one of"):
+        index.split_identities()
+
+
+def test_split_images_is_stratified():
+    index = synthetic([10, 5, 1, 2])
+    train, test = index.split_images(test_fraction=0.2, seed=0)
+    assert train.class_names == test.class_names == index.class_names
+    np.testing.assert_array_equal(test.class_counts(), [2, 1, 0, 0])
+    np.testing.assert_array_equal(train.class_counts(), [8, 4, 1, 2])
+    assert not set(train.paths) & set(test.paths)
+    for part in (train, test):
+        assert all(p.startswith(part.class_names[y] + "/") for p, y in zip(part.paths, part.labels))
+    same = index.split_images(test_fraction=0.2, seed=0)[1]
+    assert same.paths.tolist() == test.paths.tolist()
+
+
+def test_verify_reports_corrupt_files(tmp_path, caplog):
+    root = copy_faces(str(tmp_path))
+    bad = first_image(root, "John_Simm")
+    truncated = first_image(root, "John_Savage")
+    corrupt(bad, "garbage")
+    corrupt(truncated, "truncated")
+    index = ImageIndex.from_directory(root)
+    with caplog.at_level("WARNING"):
+        found = index.verify()
+    assert sorted(f.path for f in found) == sorted([bad, truncated])
+    for item in found:
+        assert item.reason.startswith("InvalidArgumentError")
+        assert item.path in caplog.text
+    clean = index.remove_paths([f.path for f in found])
+    assert len(clean) == 53 and clean.num_classes == 5
