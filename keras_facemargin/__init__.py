@@ -2,6 +2,6 @@
 
 __version__ = "0.1.0"
 
-from keras_facemargin import evaluation, heads, losses  # noqa: E402
+from keras_facemargin import evaluation, heads, losses, models  # noqa: E402
 
-__all__ = ["evaluation", "heads", "losses", "__version__"]
+__all__ = ["evaluation", "heads", "losses", "models", "__version__"]
