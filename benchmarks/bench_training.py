@@ -20,7 +20,7 @@ that they survive a noisy (shared) machine:
    loaded with `tf.saved_model.load` (its `serving_default` signature), as a ratio to
    `model.predict_on_batch` on the same batch.
 
-    python benchmarks/bench_training.py [--size 112] [--batch 16] [--classes 1000] [--repeats 3]
+    python benchmarks/bench_training.py [--size 112] [--batch 8] [--classes 1000] [--repeats 3]
 """
 
 import argparse
@@ -96,7 +96,7 @@ def matmul_seconds(a):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=112, help="input height and width")
-    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--classes", type=int, default=1000)
     parser.add_argument("--dim", type=int, default=512, help="embedding size")
     parser.add_argument("--steps", type=int, default=1, help="train steps per timed sample")
@@ -164,6 +164,9 @@ def main():
         label = "Dense + softmax CE (baseline)" if c == "softmax" else "CosineHead + ArcFaceLoss"
         print(f"{label:<34}{seconds:>8.2f}{args.batch / seconds:>10.1f}{ratio:>8.2f}"
               f"{rate / 1e9:>9.1f}{fraction:>11.2f}")
+    print("per repeat: step s " + "; ".join(
+        f"{c} " + " ".join(f"{t:.2f}" for t in step[c]) for c in configs)
+        + "; matmul GFLOP/s " + " ".join(f"{2 * args.matmul_n**3 / m / 1e9:.1f}" for m in matmul))
 
     with tempfile.TemporaryDirectory() as directory:
         path = os.path.join(directory, "embedder")
@@ -187,6 +190,8 @@ def main():
         seconds = statistics.median(timings[key])
         ratio = statistics.median(b / t for t, b in zip(timings[key], base, strict=True))
         print(f"{label:<34}{seconds:>8.3f}{args.batch / seconds:>10.1f}{ratio:>8.2f}")
+    print("per repeat: call s " + "; ".join(
+        f"{key} " + " ".join(f"{t:.3f}" for t in timings[key]) for key in timings))
     print(f"max |SavedModel - predict_on_batch| = {difference:.2e}")
     print(f"\n# ratios > 1 are faster than the baseline; total {time.perf_counter() - started:.0f} s, "
           f"load average at end {os.getloadavg()[0]:.1f}")
