@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import keras
 import numpy as np
@@ -130,13 +131,14 @@ def test_unknown_name_lists_the_known_ones():
 
 @pytest.mark.parametrize("name", kf.models.backbone_names())
 def test_too_small_input_is_refused(name):
-    factor = 8 if name == "simple_cnn" else 16
-    with pytest.raises(
-        ValueError,
-        match=rf"input_shape \(15, 64, 3\) is too small for {name}: it downsamples by {factor}, "
-        rf"so height and width must be at least {factor}",
-    ) if factor == 16 else pytest.raises(ValueError, match=rf"too small for {name}: it downsamples by 8"):
-        kf.models.get_backbone(name, input_shape=(15, 64, 3) if factor == 16 else (7, 64, 3))
+    factor = 8 if name == "simple_cnn" else 16  # simple_cnn: three stride-2 convs by default
+    for shape in [(factor - 1, 64, 3), (64, factor - 1, 3)]:
+        message = (
+            f"input_shape {shape} is too small for {name}: it downsamples by {factor}, "
+            f"so height and width must be at least {factor}"
+        )
+        with pytest.raises(ValueError, match=re.escape(message)):
+            kf.models.get_backbone(name, input_shape=shape)
 
 
 @pytest.mark.parametrize("embedding_dim", [0, -3, 2.5, True, None])
