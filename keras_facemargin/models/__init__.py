@@ -1,0 +1,73 @@
+"""Face backbones: functional Keras models from preprocessed images to embeddings.
+
+Pick one by function or by name: `keras_facemargin.models.get_backbone("iresnet50")`. Every
+backbone maps images `[batch, height, width, channels]` to embeddings `[batch, embedding_dim]`,
+accepts any input size its downsampling supports and any embedding size, and is built from
+`keras.layers` only, so it runs on every Keras backend and under a mixed-precision policy.
+"""
+
+from keras_facemargin.models.iresnet import iresnet, iresnet18, iresnet34, iresnet50, iresnet100
+from keras_facemargin.models.mobilefacenet import mobilefacenet
+from keras_facemargin.models.recognizer import build_recognizer
+from keras_facemargin.models.simple_cnn import simple_cnn
+from keras_facemargin.models.sphereface import sphereface20
+
+_REGISTRY = {
+    "iresnet18": iresnet18,
+    "iresnet34": iresnet34,
+    "iresnet50": iresnet50,
+    "iresnet100": iresnet100,
+    "sphereface20": sphereface20,
+    "mobilefacenet": mobilefacenet,
+    "simple_cnn": simple_cnn,
+}
+
+
+def backbone_names():
+    """The registered backbone names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get_backbone(name, input_shape=(112, 112, 3), embedding_dim=512, **kwargs):
+    """A new backbone from its registered name.
+
+    Args:
+        name: one of `backbone_names()`; case, `-` and `_` do not matter (`"IResNet-50"` works).
+        input_shape: `(height, width, channels)` of the preprocessed images.
+        embedding_dim: size of the embedding, > 0.
+        **kwargs: the builder's other arguments, such as `width` or `dropout` (see each builder).
+
+    Returns:
+        A `keras.Model` from images `[batch, height, width, channels]` to embeddings
+        `[batch, embedding_dim]`.
+
+    Example:
+
+    ```python
+    backbone = keras_facemargin.models.get_backbone("iresnet50", input_shape=(112, 112, 3))
+    ```
+    """
+    builders = {_squash(key): build for key, build in _REGISTRY.items()}
+    build = builders.get(_squash(name)) if isinstance(name, str) else None
+    if build is None:
+        raise ValueError(f"Unknown backbone {name!r}; known names: {', '.join(backbone_names())}")
+    return build(input_shape=input_shape, embedding_dim=embedding_dim, **kwargs)
+
+
+def _squash(name):
+    return name.lower().replace("-", "").replace("_", "")
+
+
+__all__ = [
+    "backbone_names",
+    "build_recognizer",
+    "get_backbone",
+    "iresnet",
+    "iresnet18",
+    "iresnet34",
+    "iresnet50",
+    "iresnet100",
+    "mobilefacenet",
+    "simple_cnn",
+    "sphereface20",
+]
