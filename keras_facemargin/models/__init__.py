@@ -3,7 +3,8 @@
 Pick one by function or by name: `keras_facemargin.models.get_backbone("iresnet50")`. Every
 backbone maps images `[batch, height, width, channels]` to embeddings `[batch, embedding_dim]`,
 accepts any input size its downsampling supports and any embedding size, and is built from
-`keras.layers` only, so it runs on every Keras backend and under a mixed-precision policy.
+`keras.layers` only (no backend-specific code; checked on TensorFlow and JAX), so it also runs
+under a mixed-precision policy, with float32 embeddings.
 """
 
 from keras_facemargin.models.iresnet import iresnet, iresnet18, iresnet34, iresnet50, iresnet100
