@@ -111,8 +111,8 @@ def evaluate(args):
     folds = pairs.folds if pairs.folds is not None else 10
     report = ev.verification_report(pairs.is_same.astype(int), scores, folds=folds)
     print(report)
-    if log.count():
-        print(f"warning: {log.count()} image(s) could not be decoded and were scored as blank "
+    if log.count:
+        print(f"warning: {log.count} image(s) could not be decoded and were scored as blank "
               f"images: {', '.join(f.path for f in log.collect()[:5])}", file=sys.stderr)
     os.makedirs(args.out, exist_ok=True)
     report.to_json(os.path.join(args.out, "report.json"))
@@ -149,8 +149,8 @@ def embed(args):
     embeddings = _embed_batches(embedder, (images for images, _ in dataset), args.flip)
     np.savez(args.out, embeddings=embeddings, paths=np.array(paths))
     print(f"wrote {len(paths)} embeddings of size {embeddings.shape[1]} to {args.out}")
-    if log.count():
-        print(f"warning: {log.count()} image(s) could not be decoded (embedded as blank images): "
+    if log.count:
+        print(f"warning: {log.count} image(s) could not be decoded (embedded as blank images): "
               f"{', '.join(f.path for f in log.collect()[:5])}", file=sys.stderr)
 
 
@@ -221,14 +221,18 @@ def train(config):
     from keras_facemargin import data, evaluation, models
     from keras_facemargin.export import export_embedder
     from keras_facemargin.models.recognizer import build_recognizer
-    from keras_facemargin.training import fit_resumable
+    from keras_facemargin.training import check_run_config, fit_resumable
 
     if config.embedding_dim <= 0:
         raise ValueError(f"embedding_dim must be > 0; got {config.embedding_dim}")
+    check_run_config(config.run_dir, dataclasses.asdict(config))
     if config.mixed_precision:
         keras.config.set_dtype_policy(config.mixed_precision)
     keras.utils.set_random_seed(config.seed)
-    index = data.ImageIndex.from_directory(config.data)
+    try:
+        index = data.ImageIndex.from_directory(config.data)
+    except ValueError as error:
+        raise ValueError(f"--data {config.data!r}: {error}") from None
     if config.min_images > 1:
         index = index.filter_min_images(config.min_images)
     if index.num_classes < 2:
@@ -277,7 +281,7 @@ def train(config):
             (np.concatenate(images_a), np.concatenate(images_b), pairs.is_same.astype(int)),
             far_targets=(1e-3,), embedding_model=embedder))
     fit_resumable(model, dataset, config.epochs, config.run_dir,
-                  config=dataclasses.asdict(config), callbacks=callbacks, verbose=2)
+                  config=dataclasses.asdict(config), callbacks=callbacks, verbose=2, shuffle=False)
     export_path = config.export or os.path.join("saved_models", os.path.basename(config.run_dir.rstrip("/")))
     export_embedder(embedder, export_path)
     print(f"exported the embedding model to {export_path}")

@@ -105,7 +105,9 @@ class TrainingBackup(keras.callbacks.Callback):
         self._counter += 1
 
 
-def _check_config(run_dir, config):
+def check_run_config(run_dir, config):
+    """Saves `config` in `run_dir`, or refuses if the folder holds a run with another one."""
+    os.makedirs(run_dir, exist_ok=True)
     path = os.path.join(run_dir, "config.json")
     text = json.dumps(config, indent=2, sort_keys=True, default=str)
     if os.path.exists(path):
@@ -141,7 +143,7 @@ def fit_resumable(model, data, epochs, run_dir, config=None, save_freq="epoch", 
         The `History` of this process's part of the run.
     """
     os.makedirs(run_dir, exist_ok=True)
-    _check_config(run_dir, config or {})
+    check_run_config(run_dir, config or {})
     backup_dir = os.path.join(run_dir, "backup")
     state = latest_state(backup_dir)
     initial_epoch = 0

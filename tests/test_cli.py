@@ -1,0 +1,109 @@
+"""`facemargin train / evaluate / embed` end to end on the real faces in tests/data/faces."""
+
+import itertools
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from keras_facemargin import cli
+
+pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tf.data + SavedModel")
+
+FACES = os.path.join(os.path.dirname(__file__), "data", "faces")
+
+
+def pair_list(path):
+    """`a b label` lines over the faces: every genuine pair of the first 4 images, and impostors."""
+    people = sorted(p for p in os.listdir(FACES) if os.path.isdir(os.path.join(FACES, p)))
+    images = {p: sorted(os.listdir(os.path.join(FACES, p)))[:4] for p in people}
+    lines = []
+    for p in people:
+        for a, b in itertools.combinations(images[p], 2):
+            lines.append(f"{p}/{a} {p}/{b} 1")
+    for p, q in itertools.combinations(people, 2):
+        lines.append(f"{p}/{images[p][0]} {q}/{images[q][1]} 0")
+        lines.append(f"{p}/{images[p][2]} {q}/{images[q][3]} 0")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cli")
+    config = tmp / "config.yaml"
+    config.write_text(
+        "loss: arcface\nscale: 16.0\nbackbone: simple_cnn\nimage_size: 32\nembedding_dim: 16\n"
+        "epochs: 2\nbatch_size: 10\nlearning_rate: 0.01\noptimizer: adam\n"
+    )
+    run_dir, export = str(tmp / "run"), str(tmp / "export")
+    code = cli.main(["train", "--config", str(config), "--data", FACES, "--run-dir", run_dir,
+                     "--export", export, "--mixup", "0.5"])
+    assert code == 0
+    return tmp, run_dir, export
+
+
+def test_train_writes_the_run_folder_and_the_export(trained):
+    _, run_dir, export = trained
+    saved = json.load(open(os.path.join(run_dir, "config.json")))
+    assert saved["loss"] == "arcface" and saved["scale"] == 16.0 and saved["mixup"] == 0.5
+    assert saved["epochs"] == 2 and saved["data"] == FACES
+    for name in ("log.csv", "model.keras", "backup/state.json"):
+        assert os.path.exists(os.path.join(run_dir, name)), name
+    assert os.path.exists(os.path.join(export, "saved_model.pb"))
+
+
+@pytest.mark.parametrize("which", ["savedmodel", "keras"])
+def test_evaluate_prints_the_report_and_writes_json_and_plots(trained, which, capsys):
+    tmp, run_dir, export = trained
+    model = export if which == "savedmodel" else os.path.join(run_dir, "model.keras")
+    pairs = pair_list(tmp / "pairs.txt")
+    out = tmp / f"eval-{which}"
+    assert cli.main(["evaluate", "--model", model, "--pairs", str(pairs), "--root", FACES,
+                     "--out", str(out), "--flip"]) == 0
+    printed = capsys.readouterr().out
+    assert "AUC" in printed and "10-fold accuracy" in printed
+    report = json.load(open(out / "report.json"))
+    assert report["num_pairs"] == 50 and report["num_genuine"] == 30 and 0 <= report["auc"] <= 1
+    for name in ("roc.png", "det.png", "scores.png"):
+        assert (out / name).stat().st_size > 1000
+
+
+def test_embed_writes_npz(trained):
+    tmp, _, export = trained
+    out = tmp / "emb.npz"
+    assert cli.main(["embed", "--model", export, "--images", FACES, "--out", str(out)]) == 0
+    data = np.load(out)
+    assert data["embeddings"].shape == (55, 16) and len(data["paths"]) == 55
+    np.testing.assert_allclose(np.linalg.norm(data["embeddings"], axis=1), 1.0, atol=1e-5)
+
+
+def test_resume_with_another_configuration_is_refused(trained, capsys):
+    _, run_dir, _ = trained
+    code = cli.main(["train", "--data", FACES, "--run-dir", run_dir, "--image-size", "32",
+                     "--backbone", "simple_cnn", "--epochs", "3"])
+    assert code == 2
+    assert "different configuration" in capsys.readouterr().err
+
+
+def test_bad_inputs_are_clear_errors(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert cli.main(["train", "--data", str(empty), "--run-dir", str(tmp_path / "r")]) == 2
+    assert "--data" in capsys.readouterr().err
+    one = tmp_path / "one" / "person"
+    one.mkdir(parents=True)
+    src = os.path.join(FACES, "John_Salley")
+    for name in sorted(os.listdir(src))[:2]:
+        (one / name).write_bytes(open(os.path.join(src, name), "rb").read())
+    assert cli.main(["train", "--data", str(tmp_path / "one"), "--run-dir", str(tmp_path / "r2")]) == 2
+    assert "at least 2 identities" in capsys.readouterr().err
+    assert cli.main(["train", "--data", FACES, "--loss", "arcfce", "--run-dir", str(tmp_path / "r3")]) == 2
+    assert "known names" in capsys.readouterr().err
+    assert cli.main(["evaluate", "--model", str(tmp_path), "--pairs", "x"]) == 2
+    assert "SavedModel folder" in capsys.readouterr().err
+    assert cli.main(["train", "--data", FACES, "--embedding-dim", "0", "--run-dir", str(tmp_path / "r4")]) == 2
+    assert "embedding_dim must be > 0" in capsys.readouterr().err
