@@ -42,31 +42,18 @@ def digit_images():
     return images, digits.target
 
 
-def small_cnn(embedding_dim=32):
-    return keras.Sequential(
-        [
-            keras.Input((SIZE, SIZE, 3)),
-            keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
-            keras.layers.MaxPooling2D(),
-            keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
-            keras.layers.MaxPooling2D(),
-            keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
-            keras.layers.GlobalAveragePooling2D(),
-            keras.layers.Dense(embedding_dim),
-            keras.layers.BatchNormalization(),
-        ],
-        name="small_cnn",
-    )
+def backbone():
+    return kf.models.get_backbone("simple_cnn", input_shape=(SIZE, SIZE, 3), embedding_dim=32)
 
 
 def train(objective, images, labels, epochs, seed):
     keras.utils.set_random_seed(seed)
     if objective == "softmax":
-        _, embedder = build_recognizer(small_cnn())
+        _, embedder = build_recognizer(backbone())
         model = keras.Model(embedder.input, keras.layers.Dense(TRAIN_DIGITS)(embedder.output))
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     else:
-        model, embedder = build_recognizer(small_cnn(), num_classes=TRAIN_DIGITS)
+        model, embedder = build_recognizer(backbone(), num_classes=TRAIN_DIGITS)
         loss = kf.losses.get(objective, scale=16.0)
     model.compile(optimizer=keras.optimizers.Adam(2e-3), loss=loss)
     start = time.perf_counter()
