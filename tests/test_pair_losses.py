@@ -331,6 +331,7 @@ def _intermediate_sizes(fn, x):
     backend = keras.backend.backend()
     if backend == "jax":
         import jax
+        import jax.extend as jax_extend
 
         jaxpr = jax.make_jaxpr(jax.value_and_grad(fn))(x)
         sizes = []
@@ -338,7 +339,7 @@ def _intermediate_sizes(fn, x):
         def visit(jpr):
             for eqn in jpr.eqns:
                 sizes.extend(int(np.prod(v.aval.shape)) for v in eqn.outvars)
-                for sub in jax.core.jaxprs_in_params(eqn.params):
+                for sub in jax_extend.core.jaxprs_in_params(eqn.params):
                     visit(sub)
 
         visit(jaxpr.jaxpr)

@@ -190,8 +190,8 @@ class TripletLoss(PairLoss):
     training when most triplets are already satisfied, at the price of a loss value that can rise
     while the model improves.
 
-    Nothing of size batch³ is built: `"all"` and `"semi_hard"` sort each anchor's negatives once
-    and binary-search them (O(batch²) memory, O(batch² log batch) time).
+    Nothing of size batch³ is built: `"all"` and `"semi_hard"` sort each anchor's row once and
+    binary-search it (O(batch²) memory, O(batch² log batch) time).
 
     Args:
         margin: m >= 0.
@@ -242,10 +242,14 @@ class TripletLoss(PairLoss):
     def anchor_terms(self, embeddings, positive, negative):
         scores = pairwise.pairwise_scores(embeddings, self.distance)
         if self.mining == "all":
-            sums, nonzero = pairwise.all_triplet_hinge(scores, positive, negative, self.margin)
-            sums = ops.sum(ops.where(positive, sums, 0.0), axis=-1)
+            per_positive, per_negative = pairwise.violating_triplet_counts(
+                scores, positive, negative, self.margin
+            )
+            # Σ per_negative = Σ per_positive, so centring each row changes nothing but rounding.
+            centred = scores - ops.stop_gradient(ops.mean(scores, axis=-1, keepdims=True))
+            sums = ops.sum(centred * per_negative - (centred - self.margin) * per_positive, axis=-1)
             if self.average_nonzero:
-                return sums, ops.sum(ops.where(positive, nonzero, 0.0), axis=-1)
+                return sums, ops.sum(per_positive, axis=-1)
             num_pos = ops.sum(ops.cast(positive, sums.dtype), axis=-1)
             return sums, num_pos * ops.sum(ops.cast(negative, sums.dtype), axis=-1)
         if self.mining == "batch_hard":

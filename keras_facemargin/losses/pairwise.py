@@ -146,26 +146,31 @@ def semi_hard_negative_scores(scores, positive, negative):
     return ops.take_along_axis(sorted_negatives, ops.minimum(index, batch - 1), axis=-1)
 
 
-def all_triplet_hinge(scores, positive, negative, margin):
-    """Σ_n max(s_an − s_ap + m, 0) for every anchor–positive pair, and its number of non-zero terms.
+def violating_triplet_counts(scores, positive, negative, margin):
+    """Per anchor, in how many triplets with a non-zero hinge each positive and negative appears.
 
-    Returns `(sums, nonzero)`, `[batch, batch]` each (placeholders where p is not a positive of a).
-    Without a `[batch, batch, batch]` tensor: each anchor's negatives are sorted once; for the
-    threshold t = s_ap − m, the c negatives above it (binary search) with score sum S give S − c·t.
+    Returns `(per_positive, per_negative)`, `[batch, batch]` each: for anchor a,
+    per_positive[a, p] = #{negatives n : s_an > s_ap − m} and per_negative[a, n] =
+    #{positives p : s_ap − m < s_an}; zero where p (n) is not a positive (negative) of a. Then
+    Σ_p Σ_n max(s_an − s_ap + m, 0) = Σ_n s_an·per_negative − Σ_p (s_ap − m)·per_positive, and,
+    as the counts are piecewise constant, that expression also has the hinge's gradient.
+
+    Without a `[batch, batch, batch]` tensor: each anchor's negative scores and its thresholds
+    s_ap − m are sorted once (outside the gradient), and each side is binary-searched in the other.
     """
     batch = ops.shape(scores)[0]
+    scores = ops.stop_gradient(scores)
     thresholds = scores - margin
-    low = ops.stop_gradient(ops.min(thresholds)) - 1.0
-    sorted_negatives = _sorted_negatives(scores, negative, low)
-    # Centring each row keeps the running sums small, so S − c·t does not cancel badly.
-    centre = ops.stop_gradient(ops.mean(scores, axis=-1, keepdims=True))
-    centred = sorted_negatives - centre
-    prefix = ops.cumsum(centred, axis=-1)
-    prefix = ops.concatenate([ops.zeros_like(prefix[:, :1]), prefix], axis=-1)
-    at_most = _count_below(sorted_negatives, thresholds, inclusive=True)
-    above_sum = prefix[:, -1:] - ops.take_along_axis(prefix, at_most, axis=-1)
-    above = ops.cast(batch - at_most, scores.dtype)
-    return above_sum - above * (thresholds - centre), above
+    low = ops.min(thresholds) - 1.0
+    high = ops.max(scores) + 1.0
+    sorted_negatives = ops.sort(ops.where(negative, scores, low), axis=-1)
+    sorted_thresholds = ops.sort(ops.where(positive, thresholds, high), axis=-1)
+    above = batch - _count_below(sorted_negatives, thresholds, inclusive=True)
+    below = _count_below(sorted_thresholds, scores, inclusive=False)
+    zero = ops.zeros_like(scores)
+    per_positive = ops.where(positive, ops.cast(above, scores.dtype), zero)
+    per_negative = ops.where(negative, ops.cast(below, scores.dtype), zero)
+    return per_positive, per_negative
 
 
 def multi_similarity_pairs(scores, positive, negative, epsilon):
@@ -191,6 +196,6 @@ __all__ = [
     "pairwise_scores",
     "pairwise_squared_distance",
     "safe_sqrt",
-    "all_triplet_hinge",
-    "semi_hard_negative_scores",
+        "semi_hard_negative_scores",
+    "violating_triplet_counts",
 ]
