@@ -3,7 +3,7 @@
 Every pair loss pays at least for S = E·Eᵀ and its gradient (two more matmuls of the same size):
 that is the floor. Each configuration runs in its own subprocess, which times the floor and the
 loss in the same process (median of repeated calls, after compilation) and reports its peak
-resident memory (`ru_maxrss`), so that one configuration's allocations cannot hide another's.
+resident memory (VmHWM), so that one configuration's allocations cannot hide another's.
 
 On TensorFlow the step is `tf.function(jit_compile=True)`, as `Model.fit` compiles it by default.
 
@@ -46,8 +46,7 @@ def _median_time(fn, args, min_seconds):
 
 def run_one(loss_key, batch, dim, min_seconds):
     """In a fresh process: floor time, loss time, peak RSS; printed as one JSON line."""
-    import resource
-
+    
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import numpy as np
     import tensorflow as tf
@@ -73,9 +72,9 @@ def run_one(loss_key, batch, dim, min_seconds):
             return float(value), grad.numpy()
         return timed
 
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_before = _peak_rss_kib()
     floor_s = _median_time(finish(floor), (embeddings,), min_seconds)
-    rss_floor = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_floor = _peak_rss_kib()
     result = dict(loss=loss_key, batch=batch, floor_ms=1e3 * floor_s,
                   rss_floor_mb=rss_floor / 1024, rss_start_mb=rss_before / 1024)
     if loss_key != "floor":
@@ -91,8 +90,14 @@ def run_one(loss_key, batch, dim, min_seconds):
 
         loss_s = _median_time(finish(step), (labels, embeddings), min_seconds)
         result.update(loss_ms=1e3 * loss_s, ratio=loss_s / floor_s)
-    result["rss_peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["rss_peak_mb"] = _peak_rss_kib() / 1024
     print(json.dumps(result), flush=True)
+
+
+def _peak_rss_kib():
+    """VmHWM of this process (ru_maxrss would carry the parent's peak over across exec)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
 
 
 def _cpu_name():

@@ -107,3 +107,22 @@ def test_bad_inputs_are_clear_errors(tmp_path, capsys):
     assert "SavedModel folder" in capsys.readouterr().err
     assert cli.main(["train", "--data", FACES, "--embedding-dim", "0", "--run-dir", str(tmp_path / "r4")]) == 2
     assert "embedding_dim must be > 0" in capsys.readouterr().err
+
+
+def test_train_with_a_pair_loss_on_pk_batches(tmp_path):
+    run_dir = str(tmp_path / "run")
+    code = cli.main(["train", "--data", FACES, "--loss", "triplet", "--backbone", "simple_cnn",
+                     "--image-size", "32", "--embedding-dim", "8", "--epochs", "1",
+                     "--classes-per-batch", "5", "--samples-per-class", "4", "--optimizer", "adam",
+                     "--learning-rate", "0.001", "--run-dir", run_dir,
+                     "--export", str(tmp_path / "export")])
+    assert code == 0
+    assert os.path.exists(os.path.join(run_dir, "model.keras"))
+    assert os.path.exists(tmp_path / "export" / "saved_model.pb")
+
+
+def test_mixup_with_a_pair_loss_is_refused(tmp_path, capsys):
+    code = cli.main(["train", "--data", FACES, "--loss", "triplet", "--mixup", "0.5",
+                     "--image-size", "32", "--run-dir", str(tmp_path / "r")])
+    assert code == 2
+    assert "mixup/cutmix need a margin-softmax loss" in capsys.readouterr().err
