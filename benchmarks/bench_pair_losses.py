@@ -46,7 +46,7 @@ def _median_time(fn, args, min_seconds):
 
 def run_one(loss_key, batch, dim, min_seconds):
     """In a fresh process: floor time, loss time, peak RSS; printed as one JSON line."""
-    
+
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import numpy as np
     import tensorflow as tf
