@@ -64,6 +64,15 @@ def check_rank(name, x, rank, shape_doc):
         raise ValueError(f"{name} must have shape {shape_doc}; got shape {tuple(x.shape)}")
 
 
+def check_same_batch(y_true, y_pred):
+    batch, batch_pred = y_true.shape[0], y_pred.shape[0]
+    if batch is not None and batch_pred is not None and batch != batch_pred:
+        raise ValueError(
+            f"y_true and y_pred must have the same batch size; got y_true shape "
+            f"{tuple(y_true.shape)} and y_pred shape {tuple(y_pred.shape)}"
+        )
+
+
 def sparse_labels(y_true, num_classes, check):
     """Integer labels `[batch]` from `[batch]` or `[batch, 1]`, plus a validity mask (or None)."""
     if len(y_true.shape) == 2:

@@ -70,3 +70,18 @@ def check_save_load_keeps_training(model, x, y, tmp_path):
 
 def finite(x):
     return bool(np.all(np.isfinite(np.asarray(ops.convert_to_numpy(x), dtype=np.float64))))
+
+
+def numerical_gradient(fn, x, step=1e-6):
+    """Central differences of a scalar function of an array."""
+    x = np.array(x, dtype=np.float64)
+    grad = np.zeros_like(x)
+    for idx in np.ndindex(*x.shape):
+        orig = x[idx]
+        x[idx] = orig + step
+        up = fn(x)
+        x[idx] = orig - step
+        down = fn(x)
+        x[idx] = orig
+        grad[idx] = (up - down) / (2 * step)
+    return grad

@@ -83,18 +83,3 @@ def head(features, kernel):
             nw = math.sqrt(sum(kernel[d, j] ** 2 for d in range(kernel.shape[0])))
             out[i, j] = dot / (nf * nw)
     return out
-
-
-def numerical_gradient(fn, x, step=1e-6):
-    """Central differences of a scalar function of an array."""
-    x = np.array(x, dtype=np.float64)
-    grad = np.zeros_like(x)
-    for idx in np.ndindex(*x.shape):
-        orig = x[idx]
-        x[idx] = orig + step
-        up = fn(x)
-        x[idx] = orig - step
-        down = fn(x)
-        x[idx] = orig
-        grad[idx] = (up - down) / (2 * step)
-    return grad

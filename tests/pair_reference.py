@@ -165,18 +165,3 @@ def multi_similarity(x, labels, alpha, beta, base, epsilon):
         neg_term = math.log1p(sum(math.exp(beta * (s - base)) for s in kept_neg)) / beta
         terms.append(pos_term + neg_term)
     return _mean(terms)
-
-
-def numerical_gradient(fn, x, step=1e-6):
-    """Central differences of a scalar function of an array."""
-    x = np.array(x, dtype=np.float64)
-    grad = np.zeros_like(x)
-    for idx in np.ndindex(*x.shape):
-        orig = x[idx]
-        x[idx] = orig + step
-        up = fn(x)
-        x[idx] = orig - step
-        down = fn(x)
-        x[idx] = orig
-        grad[idx] = (up - down) / (2 * step)
-    return grad

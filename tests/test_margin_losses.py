@@ -4,7 +4,15 @@ import keras
 import margin_reference as ref
 import numpy as np
 import pytest
-from helpers import FLOAT64, GRAD_TOL, TOL, check_config_round_trip, finite, value_and_grad
+from helpers import (
+    FLOAT64,
+    GRAD_TOL,
+    TOL,
+    check_config_round_trip,
+    finite,
+    numerical_gradient,
+    value_and_grad,
+)
 from keras import ops
 
 import keras_facemargin as kf
@@ -156,9 +164,9 @@ def test_gradients_through_the_head_match_reference(case, dense, rng):
         return ref.loss(name, ref.head(features, w), y, CASES[case]["scale"], **ref_kwargs(case))
 
     assert value == pytest.approx(ref_fn_features(features), **TOL)
-    np.testing.assert_allclose(g_features, ref.numerical_gradient(ref_fn_features, features),
+    np.testing.assert_allclose(g_features, numerical_gradient(ref_fn_features, features),
                                **GRAD_TOL)
-    np.testing.assert_allclose(g_kernel, ref.numerical_gradient(ref_fn_kernel, kernel), **GRAD_TOL)
+    np.testing.assert_allclose(g_kernel, numerical_gradient(ref_fn_kernel, kernel), **GRAD_TOL)
 
 
 def _cosine(features, kernel):
@@ -181,7 +189,7 @@ def test_finite_difference_gradient_of_the_implementation(case, rng):
 
     # A kink of the fallback/piecewise margins can sit between the two probes: skip those entries.
     theta = np.arccos(cosines)
-    numerical = ref.numerical_gradient(numeric, cosines, step=1e-7)
+    numerical = numerical_gradient(numeric, cosines, step=1e-7)
     near_kink = np.zeros_like(cosines, dtype=bool)
     if "arcface" in case or "combined" in case:
         for i, y in enumerate(labels):

@@ -115,12 +115,7 @@ class MarginSoftmaxLoss(keras.losses.Loss):
                 "y_true must be integer labels [batch] or [batch, 1], or dense rows "
                 f"[batch, num_classes={num_classes}]; got shape {tuple(y_true.shape)}"
             )
-        batch, batch_pred = y_true.shape[0], cosine.shape[0]
-        if batch is not None and batch_pred is not None and batch != batch_pred:
-            raise ValueError(
-                f"y_true and y_pred must have the same batch size; got y_true shape "
-                f"{tuple(y_true.shape)} and y_pred shape {tuple(cosine.shape)}"
-            )
+        _checks.check_same_batch(y_true, cosine)
         if len(y_true.shape) == 2 and y_true.shape[-1] != 1:
             loss, labels_valid = self._dense_loss(y_true, cosine)
         else:

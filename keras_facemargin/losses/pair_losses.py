@@ -130,12 +130,7 @@ class PairLoss(keras.losses.Loss):
                 "y_true must be integer identity labels [batch] or [batch, 1]; got shape "
                 f"{tuple(y_true.shape)}"
             )
-        batch, batch_pred = y_true.shape[0], embeddings.shape[0]
-        if batch is not None and batch_pred is not None and batch != batch_pred:
-            raise ValueError(
-                f"y_true and y_pred must have the same batch size; got y_true shape "
-                f"{tuple(y_true.shape)} and y_pred shape {tuple(embeddings.shape)}"
-            )
+        _checks.check_same_batch(y_true, embeddings)
         if not self.check_inputs:
             return y_true, None
         values = _checks.concrete(y_true)
