@@ -8,7 +8,12 @@
    that has only TensorFlow, embed the unseen digits there and compare with Keras.
 4. Write the ROC curves to runs/demo/roc.png.
 
+The same story runs on real data: `--data DIR` (one sub-folder per identity) trains on 70% of the
+identities and verifies pairs drawn from the other 30% (or the pairs of `--val-pairs FILE`: a
+`path_a path_b label` list relative to DIR, an LFW pairs.txt or an InsightFace .bin).
+
     python examples/demo.py [--epochs 30] [--loss arcface] [--out saved_models/demo]
+    python examples/demo.py --data ../shared/data/emoji-4vendor --image-size 64 --epochs 10
 """
 
 import argparse
@@ -42,23 +47,74 @@ def digit_images():
     return images, digits.target
 
 
-def backbone():
-    return kf.models.get_backbone("simple_cnn", input_shape=(SIZE, SIZE, 3), embedding_dim=32)
+def backbone(size):
+    return kf.models.get_backbone("simple_cnn", input_shape=(size, size, 3), embedding_dim=32)
 
 
-def train(objective, images, labels, epochs, seed):
+def train(objective, task, epochs, seed):
     keras.utils.set_random_seed(seed)
     if objective == "softmax":
-        _, embedder = build_recognizer(backbone())
-        model = keras.Model(embedder.input, keras.layers.Dense(TRAIN_DIGITS)(embedder.output))
+        _, embedder = build_recognizer(backbone(task["size"]))
+        logits = keras.layers.Dense(task["num_classes"])(embedder.output)
+        model = keras.Model(embedder.input, logits)
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     else:
-        model, embedder = build_recognizer(backbone(), num_classes=TRAIN_DIGITS)
+        model, embedder = build_recognizer(backbone(task["size"]), num_classes=task["num_classes"])
         loss = kf.losses.get(objective, scale=16.0)
     model.compile(optimizer=keras.optimizers.Adam(2e-3), loss=loss)
     start = time.perf_counter()
-    model.fit(images.astype("float32"), labels, epochs=epochs, batch_size=64, verbose=0)
+    model.fit(**task["fit"], epochs=epochs, verbose=0)
     return embedder, time.perf_counter() - start
+
+
+def digits_task(seed):
+    images, labels = digit_images()
+    seen = labels < TRAIN_DIGITS
+    unseen_images, unseen_labels = images[~seen], labels[~seen]
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, len(unseen_labels), 6000)
+    b = rng.integers(0, len(unseen_labels), 6000)
+    keep = a != b
+    a, b = a[keep], b[keep]
+    return {
+        "size": SIZE,
+        "num_classes": TRAIN_DIGITS,
+        "fit": {"x": images[seen].astype("float32"), "y": labels[seen], "batch_size": 64},
+        "pairs": (unseen_images[a], unseen_images[b], (unseen_labels[a] == unseen_labels[b]).astype(int)),
+        "what": f"the digits 0-6 ({seen.sum()} images, {SIZE}x{SIZE})",
+        "unseen": "the unseen digits 7-9",
+    }
+
+
+def folder_task(root, val_pairs, size, seed, num_pairs=6000):
+    from keras_facemargin import data
+    from keras_facemargin.cli import read_pairs
+
+    index = data.ImageIndex.from_directory(root)
+    train_index, unseen = index.split_identities(test_fraction=0.3, seed=seed)
+    if val_pairs:
+        pairs = read_pairs(val_pairs, root)
+    else:
+        rng = np.random.default_rng(seed)
+        paths, labels = np.asarray(unseen.paths), np.asarray(unseen.labels)
+        a, b = rng.integers(0, len(paths), num_pairs), rng.integers(0, len(paths), num_pairs)
+        same = rng.uniform(size=num_pairs) < 0.5  # half genuine: pick b from a's identity
+        for i in np.flatnonzero(same):
+            b[i] = rng.choice(np.flatnonzero(labels == labels[a[i]]))
+        keep = a != b
+        pairs = data.VerificationPairs(paths[a[keep]], paths[b[keep]], labels[a[keep]] == labels[b[keep]])
+    batches = list(data.pair_dataset(pairs, batch_size=256, image_size=(size, size)))
+    images_a = np.concatenate([x.numpy() for x, _, _ in batches]).round().astype(np.uint8)
+    images_b = np.concatenate([y.numpy() for _, y, _ in batches]).round().astype(np.uint8)
+    return {
+        "size": size,
+        "num_classes": train_index.num_classes,
+        "fit": {"x": data.classification_dataset(train_index, min(64, len(train_index)),
+                                                 image_size=(size, size), seed=seed)},
+        "pairs": (images_a, images_b, pairs.is_same.astype(int)),
+        "what": f"{train_index.num_classes} identities of {root} ({len(train_index)} images, {size}x{size})",
+        "unseen": "identities never seen in training" if not val_pairs else val_pairs,
+    }
 
 
 CLIENT = textwrap.dedent("""
@@ -90,7 +146,7 @@ def plot_rocs(curves, path):
         far, tar, _ = ev.roc(labels, scores)
         ax.plot(far[far > 0], tar[far > 0], label=name)
     ax.set(xscale="log", xlabel="false accept rate", ylabel="true accept rate",
-           title="Unseen digits 7-9: verification ROC")
+           title="Open-set verification ROC")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -98,32 +154,31 @@ def plot_rocs(curves, path):
     fig.savefig(path)
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--loss", default="arcface", choices=kf.losses.names())
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="saved_models/demo", help="SavedModel export folder")
     parser.add_argument("--plot", default="runs/demo/roc.png")
-    args = parser.parse_args()
+    parser.add_argument("--data", help="an image folder, one sub-folder per identity")
+    parser.add_argument("--val-pairs", help="pairs to verify (default: drawn from unseen identities)")
+    parser.add_argument("--image-size", type=int, default=64, help="with --data")
+    args = parser.parse_args(argv)
+    if args.val_pairs and not args.data:
+        parser.error("--val-pairs needs --data")
 
-    images, labels = digit_images()
-    seen = labels < TRAIN_DIGITS
-    unseen_images, unseen_labels = images[~seen], labels[~seen]
-    rng = np.random.default_rng(args.seed)
-    index_a = rng.integers(0, len(unseen_labels), 6000)
-    index_b = rng.integers(0, len(unseen_labels), 6000)
-    keep = index_a != index_b
-    index_a, index_b = index_a[keep], index_b[keep]
-    is_same = (unseen_labels[index_a] == unseen_labels[index_b]).astype(int)
-    print(f"Training on the digits 0-6 ({seen.sum()} images, {SIZE}x{SIZE}); verifying "
-          f"{len(is_same)} pairs of the unseen digits 7-9 ({is_same.sum()} genuine).\n")
+    task = folder_task(args.data, args.val_pairs, args.image_size, args.seed) if args.data \
+        else digits_task(args.seed)
+    images_a, images_b, is_same = task["pairs"]
+    print(f"Training on {task['what']}; verifying {len(is_same)} pairs of {task['unseen']} "
+          f"({is_same.sum()} genuine).\n")
 
     reports, curves, embedders = {}, {}, {}
     for objective in ("softmax", args.loss):
-        embedder, seconds = train(objective, images[seen], labels[seen], args.epochs, args.seed)
-        embeddings = ev.embed(embedder, unseen_images.astype("float32"), verbose=0)
-        scores = ev.indexed_pair_scores(embeddings, index_a, index_b)
+        embedder, seconds = train(objective, task, args.epochs, args.seed)
+        embeddings = ev.embed(embedder, images_a.astype("float32"), verbose=0)
+        scores = ev.pair_scores(embeddings, ev.embed(embedder, images_b.astype("float32"), verbose=0))
         reports[objective] = (ev.verification_report(is_same, scores, far_targets=(1e-3, 1e-2)),
                               seconds)
         curves[objective] = (is_same, scores)
@@ -141,10 +196,10 @@ def main():
 
     embedder, embeddings = embedders[args.loss]
     export_embedder(embedder, args.out)
-    served = embed_in_fresh_process(args.out, unseen_images)
+    served = embed_in_fresh_process(args.out, images_a)
     difference = float(np.abs(served - embeddings).max())
     print(f"\nExported the {args.loss} embedder to {args.out}; a fresh TensorFlow-only process "
-          f"embedded the {len(served)} unseen images with max |difference| {difference:.2e} "
+          f"embedded {len(served)} verification images with max |difference| {difference:.2e} "
           "from Keras.")
     plot_rocs(curves, args.plot)
     print(f"ROC curves: {args.plot}")
