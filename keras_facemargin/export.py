@@ -32,6 +32,22 @@ def export_embedder(embedder, path, image_size=None, name="serving_default"):
     Returns:
         `path`.
     """
+
+    serve, spec = _serving_function(embedder, image_size)
+    archive = keras.export.ExportArchive()
+    archive.track(embedder)
+    archive.add_endpoint(
+        name=name,
+        fn=serve,
+        input_signature=[spec],
+    )
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    archive.write_out(path, verbose=False)
+    return path
+
+
+def _serving_function(embedder, image_size):
+    """The uint8-images -> unit-embeddings function both exports serve, and its input spec."""
     import tensorflow as tf
 
     if keras.backend.backend() != "tensorflow":
@@ -57,13 +73,33 @@ def export_embedder(embedder, path, image_size=None, name="serving_default"):
         features = embedder(tf.cast(images, "float32"), training=False)
         return {"embeddings": tf.cast(l2_normalize(tf.cast(features, "float32")), "float32")}
 
-    archive = keras.export.ExportArchive()
-    archive.track(embedder)
-    archive.add_endpoint(
-        name=name,
-        fn=serve,
-        input_signature=[tf.TensorSpec((None, height, width, channels), tf.uint8, name="images")],
-    )
+    return serve, tf.TensorSpec((None, height, width, channels), tf.uint8, name="images")
+
+
+def export_onnx(embedder, path, image_size=None, opset=17):
+    """Writes the same serving function as `export_embedder` as an ONNX model (via tf2onnx).
+
+    Input `images`: uint8 `[N, H, W, 3]`; output `embeddings`: unit-length float32 `[N, dim]`.
+    Needs the optional extra: `pip install keras-facemargin[onnx]`.
+
+    ```python
+    import onnxruntime
+    session = onnxruntime.InferenceSession("embedder.onnx")
+    embeddings = session.run(["embeddings"], {"images": uint8_images})[0]
+    ```
+    """
+    import tensorflow as tf
+
+    try:
+        import tf2onnx
+    except ImportError as error:
+        raise ImportError(
+            "export_onnx needs tf2onnx: pip install 'keras-facemargin[onnx]'"
+        ) from error
+    serve, spec = _serving_function(embedder, image_size)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    archive.write_out(path, verbose=False)
+    tf2onnx.convert.from_function(
+        tf.function(serve, input_signature=[spec]), input_signature=[spec], opset=opset,
+        output_path=path,
+    )
     return path

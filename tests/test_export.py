@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import keras_facemargin as kf
-from keras_facemargin.export import export_embedder
+from keras_facemargin.export import export_embedder, export_onnx
 from keras_facemargin.models.recognizer import build_recognizer
 
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="SavedModel export")
@@ -83,3 +83,15 @@ def test_recognizer_shares_weights_and_checks_backbone():
     assert same is same_again
     with pytest.raises(ValueError, match="backbone must be a keras.Model; got str"):
         build_recognizer("iresnet18", 3)
+
+
+def test_onnx_export_matches_keras_in_onnxruntime(trained, tmp_path):
+    pytest.importorskip("tf2onnx")
+    onnxruntime = pytest.importorskip("onnxruntime")
+    embedder, images, _ = trained
+    path = export_onnx(embedder, str(tmp_path / "embedder.onnx"))
+    session = onnxruntime.InferenceSession(path)
+    served = session.run(["embeddings"], {"images": images})[0]
+    expected = np.asarray(embedder.predict(images.astype("float32"), verbose=0), dtype=np.float64)
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    np.testing.assert_allclose(served, expected, atol=1e-5)
