@@ -109,7 +109,7 @@ def folder_task(root, val_pairs, size, seed, num_pairs=6000):
     return {
         "size": size,
         "num_classes": train_index.num_classes,
-        "fit": {"x": data.classification_dataset(train_index, min(64, len(train_index)),
+        "fit": {"shuffle": False, "x": data.classification_dataset(train_index, min(64, len(train_index)),
                                                  image_size=(size, size), seed=seed)},
         "pairs": (images_a, images_b, pairs.is_same.astype(int)),
         "what": f"{train_index.num_classes} identities of {root} ({len(train_index)} images, {size}x{size})",
