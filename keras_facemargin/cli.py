@@ -105,9 +105,14 @@ def evaluate(args):
     log = data.CorruptFileLog()
     dataset = data.pair_dataset(pairs, batch_size=args.batch_size, image_size=embedder.image_size,
                                 corrupt_files=log)
-    emb_a = _embed_batches(embedder, (a for a, _, _ in dataset), args.flip)
-    emb_b = _embed_batches(embedder, (b for _, b, _ in dataset), args.flip)
-    scores = np.sum(emb_a * emb_b, axis=1)
+    # One pass over the pairs: each batch's a and b images are embedded together.
+    batches = ((np.concatenate([a, b]), len(a)) for a, b, _ in dataset)
+    emb_a, emb_b = [], []
+    for images, n in batches:
+        both = _embed_batches(embedder, [images], args.flip)
+        emb_a.append(both[:n])
+        emb_b.append(both[n:])
+    scores = np.sum(np.concatenate(emb_a) * np.concatenate(emb_b), axis=1)
     folds = pairs.folds if pairs.folds is not None else 10
     report = ev.verification_report(pairs.is_same.astype(int), scores, folds=folds)
     print(report)
@@ -316,7 +321,7 @@ def _parser():
     for field in dataclasses.fields(TrainConfig):
         flag = "--" + field.name.replace("_", "-")
         kind = type(getattr(defaults, field.name))
-        if field.type in ("float | None",) or field.name in ("margin", "scale"):
+        if field.name in ("margin", "scale"):  # default None, but numbers
             kind = float
         elif kind is type(None):
             kind = str
