@@ -190,6 +190,7 @@ class TrainConfig:
     seed: int = 0
     run_dir: str = "runs/train"
     export: str | None = None
+    strategy: str = "default"
 
     @classmethod
     def from_file(cls, path):
@@ -223,14 +224,16 @@ def _loss_and_kind(config):
 def train(config):
     import keras
 
-    from keras_facemargin import data, evaluation, models
+    from keras_facemargin import data, distribute, evaluation, models
     from keras_facemargin.export import export_embedder
     from keras_facemargin.models.recognizer import build_recognizer
     from keras_facemargin.training import check_run_config, fit_resumable
 
     if config.embedding_dim <= 0:
         raise ValueError(f"embedding_dim must be > 0; got {config.embedding_dim}")
-    check_run_config(config.run_dir, dataclasses.asdict(config))
+    # Before any other TensorFlow work: a multi-worker strategy must be created first.
+    strategy = distribute.get_strategy(config.strategy)
+    check_run_config(config.run_dir, dataclasses.asdict(config), write=distribute.is_chief(strategy))
     if config.mixed_precision:
         keras.config.set_dtype_policy(config.mixed_precision)
     keras.utils.set_random_seed(config.seed)
@@ -243,25 +246,28 @@ def train(config):
     if index.num_classes < 2:
         raise ValueError(f"--data {config.data!r} must hold at least 2 identities; got {index.num_classes}")
     loss, margin_softmax = _loss_and_kind(config)
+    if not margin_softmax and (config.mixup or config.cutmix):
+        raise ValueError(f"mixup/cutmix need a margin-softmax loss; got loss {config.loss!r}")
     size = (config.image_size, config.image_size)
-    backbone = models.get_backbone(config.backbone, input_shape=(*size, 3),
-                                   embedding_dim=config.embedding_dim)
     log = data.CorruptFileLog()
-    if margin_softmax:
-        model, embedder = build_recognizer(backbone, num_classes=index.num_classes)
-        mix = None
-        if config.mixup or config.cutmix:
-            mix = data.BatchMix(mixup=config.mixup, cutmix=config.cutmix, seed=config.seed)
-        dataset = data.classification_dataset(index, config.batch_size, image_size=size, mix=mix,
-                                              seed=config.seed, corrupt_files=log)
-    else:
-        if config.mixup or config.cutmix:
-            raise ValueError(f"mixup/cutmix need a margin-softmax loss; got loss {config.loss!r}")
-        model, embedder = build_recognizer(backbone)
-        dataset = data.pk_dataset(index, config.classes_per_batch, config.samples_per_class,
-                                  image_size=size, seed=config.seed, corrupt_files=log)
+    mix = None
+    if config.mixup or config.cutmix:
+        mix = data.BatchMix(mixup=config.mixup, cutmix=config.cutmix, seed=config.seed)
+
+    def make_dataset(input_context=None):
+        if margin_softmax:
+            return data.classification_dataset(index, config.batch_size, image_size=size, mix=mix,
+                                               seed=config.seed, corrupt_files=log,
+                                               input_context=input_context)
+        return data.pk_dataset(index, config.classes_per_batch, config.samples_per_class,
+                               image_size=size, seed=config.seed, corrupt_files=log,
+                               input_context=input_context)
+
+    dataset = make_dataset()
     steps = dataset.cardinality().numpy()
     steps = int(steps) if steps > 0 else None
+    if strategy.num_replicas_in_sync > 1 or distribute.is_multi_worker(strategy):
+        dataset = strategy.distribute_datasets_from_function(make_dataset)
     lr = config.learning_rate
     if config.schedule == "cosine" and steps:
         lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=steps * config.epochs)
@@ -272,7 +278,12 @@ def train(config):
                   "adamw": lambda: keras.optimizers.AdamW(lr)}
     if config.optimizer not in optimizers:
         raise ValueError(f"optimizer must be one of {sorted(optimizers)}; got {config.optimizer!r}")
-    model.compile(optimizer=optimizers[config.optimizer](), loss=loss)
+    with strategy.scope():
+        backbone = models.get_backbone(config.backbone, input_shape=(*size, 3),
+                                       embedding_dim=config.embedding_dim)
+        num_classes = index.num_classes if margin_softmax else None
+        model, embedder = build_recognizer(backbone, num_classes=num_classes)
+        model.compile(optimizer=optimizers[config.optimizer](), loss=loss)
     callbacks = [log, keras.callbacks.TerminateOnNaN()]
     if config.val_pairs:
         pairs = read_pairs(config.val_pairs, config.val_root)
@@ -285,11 +296,13 @@ def train(config):
         callbacks.append(evaluation.VerificationCallback(
             (np.concatenate(images_a), np.concatenate(images_b), pairs.is_same.astype(int)),
             far_targets=(1e-3,), embedding_model=embedder))
-    fit_resumable(model, dataset, config.epochs, config.run_dir,
-                  config=dataclasses.asdict(config), callbacks=callbacks, verbose=2, shuffle=False)
+    fit_resumable(model, dataset, config.epochs, config.run_dir, config=dataclasses.asdict(config),
+                  callbacks=callbacks, strategy=strategy, verbose=2, shuffle=False)
     export_path = config.export or os.path.join("saved_models", os.path.basename(config.run_dir.rstrip("/")))
-    export_embedder(embedder, export_path)
-    print(f"exported the embedding model to {export_path}")
+    with distribute.write_path(export_path, strategy) as path:
+        export_embedder(embedder, path)
+    if distribute.is_chief(strategy):
+        print(f"exported the embedding model to {export_path}")
     return model, embedder
 
 

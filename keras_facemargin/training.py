@@ -6,6 +6,7 @@ state: weights and optimizer), `log.csv` (one row per finished epoch) and, at th
 configuration in the same folder is refused rather than mixed in.
 """
 
+import contextlib
 import json
 import logging
 import os
@@ -105,9 +106,12 @@ class TrainingBackup(keras.callbacks.Callback):
         self._counter += 1
 
 
-def check_run_config(run_dir, config):
-    """Saves `config` in `run_dir`, or refuses if the folder holds a run with another one."""
-    os.makedirs(run_dir, exist_ok=True)
+def check_run_config(run_dir, config, write=True):
+    """Saves `config` in `run_dir`, or refuses if the folder holds a run with another one.
+
+    `write=False` only checks (the workers of a multi-worker run other than the chief)."""
+    if write:
+        os.makedirs(run_dir, exist_ok=True)
     path = os.path.join(run_dir, "config.json")
     text = json.dumps(config, indent=2, sort_keys=True, default=str)
     if os.path.exists(path):
@@ -121,12 +125,12 @@ def check_run_config(run_dir, config):
                 f"run_dir {run_dir!r} holds a run with a different configuration ({details}); "
                 "use a new run_dir, or the same configuration to resume"
             )
-    else:
+    elif write:
         _atomic_write_text(path, text + "\n")
 
 
 def fit_resumable(model, data, epochs, run_dir, config=None, save_freq="epoch", callbacks=(),
-                  **fit_kwargs):
+                  strategy=None, **fit_kwargs):
     """`model.fit` that resumes from `run_dir` when the same run was interrupted.
 
     Args:
@@ -137,31 +141,47 @@ def fit_resumable(model, data, epochs, run_dir, config=None, save_freq="epoch", 
         config: a JSON-serialisable dict describing the run (saved; checked on resume).
         save_freq: `"epoch"` or a number of batches between backups.
         callbacks: further Keras callbacks.
+        strategy: the `tf.distribute.Strategy` the model was built under, or None. In a
+            multi-worker run every worker resumes from the same backup (`run_dir` must be on a
+            file system they share) and only the chief writes to `run_dir`.
         **fit_kwargs: passed on to `fit` (`steps_per_epoch`, `validation_data`, `verbose`, ...).
 
     Returns:
         The `History` of this process's part of the run.
     """
-    os.makedirs(run_dir, exist_ok=True)
-    check_run_config(run_dir, config or {})
+    chief, scope = True, contextlib.nullcontext()
+
+    def write_path(path, strategy):
+        return contextlib.nullcontext(path)
+
+    if strategy is not None:  # TensorFlow only
+        from keras_facemargin import distribute
+
+        chief, scope, write_path = distribute.is_chief(strategy), strategy.scope(), distribute.write_path
+        distribute.prepare_model(model, strategy)
+    check_run_config(run_dir, config or {}, write=chief)
     backup_dir = os.path.join(run_dir, "backup")
     state = latest_state(backup_dir)
     initial_epoch = 0
     if state is not None:
-        if model.optimizer is not None and not model.optimizer.built:
-            model.optimizer.build(model.trainable_variables)
-        model.load_weights(state["weights"])
+        with scope:
+            if model.optimizer is not None and not model.optimizer.built:
+                model.optimizer.build(model.trainable_variables)
+            model.load_weights(state["weights"])
         initial_epoch = state["epoch"]
         logger.warning("Resuming %s from its backup after %d epoch(s).", run_dir, initial_epoch)
     if initial_epoch >= epochs:
         logger.warning("%s already finished its %d epochs.", run_dir, epochs)
-    all_callbacks = [
-        TrainingBackup(backup_dir, save_freq),
-        keras.callbacks.CSVLogger(os.path.join(run_dir, "log.csv"), append=True),
-        *callbacks,
-    ]
-    history = model.fit(
-        data, epochs=epochs, initial_epoch=initial_epoch, callbacks=all_callbacks, **fit_kwargs
-    )
-    save_model_atomically(model, os.path.join(run_dir, "model.keras"))
+    # Every worker of a multi-worker run saves (saving may need collectives); only the chief
+    # saves into run_dir.
+    with write_path(backup_dir, strategy) as write_dir, scope:
+        all_callbacks = [TrainingBackup(write_dir, save_freq), *callbacks]
+        if chief:
+            all_callbacks.insert(1, keras.callbacks.CSVLogger(os.path.join(run_dir, "log.csv"),
+                                                              append=True))
+        history = model.fit(
+            data, epochs=epochs, initial_epoch=initial_epoch, callbacks=all_callbacks, **fit_kwargs
+        )
+    with write_path(os.path.join(run_dir, "model.keras"), strategy) as path:
+        save_model_atomically(model, path)
     return history

@@ -20,6 +20,7 @@ def classification_dataset(
     drop_remainder=None,
     corrupt_files=None,
     prefetch=True,
+    input_context=None,
 ):
     """A `tf.data.Dataset` of `(images, labels)` batches over every image of `index`.
 
@@ -33,6 +34,13 @@ def classification_dataset(
     A file that does not decode becomes a blank image with its label and is recorded in
     `corrupt_files` (a `CorruptFileLog`).
 
+    Distributed training: with `tf.distribute`, call this inside
+    `strategy.distribute_datasets_from_function(lambda ctx: classification_dataset(...,
+    input_context=ctx))`. `batch_size` is then the *global* batch, a multiple of the number of
+    replicas R; replica r gets images [r·B/R, (r+1)·B/R) of each global batch, so together the
+    replicas of one step see exactly the batch of an undistributed run (mixing, if any, then
+    pairs images within each replica's part).
+
     Args:
         index: an `ImageIndex`.
         batch_size: images per batch.
@@ -45,6 +53,7 @@ def classification_dataset(
         drop_remainder: None: the same as `training`.
         corrupt_files: a `CorruptFileLog`, or None (failures are then printed to stderr).
         prefetch: whether to end with `prefetch(AUTOTUNE)`.
+        input_context: a `tf.distribute.InputContext`, see above.
 
     Example:
 
@@ -76,6 +85,21 @@ def classification_dataset(
         )
     num = len(index)
     steps = num // batch_size if drop_remainder else -(-num // batch_size)
+    per_replica, first, local = batch_size, 0, batch_size
+    if input_context is not None:
+        replicas = input_context.num_replicas_in_sync
+        pipelines = input_context.num_input_pipelines
+        if batch_size % replicas or replicas % pipelines:
+            raise ValueError(
+                f"batch_size must be a multiple of the number of replicas (num_replicas_in_sync="
+                f"{replicas}, input pipelines={pipelines}); got batch_size={batch_size}"
+            )
+        if not drop_remainder:
+            raise ValueError("input_context needs drop_remainder=True (equal batches on every replica)")
+        # This pipeline feeds `replicas // pipelines` replicas, one per-replica batch each.
+        per_replica = batch_size // replicas
+        local = batch_size // pipelines
+        first = input_context.input_pipeline_id * local
     paths, labels = index.paths, index.labels.astype(np.int32)
     state = {"epoch": 0}
 
@@ -87,7 +111,13 @@ def classification_dataset(
         else:
             order = np.arange(num)
         order = order[: steps * batch_size] if drop_remainder else order
-        yield paths[order].astype(str), labels[order], epoch * num + np.arange(len(order))
+        ids = epoch * num + np.arange(len(order))
+        if local != batch_size:
+            # This pipeline's part [first, first + local) of every global batch.
+            part = (slice(None), slice(first, first + local))
+            order = order.reshape(steps, batch_size)[part].reshape(-1)
+            ids = ids.reshape(steps, batch_size)[part].reshape(-1)
+        yield paths[order].astype(str), labels[order], ids
 
     ds = tf.data.Dataset.from_generator(
         generate,
@@ -97,7 +127,7 @@ def classification_dataset(
             tf.TensorSpec([None], tf.int64),
         ),
     )
-    ds = ds.unbatch().batch(batch_size, drop_remainder=drop_remainder)
+    ds = ds.unbatch().batch(per_replica, drop_remainder=drop_remainder)
     ds = ds.map(lambda s, y, i: (s, s, i, y))
     preprocess = decoding.make_preprocess(
         image_size, resize_mode, decoding.as_augmentation(augment), seed
@@ -110,5 +140,5 @@ def classification_dataset(
                 batch[0], tf.one_hot(batch[1], num_classes, dtype=tf.float32), step
             )
         )
-    ds = ds.apply(tf.data.experimental.assert_cardinality(steps))
+    ds = ds.apply(tf.data.experimental.assert_cardinality(steps * (local // per_replica)))
     return ds.prefetch(decoding.AUTOTUNE) if prefetch else ds

@@ -1,5 +1,6 @@
 """Embedding images and scoring pairs, in bounded memory."""
 
+import keras
 import numpy as np
 
 METRICS = ("cosine", "squared_euclidean")
@@ -84,7 +85,7 @@ def embed(model, images, batch_size=256, flip=False, normalize=True, verbose="au
     "flip test" of face verification. Rows are L2-normalised unless `normalize=False`. Keras's
     progress bar shows for long runs (`verbose`, as in `model.predict`).
     """
-    out = np.asarray(model.predict(images, batch_size=batch_size, verbose=verbose))
+    out = _predict(model, images, batch_size, verbose)
     if flip:
         if isinstance(images, np.ndarray):
             mirrored = images[:, :, ::-1]
@@ -94,5 +95,20 @@ def embed(model, images, batch_size=256, flip=False, normalize=True, verbose="au
             mirrored = images.map(
                 lambda x, *rest: (tf.reverse(x, axis=[2]), *rest) if rest else tf.reverse(x, [2])
             )
-        out = out + np.asarray(model.predict(mirrored, batch_size=batch_size, verbose=verbose))
+        out = out + _predict(model, mirrored, batch_size, verbose)
     return normalize_rows(out) if normalize else out
+
+
+def _predict(model, images, batch_size, verbose):
+    if keras.backend.backend() == "tensorflow" and isinstance(images, np.ndarray):
+        import tensorflow as tf
+
+        from keras_facemargin.distribute import is_multi_worker
+
+        if tf.distribute.has_strategy() and is_multi_worker(tf.distribute.get_strategy()):
+            # Keras's distributed predict would need every worker; each one embeds locally.
+            return np.concatenate([
+                np.asarray(model(images[i:i + batch_size], training=False))
+                for i in range(0, len(images), batch_size)
+            ])
+    return np.asarray(model.predict(images, batch_size=batch_size, verbose=verbose))

@@ -64,7 +64,9 @@ def unified_pair_loss(positive_scores, negative_scores, gamma, margin=0.0, posit
 class PairLoss(keras.losses.Loss):
     """Base class: a loss over the pairs of a batch of embeddings.
 
-    Subclasses override `anchor_terms(embeddings, positive, negative)`, which returns, for every
+    Subclasses override `anchor_terms(embeddings, positive, negative, candidates)`, which
+    scores each anchor against the candidates (the batch itself unless `cross_replica`) and
+    returns, for every
     anchor, the sum of its loss terms and how many terms it has (`[batch]` each). The loss is the
     mean over the terms of all valid anchors: for most losses one term per anchor, for the triplet
     loss one per triplet or anchor–positive pair.
@@ -83,8 +85,16 @@ class PairLoss(keras.losses.Loss):
     inside a TensorFlow graph raise through `tf.debugging.Assert`, and under XLA or `jax.jit` make
     the loss NaN. `check_inputs=False` turns the label checks off.
 
+    With `cross_replica=True`, under a `tf.distribute` strategy with several replicas, each
+    replica's anchors are compared with the embeddings of *all* replicas (gathered with
+    `all_gather`, whose gradient flows back to the replica that computed them): R times more
+    negatives per anchor at the cost of a `[batch, R·batch]` score matrix. The mean is then over
+    the terms of all replicas, so the loss equals the undistributed loss on the global batch.
+    Elsewhere (one replica, JAX, PyTorch) it changes nothing.
+
     Args:
         check_inputs: whether to validate the labels (cheap; see above).
+        cross_replica: compare with the embeddings of all replicas (see above).
         reduction: as for every `keras.losses.Loss`.
         name: loss name.
         dtype: dtype of the loss computation; half precision is computed in float32.
@@ -95,13 +105,18 @@ class PairLoss(keras.losses.Loss):
         sample_weight: optional per-anchor weights `[batch]`.
     """
 
-    def __init__(self, check_inputs=True, reduction="sum_over_batch_size", name=None, dtype=None):
+    def __init__(self, check_inputs=True, cross_replica=False, reduction="sum_over_batch_size",
+                 name=None, dtype=None):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.check_inputs = bool(check_inputs)
+        self.cross_replica = bool(cross_replica)
         self._warned_no_pairs = False
 
-    def anchor_terms(self, embeddings, positive, negative):
-        """(sum of each anchor's loss terms, number of its terms), `[batch]` each."""
+    def anchor_terms(self, embeddings, positive, negative, candidates=None):
+        """(sum of each anchor's loss terms, number of its terms), `[batch]` each.
+
+        `positive` and `negative` are `[batch, others]` masks over `candidates` `[others, dim]`
+        (None: the embeddings themselves)."""
         raise NotImplementedError
 
     def call(self, y_true, y_pred):
@@ -109,14 +124,26 @@ class PairLoss(keras.losses.Loss):
         if embeddings.dtype in _HALF:
             embeddings = ops.cast(embeddings, "float32")
         labels, labels_ok = self._labels(y_true, embeddings)
-        positive, negative = pairwise.label_masks(labels)
+        context, replicas = pairwise.replica_context() if self.cross_replica else (None, 1)
+        candidates = None
+        if context is None:
+            positive, negative = pairwise.label_masks(labels)
+        else:
+            candidates = context.all_gather(embeddings, axis=0)
+            offset = context.replica_id_in_sync_group * ops.shape(labels)[0]
+            all_labels = context.all_gather(ops.stop_gradient(labels), axis=0)
+            positive, negative = pairwise.label_masks(labels, all_labels, offset)
         valid = ops.logical_and(ops.any(positive, axis=-1), ops.any(negative, axis=-1))
-        sums, counts = self.anchor_terms(embeddings, positive, negative)
+        sums, counts = self.anchor_terms(embeddings, positive, negative, candidates)
         zero = ops.zeros_like(sums)
         sums = ops.where(valid, sums, zero)
         counts = ops.where(valid, ops.cast(counts, sums.dtype), zero)
         batch = ops.cast(ops.shape(sums)[0], sums.dtype)
-        loss = sums * ops.divide_no_nan(batch, ops.sum(counts))
+        total = ops.sum(counts)
+        if context is not None:
+            # Keras averages the replicas' losses: divide by the mean count over replicas.
+            total = context.all_reduce("sum", ops.stop_gradient(total)) / replicas
+        loss = sums * ops.divide_no_nan(batch, total)
         if labels_ok is not None:
             loss = ops.where(labels_ok, loss, ops.full_like(loss, math.nan))
         return loss
@@ -156,11 +183,12 @@ class PairLoss(keras.losses.Loss):
         return y_true, None
 
     def get_config(self):
-        return {**super().get_config(), "check_inputs": self.check_inputs}
+        return {**super().get_config(), "check_inputs": self.check_inputs,
+                "cross_replica": self.cross_replica}
 
 
-def _cosine_scores(embeddings):
-    return pairwise.pairwise_scores(embeddings, "cosine")
+def _cosine_scores(embeddings, candidates):
+    return pairwise.pairwise_scores(embeddings, "cosine", candidates)
 
 
 def _one_term_each(per_anchor):
@@ -234,8 +262,8 @@ class TripletLoss(PairLoss):
         keep = ops.logical_and(mask, terms > 0) if self.average_nonzero else mask
         return ops.sum(ops.cast(keep, terms.dtype), axis=-1)
 
-    def anchor_terms(self, embeddings, positive, negative):
-        scores = pairwise.pairwise_scores(embeddings, self.distance)
+    def anchor_terms(self, embeddings, positive, negative, candidates=None):
+        scores = pairwise.pairwise_scores(embeddings, self.distance, candidates)
         if self.mining == "all":
             per_positive, per_negative = pairwise.violating_triplet_counts(
                 scores, positive, negative, self.margin
@@ -336,8 +364,8 @@ class ContrastiveLoss(PairLoss):
                     f"negative_margin={negative_margin!r} and positive_margin={positive_margin!r}"
                 )
 
-    def anchor_terms(self, embeddings, positive, negative):
-        scores = pairwise.pairwise_scores(embeddings, self.distance)
+    def anchor_terms(self, embeddings, positive, negative, candidates=None):
+        scores = pairwise.pairwise_scores(embeddings, self.distance, candidates)
         if self.distance == "cosine":
             positive_cost = ops.relu(self.positive_margin - scores)
             negative_cost = ops.relu(scores - self.negative_margin)
@@ -389,11 +417,11 @@ class NPairLoss(PairLoss):
         self.margin = _checks.check_positive("margin", margin, allow_zero=True)
         self.similarity = _check_choice("similarity", similarity, ("dot", "cosine"))
 
-    def anchor_terms(self, embeddings, positive, negative):
+    def anchor_terms(self, embeddings, positive, negative, candidates=None):
         if self.similarity == "cosine":
-            scores = _cosine_scores(embeddings)
+            scores = _cosine_scores(embeddings, candidates)
         else:
-            scores = ops.matmul(embeddings, ops.transpose(embeddings))
+            scores = ops.matmul(embeddings, ops.transpose(embeddings if candidates is None else candidates))
         negatives = pairwise.masked_logsumexp(scores, negative)
         per_pair = ops.softplus(negatives[:, None] - scores + self.margin)
         return _one_term_each(pairwise.masked_mean(per_pair, positive))
@@ -433,8 +461,8 @@ class UnifiedPairLoss(PairLoss):
         self.gamma = _checks.check_positive("gamma", gamma)
         self.margin = _checks.check_positive("margin", margin, allow_zero=True)
 
-    def anchor_terms(self, embeddings, positive, negative):
-        scores = _cosine_scores(embeddings)
+    def anchor_terms(self, embeddings, positive, negative, candidates=None):
+        scores = _cosine_scores(embeddings, candidates)
         per_anchor = unified_pair_loss(
             scores, scores, self.gamma, self.margin, positive_mask=positive, negative_mask=negative
         )
@@ -474,8 +502,8 @@ class CircleLoss(PairLoss):
         self.margin = _checks.check_range("margin", margin, 0.0, 1.0)
         self.gamma = _checks.check_positive("gamma", gamma)
 
-    def anchor_terms(self, embeddings, positive, negative):
-        scores = _cosine_scores(embeddings)
+    def anchor_terms(self, embeddings, positive, negative, candidates=None):
+        scores = _cosine_scores(embeddings, candidates)
         m = self.margin
         alpha_positive = ops.stop_gradient(ops.relu(1.0 + m - scores))
         alpha_negative = ops.stop_gradient(ops.relu(scores + m))
@@ -516,8 +544,8 @@ class SupConLoss(PairLoss):
         super().__init__(**kwargs)
         self.temperature = _checks.check_positive("temperature", temperature)
 
-    def anchor_terms(self, embeddings, positive, negative):
-        logits = _cosine_scores(embeddings) / self.temperature
+    def anchor_terms(self, embeddings, positive, negative, candidates=None):
+        logits = _cosine_scores(embeddings, candidates) / self.temperature
         others = ops.logical_or(positive, negative)
         log_partition = pairwise.masked_logsumexp(logits, others)
         per_anchor = log_partition - pairwise.masked_mean(logits, positive)
@@ -561,8 +589,8 @@ class MultiSimilarityLoss(PairLoss):
         self.base = _checks.check_range("base", base, -1.0, 1.0)
         self.epsilon = _checks.check_positive("epsilon", epsilon, allow_zero=True)
 
-    def anchor_terms(self, embeddings, positive, negative):
-        scores = _cosine_scores(embeddings)
+    def anchor_terms(self, embeddings, positive, negative, candidates=None):
+        scores = _cosine_scores(embeddings, candidates)
         keep_positive, keep_negative = pairwise.multi_similarity_pairs(
             scores, positive, negative, self.epsilon
         )

@@ -11,6 +11,7 @@ form and the distance form `max(d_ap − d_an + m, 0)` of the triplet hinge.
 
 import math
 
+import keras
 from keras import ops
 
 from keras_facemargin.heads.cosine_head import l2_normalize
@@ -25,22 +26,27 @@ def safe_sqrt(x):
     return ops.where(positive, ops.sqrt(ops.where(positive, x, ops.ones_like(x))), 0.0)
 
 
-def pairwise_squared_distance(embeddings):
-    """‖a‖² + ‖b‖² − 2ab for every pair of rows of `[batch, dim]`, clamped at 0, `[batch, batch]`.
+def pairwise_squared_distance(embeddings, candidates=None):
+    """‖a‖² + ‖b‖² − 2ab for every row a of `embeddings` `[batch, dim]` and b of `candidates`
+    `[others, dim]` (default: `embeddings`), clamped at 0, `[batch, others]`.
 
-    One matmul instead of a `[batch, batch, dim]` difference tensor.
+    One matmul instead of a `[batch, others, dim]` difference tensor.
     """
+    candidates = embeddings if candidates is None else candidates
     squared_norms = ops.sum(ops.square(embeddings), axis=-1)
-    dots = ops.matmul(embeddings, ops.transpose(embeddings))
-    return ops.maximum(squared_norms[:, None] + squared_norms[None, :] - 2.0 * dots, 0.0)
+    candidate_norms = ops.sum(ops.square(candidates), axis=-1)
+    dots = ops.matmul(embeddings, ops.transpose(candidates))
+    return ops.maximum(squared_norms[:, None] + candidate_norms[None, :] - 2.0 * dots, 0.0)
 
 
-def pairwise_scores(embeddings, distance="cosine"):
-    """Scores `[batch, batch]`, higher = more similar: cos θ, −‖a − b‖ or −‖a − b‖²."""
+def pairwise_scores(embeddings, distance="cosine", candidates=None):
+    """Scores `[batch, others]` of every embedding against every candidate (default: the
+    embeddings themselves), higher = more similar: cos θ, −‖a − b‖ or −‖a − b‖²."""
     if distance == "cosine":
         unit = l2_normalize(embeddings, axis=-1)
-        return ops.matmul(unit, ops.transpose(unit))
-    squared = pairwise_squared_distance(embeddings)
+        others = unit if candidates is None else l2_normalize(candidates, axis=-1)
+        return ops.matmul(unit, ops.transpose(others))
+    squared = pairwise_squared_distance(embeddings, candidates)
     if distance == "squared_euclidean":
         return -squared
     if distance == "euclidean":
@@ -48,15 +54,32 @@ def pairwise_scores(embeddings, distance="cosine"):
     raise ValueError(f"distance must be one of {', '.join(DISTANCES)}; got {distance!r}")
 
 
-def label_masks(labels):
-    """Boolean `[batch, batch]` masks (positive, negative) from labels `[batch]`.
+def label_masks(labels, candidate_labels=None, offset=0):
+    """Boolean `[batch, others]` masks (positive, negative) from labels `[batch]`.
 
     Positives share the anchor's label and exclude the anchor itself; negatives do not share it.
+    The candidates default to the anchors; otherwise anchor i is candidate `offset + i`.
     """
-    same = ops.equal(labels[:, None], labels[None, :])
-    batch = ops.shape(labels)[0]
-    not_self = ops.logical_not(ops.cast(ops.eye(batch), "bool"))
+    candidate_labels = labels if candidate_labels is None else candidate_labels
+    same = ops.equal(labels[:, None], candidate_labels[None, :])
+    rows = ops.arange(ops.shape(labels)[0])[:, None] + offset
+    not_self = ops.not_equal(rows, ops.arange(ops.shape(candidate_labels)[0])[None, :])
     return ops.logical_and(same, not_self), ops.logical_not(same)
+
+
+def replica_context():
+    """`(replica context, number of replicas)` inside a distributed TensorFlow step, else
+    `(None, 1)`. TensorFlow is imported only on its backend."""
+    if keras.backend.backend() != "tensorflow":
+        return None, 1
+    import tensorflow as tf
+
+    if not tf.distribute.has_strategy() or tf.distribute.in_cross_replica_context():
+        return None, 1
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return None, 1
+    return context, context.num_replicas_in_sync
 
 
 def masked_logsumexp(x, mask, include_zero=False):
@@ -137,7 +160,7 @@ def semi_hard_negative_scores(scores, positive, negative):
     O(batch²) memory and O(batch² log batch) time: each anchor's negatives are sorted once, and
     every positive's score is binary-searched among them.
     """
-    batch = ops.shape(scores)[0]
+    batch = ops.shape(scores)[-1]  # candidates per row
     low = ops.stop_gradient(ops.min(scores)) - 1.0
     sorted_negatives = _sorted_negatives(scores, negative, low)
     first = batch - ops.sum(ops.cast(negative, "int32"), axis=-1, keepdims=True)
@@ -158,7 +181,7 @@ def violating_triplet_counts(scores, positive, negative, margin):
     Without a `[batch, batch, batch]` tensor: each anchor's negative scores and its thresholds
     s_ap − m are sorted once (outside the gradient), and each side is binary-searched in the other.
     """
-    batch = ops.shape(scores)[0]
+    batch = ops.shape(scores)[-1]  # candidates per row
     scores = ops.stop_gradient(scores)
     thresholds = scores - margin
     low = ops.min(thresholds) - 1.0

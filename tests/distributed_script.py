@@ -1,0 +1,98 @@
+"""Runs one training step (or `facemargin train`) in one process, under tf.distribute; for
+tests/test_distribute.py, which starts it in subprocesses.
+
+    python tests/distributed_script.py single|mirrored|worker OUT.npz
+    python tests/distributed_script.py cli-mirrored|cli-worker -- <facemargin train flags>
+
+`mirrored` splits the CPU into two logical devices; `worker` reads the cluster from TF_CONFIG.
+The step mode trains two tiny models for one step on the same global batch of 16 (4 classes x
+4, class-major, so each of two replicas holds whole classes): Dense -> CosineHead with ArcFace,
+and Dense -> UnitNormalization with a semi-hard triplet loss over the embeddings of all
+replicas (`cross_replica=True`), and the same without it (`triplet_local`). It writes their weights after the step, and the losses of the
+step, to OUT.npz.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+GLOBAL_BATCH = 16
+
+
+def split_cpu():
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+
+def step_mode(mode, out):
+    if mode == "mirrored":
+        split_cpu()
+        strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    elif mode == "worker":
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    else:
+        strategy = tf.distribute.get_strategy()
+    import keras
+
+    import keras_facemargin as kf
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(GLOBAL_BATCH, 8)).astype("float32")
+    y = np.repeat(np.arange(4), 4).astype("int32")
+    models = {
+        "arcface": (lambda: kf.heads.CosineHead(4), kf.losses.ArcFaceLoss(scale=8.0)),
+        "triplet": (
+            keras.layers.UnitNormalization,
+            kf.losses.TripletLoss(margin=0.3, mining="semi_hard", cross_replica=True),
+        ),
+        "triplet_local": (
+            keras.layers.UnitNormalization,
+            kf.losses.TripletLoss(margin=0.3, mining="semi_hard"),
+        ),
+    }
+    results = {}
+    for name, (last, loss) in models.items():
+        with strategy.scope():
+            keras.utils.set_random_seed(1)
+            model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(6), last()])
+            model.compile(optimizer=keras.optimizers.SGD(0.5), loss=loss)
+        kf.distribute.prepare_model(model, strategy)
+
+        def shard(context, x=x, y=y):
+            # One pipeline feeds its replicas one per-replica batch each, in replica order.
+            n = context.get_per_replica_batch_size(GLOBAL_BATCH)
+            local = GLOBAL_BATCH // context.num_input_pipelines
+            part = slice(context.input_pipeline_id * local, (context.input_pipeline_id + 1) * local)
+            return tf.data.Dataset.from_tensor_slices((x[part], y[part])).batch(n)
+
+        if strategy.num_replicas_in_sync > 1:
+            data = strategy.distribute_datasets_from_function(shard)
+        else:
+            data = tf.data.Dataset.from_tensor_slices((x, y)).batch(GLOBAL_BATCH)
+        with strategy.scope():
+            history = model.fit(data, epochs=1, verbose=0)
+        results[f"{name}_loss"] = np.float64(history.history["loss"][0])
+        for i, weight in enumerate(model.weights):
+            results[f"{name}_{i}"] = weight.numpy()
+    np.savez(out, replicas=strategy.num_replicas_in_sync, **results)
+
+
+def main(argv):
+    mode = argv[0]
+    if mode.startswith("cli-"):
+        if mode == "cli-mirrored":
+            split_cpu()
+        from keras_facemargin import cli
+
+        return cli.main(argv[argv.index("--") + 1:])
+    step_mode(mode, argv[1])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
