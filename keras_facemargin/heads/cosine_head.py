@@ -18,6 +18,19 @@ def l2_normalize(x, axis=-1, epsilon=1e-12):
     return ops.cast(out, dtype) if dtype in _HALF else out
 
 
+def float32_under_half_policy(dtype):
+    """The layer dtype for a head: "float32" where `dtype` (or the global policy) is half precision."""
+    policy = keras.config.dtype_policy() if dtype is None else keras.dtype_policies.get(dtype)
+    if policy.compute_dtype in _HALF or policy.variable_dtype in _HALF:
+        return "float32"
+    return dtype
+
+
+def check_num_classes(num_classes):
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"num_classes must be an integer >= 2; got {num_classes!r}")
+
+
 @keras.saving.register_keras_serializable(package="keras_facemargin")
 class CosineHead(keras.layers.Layer):
     """Cosine similarity between features and learned class centres.
@@ -63,13 +76,8 @@ class CosineHead(keras.layers.Layer):
         epsilon=1e-12,
         **kwargs,
     ):
-        dtype = kwargs.pop("dtype", None)
-        policy = keras.config.dtype_policy() if dtype is None else keras.dtype_policies.get(dtype)
-        if policy.compute_dtype in _HALF or policy.variable_dtype in _HALF:
-            dtype = "float32"
-        super().__init__(dtype=dtype, **kwargs)
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(f"num_classes must be an integer >= 2; got {num_classes!r}")
+        super().__init__(dtype=float32_under_half_policy(kwargs.pop("dtype", None)), **kwargs)
+        check_num_classes(num_classes)
         if not epsilon > 0:
             raise ValueError(f"epsilon must be > 0; got {epsilon!r}")
         self.num_classes = num_classes
