@@ -228,6 +228,17 @@ class PartialFC(keras.layers.Layer):
             found = ops.logical_and(found, valid)
         return class_ids, remapped, found
 
+    def save_own_variables(self, store):
+        # Keras does not save seed generators; saving this one makes a resumed run draw the
+        # negatives it would have drawn without the interruption.
+        super().save_own_variables(store)
+        store["seed_state"] = self.seed_generator.state
+
+    def load_own_variables(self, store):
+        if "seed_state" in store:
+            self.seed_generator.state.assign(store["seed_state"])
+        self.kernel.assign(store["0"])
+
     @property
     def centers(self):
         """The L2-normalised class centres, `[num_classes, dim]`."""
