@@ -26,6 +26,15 @@ def float32_under_half_policy(dtype):
     return dtype
 
 
+def check_features_shape(owner, what, shape):
+    """The feature dimension of a `[batch, dim]` input shape, or a ValueError naming the layer."""
+    if len(shape) != 2 or shape[-1] is None:
+        raise ValueError(
+            f"{owner} expects {what} of shape [batch, dim] with a known dim; got input shape {tuple(shape)}"
+        )
+    return shape[-1]
+
+
 def check_num_classes(num_classes):
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes must be an integer >= 2; got {num_classes!r}")
@@ -86,14 +95,10 @@ class CosineHead(keras.layers.Layer):
         self.epsilon = epsilon
 
     def build(self, input_shape):
-        if len(input_shape) != 2 or input_shape[-1] is None:
-            raise ValueError(
-                f"CosineHead expects features of shape [batch, dim] with a known dim; "
-                f"got input shape {tuple(input_shape)}"
-            )
+        dim = check_features_shape("CosineHead", "features", input_shape)
         self.kernel = self.add_weight(
             name="kernel",
-            shape=(input_shape[-1], self.num_classes),
+            shape=(dim, self.num_classes),
             initializer=self.kernel_initializer,
             regularizer=self.kernel_regularizer,
         )

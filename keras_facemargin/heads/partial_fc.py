@@ -5,7 +5,12 @@ import numpy as np
 from keras import ops
 
 from keras_facemargin import _checks
-from keras_facemargin.heads.cosine_head import check_num_classes, float32_under_half_policy, l2_normalize
+from keras_facemargin.heads.cosine_head import (
+    check_features_shape,
+    check_num_classes,
+    float32_under_half_policy,
+    l2_normalize,
+)
 
 # Sampling scores are uniform in [0, 1); a positive class scores this, so top-k always keeps it.
 _POSITIVE_SCORE = 2.0
@@ -141,14 +146,10 @@ class PartialFC(keras.layers.Layer):
         self.seed_generator = keras.random.SeedGenerator(self.seed)
 
     def build(self, embeddings_shape, labels_shape=None):
-        if len(embeddings_shape) != 2 or embeddings_shape[-1] is None:
-            raise ValueError(
-                f"PartialFC expects embeddings of shape [batch, dim] with a known dim; "
-                f"got shape {tuple(embeddings_shape)}"
-            )
+        dim = check_features_shape("PartialFC", "embeddings", embeddings_shape)
         self.kernel = self.add_weight(
             name="kernel",
-            shape=(self.num_classes, embeddings_shape[-1]),
+            shape=(self.num_classes, dim),
             initializer=self.kernel_initializer,
             regularizer=self.kernel_regularizer,
         )
