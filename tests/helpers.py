@@ -24,7 +24,8 @@ def value_and_grad(fn, *args):
             tape.watch(tensors)
             value = fn(*tensors)
         grads = tape.gradient(value, tensors)
-        return float(value), [None if g is None else np.asarray(g) for g in grads]
+        # A gather's gradient is a tf.IndexedSlices; compare it as the dense array it stands for.
+        return float(value), [None if g is None else np.asarray(tf.convert_to_tensor(g)) for g in grads]
     if backend == "jax":
         import jax
 

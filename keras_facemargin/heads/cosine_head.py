@@ -18,6 +18,28 @@ def l2_normalize(x, axis=-1, epsilon=1e-12):
     return ops.cast(out, dtype) if dtype in _HALF else out
 
 
+def float32_under_half_policy(dtype):
+    """The layer dtype for a head: "float32" where `dtype` (or the global policy) is half precision."""
+    policy = keras.config.dtype_policy() if dtype is None else keras.dtype_policies.get(dtype)
+    if policy.compute_dtype in _HALF or policy.variable_dtype in _HALF:
+        return "float32"
+    return dtype
+
+
+def check_features_shape(owner, what, shape):
+    """The feature dimension of a `[batch, dim]` input shape, or a ValueError naming the layer."""
+    if len(shape) != 2 or shape[-1] is None:
+        raise ValueError(
+            f"{owner} expects {what} of shape [batch, dim] with a known dim; got input shape {tuple(shape)}"
+        )
+    return shape[-1]
+
+
+def check_num_classes(num_classes):
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"num_classes must be an integer >= 2; got {num_classes!r}")
+
+
 @keras.saving.register_keras_serializable(package="keras_facemargin")
 class CosineHead(keras.layers.Layer):
     """Cosine similarity between features and learned class centres.
@@ -63,13 +85,8 @@ class CosineHead(keras.layers.Layer):
         epsilon=1e-12,
         **kwargs,
     ):
-        dtype = kwargs.pop("dtype", None)
-        policy = keras.config.dtype_policy() if dtype is None else keras.dtype_policies.get(dtype)
-        if policy.compute_dtype in _HALF or policy.variable_dtype in _HALF:
-            dtype = "float32"
-        super().__init__(dtype=dtype, **kwargs)
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(f"num_classes must be an integer >= 2; got {num_classes!r}")
+        super().__init__(dtype=float32_under_half_policy(kwargs.pop("dtype", None)), **kwargs)
+        check_num_classes(num_classes)
         if not epsilon > 0:
             raise ValueError(f"epsilon must be > 0; got {epsilon!r}")
         self.num_classes = num_classes
@@ -78,14 +95,10 @@ class CosineHead(keras.layers.Layer):
         self.epsilon = epsilon
 
     def build(self, input_shape):
-        if len(input_shape) != 2 or input_shape[-1] is None:
-            raise ValueError(
-                f"CosineHead expects features of shape [batch, dim] with a known dim; "
-                f"got input shape {tuple(input_shape)}"
-            )
+        dim = check_features_shape("CosineHead", "features", input_shape)
         self.kernel = self.add_weight(
             name="kernel",
-            shape=(input_shape[-1], self.num_classes),
+            shape=(dim, self.num_classes),
             initializer=self.kernel_initializer,
             regularizer=self.kernel_regularizer,
         )
