@@ -29,6 +29,24 @@ def split_cpu():
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
 
+def make_data(strategy, arrange=lambda a, b: (a, b)):
+    """The global batch of 16, split into whole classes per replica."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(GLOBAL_BATCH, 8)).astype("float32")
+    y = np.repeat(np.arange(4), 4).astype("int32")
+
+    def shard(context):
+        # One pipeline feeds its replicas one per-replica batch each, in replica order.
+        n = context.get_per_replica_batch_size(GLOBAL_BATCH)
+        local = GLOBAL_BATCH // context.num_input_pipelines
+        part = slice(context.input_pipeline_id * local, (context.input_pipeline_id + 1) * local)
+        return tf.data.Dataset.from_tensor_slices((x[part], y[part])).batch(n).map(arrange)
+
+    if strategy.num_replicas_in_sync > 1:
+        return strategy.distribute_datasets_from_function(shard)
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(GLOBAL_BATCH).map(arrange)
+
+
 def step_mode(mode, out):
     if mode == "mirrored":
         split_cpu()
@@ -41,9 +59,6 @@ def step_mode(mode, out):
 
     import keras_facemargin as kf
 
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(GLOBAL_BATCH, 8)).astype("float32")
-    y = np.repeat(np.arange(4), 4).astype("int32")
     models = {
         "arcface": (lambda: kf.heads.CosineHead(4), kf.losses.ArcFaceLoss(scale=8.0)),
         "triplet": (
@@ -63,22 +78,35 @@ def step_mode(mode, out):
             model.compile(optimizer=keras.optimizers.SGD(0.5), loss=loss)
         kf.distribute.prepare_model(model, strategy)
 
-        def shard(context, x=x, y=y):
-            # One pipeline feeds its replicas one per-replica batch each, in replica order.
-            n = context.get_per_replica_batch_size(GLOBAL_BATCH)
-            local = GLOBAL_BATCH // context.num_input_pipelines
-            part = slice(context.input_pipeline_id * local, (context.input_pipeline_id + 1) * local)
-            return tf.data.Dataset.from_tensor_slices((x[part], y[part])).batch(n)
-
-        if strategy.num_replicas_in_sync > 1:
-            data = strategy.distribute_datasets_from_function(shard)
-        else:
-            data = tf.data.Dataset.from_tensor_slices((x, y)).batch(GLOBAL_BATCH)
+        data = make_data(strategy)
         with strategy.scope():
             history = model.fit(data, epochs=1, verbose=0)
         results[f"{name}_loss"] = np.float64(history.history["loss"][0])
         for i, weight in enumerate(model.weights):
             results[f"{name}_{i}"] = weight.numpy()
+    # PartialFC, data-parallel: 4 of 8 classes in the global batch (2 per replica) plus 2 sampled
+    # negatives, the same on every replica.
+    with strategy.scope():
+        keras.utils.set_random_seed(1)
+        images, labels = keras.Input((8,)), keras.Input((), dtype="int32")
+        head = kf.heads.PartialFC(8, loss=kf.losses.ArcFaceLoss(scale=8.0), sample_rate=0.75, seed=5)
+        model = keras.Model([images, labels], head(keras.layers.Dense(6)(images), labels))
+        model.compile(optimizer=keras.optimizers.SGD(0.5))
+    kf.distribute.prepare_model(model, strategy)
+    data = make_data(strategy, lambda a, b: ((a, b),))
+    if mode == "mirrored":
+        try:
+            with strategy.scope():
+                model.fit(data, epochs=1, verbose=0)
+        except ValueError as error:
+            results["partial_fc_error"] = str(error)
+        np.savez(out, replicas=strategy.num_replicas_in_sync, **results)
+        return
+    with strategy.scope():
+        history = model.fit(data, epochs=1, verbose=0)
+    results["partial_fc_loss"] = np.float64(history.history["loss"][0])
+    for i, weight in enumerate(model.weights):
+        results[f"partial_fc_{i}"] = np.asarray(weight.numpy())
     np.savez(out, replicas=strategy.num_replicas_in_sync, **results)
 
 

@@ -5,6 +5,7 @@ import numpy as np
 from keras import ops
 
 from keras_facemargin import _checks
+from keras_facemargin._replicas import replica_context
 from keras_facemargin.heads.cosine_head import (
     check_features_shape,
     check_num_classes,
@@ -14,6 +15,20 @@ from keras_facemargin.heads.cosine_head import (
 
 # Sampling scores are uniform in [0, 1); a positive class scores this, so top-k always keeps it.
 _POSITIVE_SCORE = 2.0
+_MEAN_REDUCTIONS = ("sum_over_batch_size", "mean", "mean_with_sample_weight")
+
+
+def _check_one_replica_per_process():
+    import tensorflow as tf
+
+    local = len(tf.distribute.get_strategy().extended.worker_devices)
+    if local > 1:
+        raise ValueError(
+            "PartialFC under tf.distribute needs one replica per process (MultiWorkerMirroredStrategy "
+            f"with one device per worker); got {local} replicas in this process. Keras 3 collects "
+            "add_loss values in one list that the replicas of a process share, so their losses would "
+            "mix. Start one worker per GPU, or use JAX with keras.distribution.ModelParallel."
+        )
 
 
 def _margin_loss(loss):
@@ -163,15 +178,23 @@ class PartialFC(keras.layers.Layer):
             return self.cosines(embeddings)
         if not training or self.num_sampled == self.num_classes:
             cosines = self.cosines(embeddings)
-            self.add_loss(self.loss(labels, cosines))
+            self.add_loss(self._unscaled(self.loss(labels, cosines)))
             return cosines
         class_ids, remapped, found = self._sample(labels)
         cosines = self.cosines(embeddings, class_ids)
         loss = self.loss(remapped, cosines)
         if found is not None:
             loss = ops.where(ops.all(found), loss, ops.full_like(loss, math.nan))
-        self.add_loss(loss)
+        self.add_loss(self._unscaled(loss))
         return cosines
+
+    def _unscaled(self, loss):
+        # Under tf.distribute, Keras divides a mean loss by the number of replicas, and again
+        # every loss passed to add_loss: undo the first, or the gradients shrink R-fold.
+        _, replicas = replica_context()
+        if replicas > 1 and self.loss.reduction in _MEAN_REDUCTIONS:
+            loss = loss * replicas
+        return loss
 
     def cosines(self, embeddings, class_ids=None):
         """cos θ `[batch, len(class_ids)]` between embeddings and the given classes (default all)."""
@@ -229,8 +252,15 @@ class PartialFC(keras.layers.Layer):
                 "sample_rate or lower the batch size)"
             )
         scores = keras.random.uniform((self.num_classes,), seed=self.seed_generator)
-        positive = ops.full(ops.shape(labels), _POSITIVE_SCORE, dtype=scores.dtype)
-        scores = ops.scatter_update(scores, labels[:, None], positive)
+        positives = labels
+        context, _ = replica_context()
+        if context is not None:
+            _check_one_replica_per_process()
+            # Data-parallel: every replica samples the same classes, those of the global batch
+            # (the seed state is mirrored, so the random scores agree too).
+            positives = context.all_gather(labels, axis=0)
+        positive = ops.full(ops.shape(positives), _POSITIVE_SCORE, dtype=scores.dtype)
+        scores = ops.scatter_update(scores, positives[:, None], positive)
         # Ascending ids: the gather and the optimizer's scatter walk memory in order, and the
         # labels are remapped by binary search.
         class_ids = ops.sort(ops.top_k(scores, num_sampled, sorted=False)[1])

@@ -13,6 +13,7 @@ import keras
 from keras import ops
 
 from keras_facemargin import _checks
+from keras_facemargin._replicas import replica_context
 from keras_facemargin.losses import pairwise
 
 _HALF = ("float16", "bfloat16")
@@ -124,7 +125,7 @@ class PairLoss(keras.losses.Loss):
         if embeddings.dtype in _HALF:
             embeddings = ops.cast(embeddings, "float32")
         labels, labels_ok = self._labels(y_true, embeddings)
-        context, replicas = pairwise.replica_context() if self.cross_replica else (None, 1)
+        context, replicas = replica_context() if self.cross_replica else (None, 1)
         candidates = None
         if context is None:
             positive, negative = pairwise.label_masks(labels)

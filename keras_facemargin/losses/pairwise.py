@@ -11,7 +11,6 @@ form and the distance form `max(d_ap − d_an + m, 0)` of the triplet hinge.
 
 import math
 
-import keras
 from keras import ops
 
 from keras_facemargin.heads.cosine_head import l2_normalize
@@ -65,21 +64,6 @@ def label_masks(labels, candidate_labels=None, offset=0):
     rows = ops.arange(ops.shape(labels)[0])[:, None] + offset
     not_self = ops.not_equal(rows, ops.arange(ops.shape(candidate_labels)[0])[None, :])
     return ops.logical_and(same, not_self), ops.logical_not(same)
-
-
-def replica_context():
-    """`(replica context, number of replicas)` inside a distributed TensorFlow step, else
-    `(None, 1)`. TensorFlow is imported only on its backend."""
-    if keras.backend.backend() != "tensorflow":
-        return None, 1
-    import tensorflow as tf
-
-    if not tf.distribute.has_strategy() or tf.distribute.in_cross_replica_context():
-        return None, 1
-    context = tf.distribute.get_replica_context()
-    if context is None or context.num_replicas_in_sync == 1:
-        return None, 1
-    return context, context.num_replicas_in_sync
 
 
 def masked_logsumexp(x, mask, include_zero=False):
