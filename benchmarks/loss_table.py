@@ -16,7 +16,6 @@ setting, to --out (table.md and results.json).
 import argparse
 import datetime
 import json
-import math
 import os
 import platform
 import sys
@@ -51,26 +50,6 @@ def loss_settings(objective, scale):
     }.get(objective, {})
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1; got {text!r}")
-    return value
-
-
-def _fraction(text):
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1); got {text!r}")
-    return value
-
-
 def _objectives(text):
     names = [name.strip() for name in text.split(",") if name.strip()]
     unknown = [name for name in names if name not in experiments.objective_names()]
@@ -84,22 +63,22 @@ def _objectives(text):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="an image folder, one sub-folder per identity")
-    parser.add_argument("--epochs", type=_positive_int, default=15)
+    parser.add_argument("--epochs", type=experiments.positive_int, default=15)
     parser.add_argument("--backbone", default="simple_cnn", choices=models.backbone_names())
-    parser.add_argument("--image-size", type=_positive_int, default=64)
-    parser.add_argument("--embedding-dim", type=_positive_int, default=64)
+    parser.add_argument("--image-size", type=experiments.positive_int, default=64)
+    parser.add_argument("--embedding-dim", type=experiments.positive_int, default=64)
     parser.add_argument("--objectives", type=_objectives, default=list(OBJECTIVES),
                         help="comma-separated; default: " + ",".join(OBJECTIVES))
-    parser.add_argument("--classes-per-batch", type=_positive_int, default=20,
+    parser.add_argument("--classes-per-batch", type=experiments.positive_int, default=20,
                         help="P of the pair losses' P×K batches; every objective's batch is P×K images")
-    parser.add_argument("--samples-per-class", type=_positive_int, default=3, help="K (>= 2)")
+    parser.add_argument("--samples-per-class", type=experiments.positive_int, default=3, help="K (>= 2)")
     parser.add_argument("--scale", type=float, default=30.0, help="s of the margin-softmax losses")
     parser.add_argument("--learning-rate", type=float, default=2e-3, help="Adam, cosine-decayed to 0")
-    parser.add_argument("--unseen-fraction", type=_fraction, default=0.3,
+    parser.add_argument("--unseen-fraction", type=experiments.fraction, default=0.3,
                         help="fraction of the identities kept for the verification pairs")
-    parser.add_argument("--held-out-fraction", type=_fraction, default=0.25,
+    parser.add_argument("--held-out-fraction", type=experiments.fraction, default=0.25,
                         help="fraction of each training identity's images kept for closed-set accuracy")
-    parser.add_argument("--num-pairs", type=_positive_int, default=6000)
+    parser.add_argument("--num-pairs", type=experiments.positive_int, default=6000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/loss_table", help="folder for table.md and results.json")
     args = parser.parse_args(argv)

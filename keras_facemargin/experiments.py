@@ -15,7 +15,9 @@ objectives; this module is what they share, so that a comparison differs only in
 It needs TensorFlow (`tf.data`) for the image folders.
 """
 
+import argparse
 import dataclasses
+import math
 import time
 
 import keras
@@ -231,3 +233,25 @@ def digit_images(size=32):
     images = np.kron(digits.images / 16.0, np.ones((size // 8, size // 8)))
     images = np.repeat((images * 255).round().astype(np.uint8)[..., None], 3, axis=-1)
     return images, digits.target
+
+
+def positive_int(text):
+    """An `argparse` type for the experiment scripts: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1; got {text!r}")
+    return value
+
+
+def fraction(text):
+    """An `argparse` type for the experiment scripts: a number in (0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1); got {text!r}")
+    return value
