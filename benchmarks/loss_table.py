@@ -103,11 +103,14 @@ def parse_args(argv=None):
     return args, split
 
 
+def _images(images, labels):
+    return images
+
+
 def evaluate(trained, split, image_size):
     """The open-set verification report, and the closed-set accuracy of a classifier (else None)."""
     def images(index):
-        return data.classification_dataset(index, 256, image_size=image_size, training=False).map(
-            lambda x, y: x)
+        return data.classification_dataset(index, 256, image_size=image_size, training=False).map(_images)
 
     embeddings = ev.embed(trained.embedder, images(split.unseen), verbose=0)
     if not np.isfinite(embeddings).all():

@@ -32,15 +32,16 @@ NUM_CLASSES = 10
 SIZE = 16
 
 
+# Margins sized for 10 classes in 2-3 dimensions, where the papers' margins cannot all be met.
+MARGINS = {"softmax": None, "normface": None, "sphereface": 2, "cosface": 0.2, "arcface": 0.3}
+
+
 def loss_settings(objective, scale):
-    """Margins sized for 10 classes in 2-3 dimensions, where the papers' margins cannot all be met."""
-    return {
-        "softmax": {},
-        "normface": {"scale": scale},
-        "sphereface": {"margin": 2, "scale": scale},
-        "cosface": {"margin": 0.2, "scale": scale},
-        "arcface": {"margin": 0.3, "scale": scale},
-    }[objective]
+    """The loss arguments of `objective`: none for softmax, else the scale and the margin above."""
+    if objective == "softmax":
+        return {}
+    margin = MARGINS[objective]
+    return {"scale": scale} if margin is None else {"margin": margin, "scale": scale}
 
 
 def _pyplot():
