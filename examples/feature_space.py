@@ -56,8 +56,12 @@ def _pyplot():
 def train_features(objective, dim, images, labels, test, epochs, scale, seed):
     """The test images' `dim`-D features, and the head's class centres (None for softmax)."""
     def make_backbone():
-        return models.get_backbone("simple_cnn", input_shape=(SIZE, SIZE, 3), embedding_dim=dim,
-                                   filters=(32, 64, 64))
+        # A linear feature layer, as in the lecture's figures (LeNet++): the backbone's own
+        # embedding ends in batch norm, which would standardise away the length of the features.
+        cnn = models.get_backbone("simple_cnn", input_shape=(SIZE, SIZE, 3), embedding_dim=32,
+                                  filters=(32, 64, 64))
+        features = keras.layers.Dense(dim, name="features")(keras.layers.PReLU()(cnn.output))
+        return keras.Model(cnn.input, features, name=f"cnn_{dim}d")
 
     fit_args = {"x": images[~test].astype("float32"), "y": labels[~test], "batch_size": 64}
     steps = max(1, math.ceil((~test).sum() / 64)) * epochs
@@ -105,7 +109,7 @@ def plot_2d(results, labels, path, dpi):
 def plot_3d(results, labels, path, dpi):
     plt = _pyplot()
     colours = plt.get_cmap("tab10")(labels)
-    fig = plt.figure(figsize=(2.6 * len(results), 3.0), dpi=dpi)
+    fig = plt.figure(figsize=(2.6 * len(results), 3.1), dpi=dpi)
     u, v = np.meshgrid(np.linspace(0, 2 * np.pi, 24), np.linspace(0, np.pi, 12))
     for column, (title, (features, _)) in enumerate(results.items(), start=1):
         ax = fig.add_subplot(1, len(results), column, projection="3d")
@@ -115,9 +119,9 @@ def plot_3d(results, labels, path, dpi):
         ax.scatter(unit[:, 0], unit[:, 1], unit[:, 2], c=colours, s=2, alpha=0.8, depthshade=False)
         ax.set_title(title, fontsize=9)
         ax.set_axis_off()
-        ax.set_box_aspect((1, 1, 1))
-    fig.suptitle("3-D features of the held-out digits, normalised onto the unit sphere", fontsize=10)
-    fig.tight_layout()
+        ax.set_box_aspect((1, 1, 1), zoom=1.35)
+    fig.suptitle("3-D features of the held-out digits, normalised onto the unit sphere", fontsize=10, y=0.99)
+    fig.subplots_adjust(left=0.0, right=1.0, bottom=0.0, top=0.80, wspace=0.0)
     fig.savefig(path)
     plt.close(fig)
 
