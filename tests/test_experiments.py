@@ -138,20 +138,33 @@ def test_loss_table_bad_arguments(loss_table, tmp_path, capsys):
     assert "--unseen-fraction" in err and "(0, 1)" in err
 
 
-def test_feature_space_small(feature_space, tmp_path):
-    written = feature_space.main(["--epochs", "1", "--max-images", "120", "--dpi", "40",
-                                  "--out", str(tmp_path)])
-    names = sorted(os.path.basename(p) for p in written)
-    assert names == ["feature_space_2d.png", "feature_space_3d.png", "scale.png"]
+def check_png(path, min_bytes=5000):
     import matplotlib.image
 
+    with open(path, "rb") as f:
+        assert f.read(8) == PNG_MAGIC
+    assert os.path.getsize(path) > min_bytes
+    pixels = matplotlib.image.imread(path)
+    assert pixels.ndim == 3 and pixels.shape[0] > 100 and pixels.shape[1] > 150
+    assert pixels[..., :3].std() > 0.05  # not a blank canvas
+
+
+def test_feature_space_small(feature_space, tmp_path, capsys):
+    written = feature_space.main(["--epochs", "1", "--max-images", "120", "--dpi", "40", "--dims", "2",
+                                  "--out", str(tmp_path)])
+    assert sorted(os.path.basename(p) for p in written) == ["feature_space_2d.png", "scale.png"]
     for path in written:
-        with open(path, "rb") as f:
-            assert f.read(8) == PNG_MAGIC
-        assert os.path.getsize(path) > 5000
-        pixels = matplotlib.image.imread(path)
-        assert pixels.ndim == 3 and pixels.shape[0] > 100 and pixels.shape[1] > 150
-        assert pixels[..., :3].std() > 0.05  # not a blank canvas
+        check_png(path)
+    assert capsys.readouterr().out.count("2-D ") == len(feature_space.OBJECTIVES) == 5
+
+
+def test_feature_space_3d_figure(feature_space, tmp_path):
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(10), 8)
+    results = {name: (rng.normal(size=(80, 3)), None) for name in feature_space.OBJECTIVES}
+    path = str(tmp_path / "feature_space_3d.png")
+    feature_space.plot_3d(results, labels, path, dpi=40)
+    check_png(path)
 
 
 def test_feature_space_bad_arguments(feature_space, tmp_path, capsys):
