@@ -88,8 +88,14 @@ def parse_args(argv=None):
     if args.classes_per_batch < 2:
         parser.error(f"argument --classes-per-batch: expected an integer >= 2 (a pair loss needs "
                      f"another identity in a batch); got {args.classes_per_batch}")
-    if not args.scale > 0:
-        parser.error(f"argument --scale: expected a number > 0; got {args.scale}")
+    for flag, value in (("--scale", args.scale), ("--learning-rate", args.learning_rate)):
+        if not value > 0:
+            parser.error(f"argument {flag}: expected a number > 0; got {value}")
+    try:
+        make_backbone(args)
+    except ValueError as error:
+        parser.error(f"arguments --backbone {args.backbone} / --image-size {args.image_size} / "
+                     f"--embedding-dim {args.embedding_dim}: {error}")
     try:
         index = data.ImageIndex.from_directory(args.data)
         split = experiments.open_set_split(index, args.unseen_fraction, args.held_out_fraction,
@@ -101,6 +107,11 @@ def parse_args(argv=None):
                      f"{split.train.num_classes} identities; expected enough for a batch of 2 identities x "
                      f"K={args.samples_per_class} images")
     return args, split
+
+
+def make_backbone(args):
+    return models.get_backbone(args.backbone, input_shape=(args.image_size, args.image_size, 3),
+                               embedding_dim=args.embedding_dim)
 
 
 def _images(images, labels):
@@ -168,9 +179,6 @@ def main(argv=None):
     ]
     print("\n".join(header), flush=True)
 
-    def make_backbone():
-        return models.get_backbone(args.backbone, input_shape=(*size, 3), embedding_dim=args.embedding_dim)
-
     classifier_data = {"x": data.classification_dataset(split.train, batch, image_size=size, seed=args.seed),
                        "shuffle": False}  # the dataset shuffles itself, every epoch from the seed
     pair_data = {"x": data.pk_dataset(split.train, p, k, image_size=size, steps_per_epoch=steps,
@@ -179,7 +187,7 @@ def main(argv=None):
     for number, objective in enumerate(args.objectives, start=1):
         settings = loss_settings(objective, args.scale)
         trained = experiments.train_objective(
-            objective, make_backbone, split.train.num_classes,
+            objective, lambda: make_backbone(args), split.train.num_classes,
             classifier_data if experiments.is_classifier(objective) else pair_data,
             args.epochs, seed=args.seed, learning_rate=schedule, loss_kwargs=settings)
         report, accuracy = evaluate(trained, split, size)

@@ -136,6 +136,10 @@ def test_loss_table_bad_arguments(loss_table, tmp_path, capsys):
     assert "--epochs" in err and "'0'" in err
     err = _error(loss_table.main, ["--data", FACES, "--unseen-fraction", "1.5"], capsys)
     assert "--unseen-fraction" in err and "(0, 1)" in err
+    err = _error(loss_table.main, ["--data", FACES, "--backbone", "iresnet18", "--image-size", "8"], capsys)
+    assert "--image-size 8" in err and "at least 16" in err
+    err = _error(loss_table.main, ["--data", FACES, "--learning-rate", "-1"], capsys)
+    assert "--learning-rate" in err and "> 0" in err
 
 
 def check_png(path, min_bytes=5000):
