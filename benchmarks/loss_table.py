@@ -118,19 +118,23 @@ def _images(images, labels):
     return images
 
 
-def evaluate(trained, split, image_size):
-    """The open-set verification report, and the closed-set accuracy of a classifier (else None)."""
-    def images(index):
-        return data.classification_dataset(index, 256, image_size=image_size, training=False).map(_images)
+def evaluation_images(index, image_size):
+    """The images of `index` in order, resized only: built once, predicted by every objective."""
+    if index is None:
+        return None
+    return data.classification_dataset(index, 256, image_size=image_size, training=False).map(_images)
 
-    embeddings = ev.embed(trained.embedder, images(split.unseen), verbose=0)
+
+def evaluate(trained, split, unseen_images, held_out_images):
+    """The open-set verification report, and the closed-set accuracy of a classifier (else None)."""
+    embeddings = ev.embed(trained.embedder, unseen_images, verbose=0)
     if not np.isfinite(embeddings).all():
         return None, None
     a, b, is_same = split.pairs
     report = ev.verification_report(is_same, ev.indexed_pair_scores(embeddings, a, b), far_targets=FARS)
     accuracy = None
-    if trained.is_classifier and split.held_out is not None:
-        outputs = trained.model.predict(images(split.held_out), verbose=0)
+    if trained.is_classifier and held_out_images is not None:
+        outputs = trained.model.predict(held_out_images, verbose=0)
         accuracy = float(np.mean(np.argmax(outputs, axis=1) == split.held_out.labels))
     return report, accuracy
 
@@ -183,6 +187,8 @@ def main(argv=None):
                        "shuffle": False}  # the dataset shuffles itself, every epoch from the seed
     pair_data = {"x": data.pk_dataset(split.train, p, k, image_size=size, steps_per_epoch=steps,
                                       seed=args.seed), "shuffle": False}
+    unseen_images = evaluation_images(split.unseen, size)
+    held_out_images = evaluation_images(split.held_out, size)
     rows = []
     for number, objective in enumerate(args.objectives, start=1):
         settings = loss_settings(objective, args.scale)
@@ -190,7 +196,7 @@ def main(argv=None):
             objective, lambda: make_backbone(args), split.train.num_classes,
             classifier_data if experiments.is_classifier(objective) else pair_data,
             args.epochs, seed=args.seed, learning_rate=schedule, loss_kwargs=settings)
-        report, accuracy = evaluate(trained, split, size)
+        report, accuracy = evaluate(trained, split, unseen_images, held_out_images)
         nan = float("nan")
         rows.append({
             "objective": objective,
