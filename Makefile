@@ -4,7 +4,7 @@ VENV ?= .venv
 PLATFORM ?= cpu
 STAMP := $(VENV)/.installed-$(PLATFORM)
 
-.PHONY: venv test test-slow demo bench lint clean
+.PHONY: venv test test-slow demo bench figures loss-table lint clean
 
 venv: $(STAMP)
 
@@ -28,6 +28,13 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/bench_heads.py
+
+figures: $(STAMP)
+	$(VENV)/bin/python examples/feature_space.py --out docs/figures
+
+DATA ?= ../shared/data/emoji-4vendor
+loss-table: $(STAMP)
+	$(VENV)/bin/python benchmarks/loss_table.py --data $(DATA) --out runs/loss_table
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check keras_facemargin tests examples benchmarks

@@ -22,29 +22,18 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from sklearn.datasets import load_digits  # noqa: E402
 
 import keras_facemargin as kf  # noqa: E402
 from keras_facemargin import evaluation as ev  # noqa: E402
+from keras_facemargin import experiments  # noqa: E402
 from keras_facemargin.export import export_embedder  # noqa: E402
-from keras_facemargin.models.recognizer import build_recognizer  # noqa: E402
 
 TRAIN_DIGITS = 7  # digits 0-6 train, 7-9 are the unseen identities
 SIZE = 32
-
-
-def digit_images():
-    """The 8x8 digits as 32x32 RGB uint8 images, the format a face pipeline works with."""
-    digits = load_digits()
-    images = np.kron(digits.images / 16.0, np.ones((SIZE // 8, SIZE // 8)))
-    images = np.repeat((images * 255).round().astype(np.uint8)[..., None], 3, axis=-1)
-    return images, digits.target
 
 
 def backbone(size):
@@ -52,23 +41,14 @@ def backbone(size):
 
 
 def train(objective, task, epochs, seed):
-    keras.utils.set_random_seed(seed)
-    if objective == "softmax":
-        _, embedder = build_recognizer(backbone(task["size"]))
-        logits = keras.layers.Dense(task["num_classes"])(embedder.output)
-        model = keras.Model(embedder.input, logits)
-        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    else:
-        model, embedder = build_recognizer(backbone(task["size"]), num_classes=task["num_classes"])
-        loss = kf.losses.get(objective, scale=16.0)
-    model.compile(optimizer=keras.optimizers.Adam(2e-3), loss=loss)
-    start = time.perf_counter()
-    model.fit(**task["fit"], epochs=epochs, verbose=0)
-    return embedder, time.perf_counter() - start
+    trained = experiments.train_objective(
+        objective, lambda: backbone(task["size"]), task["num_classes"], task["fit"], epochs, seed=seed,
+        learning_rate=2e-3, loss_kwargs=None if objective == experiments.SOFTMAX else {"scale": 16.0})
+    return trained.embedder, trained.seconds
 
 
 def digits_task(seed):
-    images, labels = digit_images()
+    images, labels = experiments.digit_images(SIZE)
     seen = labels < TRAIN_DIGITS
     unseen_images, unseen_labels = images[~seen], labels[~seen]
     rng = np.random.default_rng(seed)
@@ -90,28 +70,16 @@ def folder_task(root, val_pairs, size, seed, num_pairs=6000):
     from keras_facemargin import data
     from keras_facemargin.cli import read_pairs
 
-    index = data.ImageIndex.from_directory(root)
-    train_index, unseen = index.split_identities(test_fraction=0.3, seed=seed)
-    if val_pairs:
-        pairs = read_pairs(val_pairs, root)
-    else:
-        rng = np.random.default_rng(seed)
-        paths, labels = np.asarray(unseen.paths), np.asarray(unseen.labels)
-        a, b = rng.integers(0, len(paths), num_pairs), rng.integers(0, len(paths), num_pairs)
-        same = rng.uniform(size=num_pairs) < 0.5  # half genuine: pick b from a's identity
-        for i in np.flatnonzero(same):
-            b[i] = rng.choice(np.flatnonzero(labels == labels[a[i]]))
-        keep = a != b
-        pairs = data.VerificationPairs(paths[a[keep]], paths[b[keep]], labels[a[keep]] == labels[b[keep]])
-    batches = list(data.pair_dataset(pairs, batch_size=256, image_size=(size, size)))
-    images_a = np.concatenate([x.numpy() for x, _, _ in batches]).round().astype(np.uint8)
-    images_b = np.concatenate([y.numpy() for _, y, _ in batches]).round().astype(np.uint8)
+    split = experiments.open_set_split(data.ImageIndex.from_directory(root), unseen_fraction=0.3,
+                                       num_pairs=num_pairs, seed=seed)
+    pairs = read_pairs(val_pairs, root) if val_pairs else split.verification_pairs()
+    train_index = split.train
     return {
         "size": size,
         "num_classes": train_index.num_classes,
         "fit": {"shuffle": False, "x": data.classification_dataset(train_index, min(64, len(train_index)),
                                                  image_size=(size, size), seed=seed)},
-        "pairs": (images_a, images_b, pairs.is_same.astype(int)),
+        "pairs": data.pair_arrays(pairs, image_size=(size, size), dtype="uint8"),
         "what": f"{train_index.num_classes} identities of {root} ({len(train_index)} images, {size}x{size})",
         "unseen": "identities never seen in training" if not val_pairs else val_pairs,
     }
@@ -168,8 +136,11 @@ def main(argv=None):
     if args.val_pairs and not args.data:
         parser.error("--val-pairs needs --data")
 
-    task = folder_task(args.data, args.val_pairs, args.image_size, args.seed) if args.data \
-        else digits_task(args.seed)
+    try:
+        task = folder_task(args.data, args.val_pairs, args.image_size, args.seed) if args.data \
+            else digits_task(args.seed)
+    except ValueError as error:
+        parser.error(f"argument --data: {args.data!r}: {error}")
     images_a, images_b, is_same = task["pairs"]
     print(f"Training on {task['what']}; verifying {len(is_same)} pairs of {task['unseen']} "
           f"({is_same.sum()} genuine).\n")

@@ -6,14 +6,14 @@ import importlib  # noqa: E402
 
 from keras_facemargin import evaluation, heads, losses, models  # noqa: E402
 
-__all__ = ["data", "distribute", "evaluation", "heads", "losses", "models", "__version__"]
+__all__ = ["data", "distribute", "evaluation", "experiments", "heads", "losses", "models", "__version__"]
 
-_LAZY = ("data", "distribute")
+_LAZY = ("data", "distribute", "experiments")
 
 
 def __getattr__(name):
-    # `data` and `distribute` need TensorFlow; they are imported on first use, so that the heads,
-    # losses and backbones still import on a JAX or PyTorch install without TensorFlow.
+    # `data`, `distribute` and `experiments` need TensorFlow; they are imported on first use, so
+    # that the heads, losses and backbones still import on a JAX or PyTorch install without it.
     if name in _LAZY:
         return importlib.import_module(f"keras_facemargin.{name}")
     raise AttributeError(f"module 'keras_facemargin' has no attribute {name!r}")

@@ -287,15 +287,8 @@ def train(config):
     callbacks = [log, keras.callbacks.TerminateOnNaN()]
     if config.val_pairs:
         pairs = read_pairs(config.val_pairs, config.val_root)
-        images_a, images_b = [], []
-        for a, b, _ in data.pair_dataset(pairs, image_size=size):
-            images_a.append(a.numpy())
-            images_b.append(b.numpy())
-        import numpy as np
-
         callbacks.append(evaluation.VerificationCallback(
-            (np.concatenate(images_a), np.concatenate(images_b), pairs.is_same.astype(int)),
-            far_targets=(1e-3,), embedding_model=embedder))
+            data.pair_arrays(pairs, image_size=size), far_targets=(1e-3,), embedding_model=embedder))
     fit_resumable(model, dataset, config.epochs, config.run_dir, config=dataclasses.asdict(config),
                   callbacks=callbacks, strategy=strategy, verbose=2, shuffle=False)
     export_path = config.export or os.path.join("saved_models", os.path.basename(config.run_dir.rstrip("/")))

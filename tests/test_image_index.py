@@ -152,6 +152,39 @@ def test_split_images_is_stratified():
     assert same.paths.tolist() == test.paths.tolist()
 
 
+def test_sample_pairs_is_balanced_distinct_and_deterministic():
+    index = synthetic([6] * 30 + [1, 2])  # 451 genuine pairs
+    a, b, same = index.sample_pairs(400, seed=5)
+    assert len(a) == 400 and same.sum() == 200
+    np.testing.assert_array_equal(index.labels[a] == index.labels[b], same)
+    assert (a != b).all()
+    genuine = {tuple(sorted(p)) for p in zip(a[same], b[same])}
+    assert len(genuine) == 200  # drawn without replacement
+    assert 0.3 < same[:200].mean() < 0.7  # shuffled, not genuine first
+    again = index.sample_pairs(400, seed=5)
+    for x, y in zip((a, b, same), again):
+        np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(index.sample_pairs(400, seed=6)[0], a)
+
+
+def test_sample_pairs_takes_every_genuine_pair_when_there_are_few():
+    index = synthetic([3, 3, 1])  # 3 + 3 genuine pairs
+    a, b, same = index.sample_pairs(100, seed=0)
+    assert len(a) == 12 and same.sum() == 6
+    assert {tuple(sorted(p)) for p in zip(a[same], b[same])} == {
+        (0, 1), (0, 2), (1, 2), (3, 4), (3, 5), (4, 5)}
+    np.testing.assert_array_equal(index.labels[a] == index.labels[b], same)
+
+
+def test_sample_pairs_errors():
+    with pytest.raises(ValueError, match="needs >= 2 classes and a class with >= 2 images"):
+        synthetic([1, 1, 1]).sample_pairs(10)
+    with pytest.raises(ValueError, match="needs >= 2 classes"):
+        synthetic([5]).sample_pairs(10)
+    with pytest.raises(ValueError, match="num_pairs must be an integer >= 2; got 1"):
+        synthetic([2, 2]).sample_pairs(1)
+
+
 def test_verify_reports_corrupt_files(tmp_path, caplog):
     root = copy_faces(str(tmp_path))
     bad = first_image(root, "John_Simm")

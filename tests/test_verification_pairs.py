@@ -11,6 +11,7 @@ from keras_facemargin.data import (
     ImageIndex,
     VerificationPairs,
     classification_dataset,
+    pair_arrays,
     pair_dataset,
     read_insightface_bin,
     read_lfw_pairs,
@@ -52,6 +53,19 @@ def test_pair_list_to_dataset(pair_list):
     np.testing.assert_array_equal(same, pairs.is_same)
     np.testing.assert_allclose(a, eval_images(pairs.images_a), atol=1e-4)
     np.testing.assert_allclose(b, eval_images(pairs.images_b), atol=1e-4)
+
+
+def test_pair_arrays(pair_list):
+    pairs = read_pair_list(pair_list)
+    a, b, same = pair_arrays(pairs, image_size=(32, 32), batch_size=3)
+    assert a.shape == b.shape == (10, 32, 32, 3) and a.dtype == np.float32
+    np.testing.assert_allclose(a, eval_images(pairs.images_a), atol=1e-4)
+    np.testing.assert_allclose(b, eval_images(pairs.images_b), atol=1e-4)
+    np.testing.assert_array_equal(same, [1, 0] * 5)
+    a8, b8, _ = pair_arrays(pairs, image_size=(32, 32), dtype="uint8")
+    assert a8.dtype == np.uint8 and np.abs(a8.astype(np.float32) - a).max() <= 0.5 + 1e-4
+    with pytest.raises(ValueError, match="dtype must be 'float32' or 'uint8'; got 'int8'"):
+        pair_arrays(pairs, dtype="int8")
 
 
 def test_pair_list_errors(tmp_path, pair_list):

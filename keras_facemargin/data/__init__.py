@@ -19,6 +19,7 @@ from keras_facemargin.data.image_index import IMAGE_EXTENSIONS, ImageIndex
 from keras_facemargin.data.pk_sampler import PKSampler, pk_dataset
 from keras_facemargin.data.verification_pairs import (
     VerificationPairs,
+    pair_arrays,
     pair_dataset,
     read_insightface_bin,
     read_lfw_pairs,
@@ -36,6 +37,7 @@ __all__ = [
     "VerificationPairs",
     "classification_dataset",
     "find_corrupt_files",
+    "pair_arrays",
     "pair_dataset",
     "pk_dataset",
     "read_insightface_bin",

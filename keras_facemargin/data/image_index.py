@@ -1,8 +1,8 @@
 """`ImageIndex`: the file paths, integer labels and class names of an image data set.
 
 An index holds no pixels: it is three NumPy arrays, so a million images index in seconds and the
-samplers work on integer positions. Every method returns a new index; none touches the files
-except `from_directory` (which lists them) and `verify` (which decodes them).
+samplers work on integer positions. Every method that derives an index returns a new one; none
+touches the files except `from_directory` (which lists them) and `verify` (which decodes them).
 """
 
 import csv
@@ -277,6 +277,76 @@ class ImageIndex:
         train = np.flatnonzero(~in_test)
         test = np.flatnonzero(in_test)
         return self.subset(train, relabel=False), self.subset(test, relabel=False)
+
+    def sample_pairs(self, num_pairs, seed=0):
+        """Balanced verification pairs over this index: half genuine, half impostor, shuffled.
+
+        Genuine pairs are two different images of one class, drawn without replacement from all
+        such pairs (so with n images in a class, at most n·(n − 1)/2 of them); when the index has
+        fewer genuine pairs than `num_pairs // 2`, it takes them all and as many impostors, so the
+        result stays balanced. An impostor pair is an image and an image of another class, both
+        uniform; impostor pairs repeat only when the index has few of them. The pairs are a
+        function of `seed` and the index only.
+
+        Args:
+            num_pairs: the number of pairs wanted, >= 2.
+            seed: seed of the draw.
+
+        Returns:
+            `(positions_a, positions_b, is_same)`: int64 positions into this index and booleans,
+            each `[pairs]`. Score them with `evaluation.indexed_pair_scores` on the embeddings
+            of the index's images, or take `index.paths[positions_a]` for a pair list.
+
+        Example:
+
+        ```python
+        train, unseen = index.split_identities(test_fraction=0.3, seed=0)
+        a, b, is_same = unseen.sample_pairs(6000, seed=0)
+        pairs = VerificationPairs(unseen.paths[a], unseen.paths[b], is_same)
+        ```
+        """
+        num_pairs = _check_int("num_pairs", num_pairs, 2)
+        counts = self.class_counts()
+        within = counts * (counts - 1) // 2
+        if self.num_classes < 2 or within.sum() == 0:
+            raise ValueError(
+                f"sample_pairs needs >= 2 classes and a class with >= 2 images; got {self} with "
+                f"at most {counts.max() if len(self) else 0} images per class"
+            )
+        rng = np.random.default_rng(seed)
+        num_genuine = int(min(num_pairs // 2, within.sum()))
+        order = np.argsort(self.labels, kind="stable")  # positions grouped by class
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+
+        # Genuine: rank r among all within-class pairs -> class c, then the pair (i < j) of c.
+        ends = np.cumsum(within)
+        rank = rng.choice(int(ends[-1]), size=num_genuine, replace=False)
+        c = np.searchsorted(ends, rank, side="right")
+        t = rank - (ends[c] - within[c])
+        j = np.floor((1 + np.sqrt(1 + 8 * t.astype(np.float64))) / 2).astype(np.int64)
+        j -= j * (j - 1) // 2 > t  # guard the float square root at exact triangle numbers
+        j += (j + 1) * j // 2 <= t
+        i = t - j * (j - 1) // 2
+        genuine = order[starts[c] + i], order[starts[c] + j]
+
+        # Impostor: a uniform image, then a uniform image among those of the other classes.
+        draws = 2 * num_genuine
+        a_sorted = rng.integers(0, len(self), draws)
+        class_a = self.labels[order][a_sorted]
+        other = rng.integers(0, len(self) - counts[class_a])
+        b_sorted = np.where(other < starts[class_a], other, other + counts[class_a])
+        keys = np.minimum(a_sorted, b_sorted) * len(self) + np.maximum(a_sorted, b_sorted)
+        _, first = np.unique(keys, return_index=True)
+        keep = np.sort(first)[:num_genuine]
+        if len(keep) < num_genuine:  # few distinct impostors: repeat some
+            keep = np.concatenate([keep, np.setdiff1d(np.arange(draws), keep)[: num_genuine - len(keep)]])
+        impostor = order[a_sorted[keep]], order[b_sorted[keep]]
+
+        positions_a = np.concatenate([genuine[0], impostor[0]]).astype(np.int64)
+        positions_b = np.concatenate([genuine[1], impostor[1]]).astype(np.int64)
+        is_same = np.arange(2 * num_genuine) < num_genuine
+        shuffle = rng.permutation(2 * num_genuine)
+        return positions_a[shuffle], positions_b[shuffle], is_same[shuffle]
 
     def remove_paths(self, paths):
         """The index without the given paths (for example the corrupt files `verify` found);

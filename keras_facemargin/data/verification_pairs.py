@@ -286,3 +286,29 @@ def pair_dataset(
     ds = decoding.decode_batches(ds, preprocess, corrupt_files)
     ds = ds.map(lambda images, same: (*tf.split(images, 2), same))
     return ds.prefetch(decoding.AUTOTUNE) if prefetch else ds
+
+
+def pair_arrays(pairs, image_size=(112, 112), dtype="float32", batch_size=256):
+    """The decoded images of `pairs` as NumPy arrays, in the pairs' order.
+
+    For evaluation sets that fit in memory (a `VerificationCallback`, a model export check);
+    larger sets stream through `pair_dataset`.
+
+    Args:
+        pairs: `VerificationPairs`.
+        image_size: `(height, width)`.
+        dtype: `"float32"` (pixels in [0, 255] as `pair_dataset` gives them) or `"uint8"`
+            (rounded: a quarter of the memory, and what an exported model takes).
+        batch_size: images decoded at a time.
+
+    Returns:
+        `(images_a, images_b, is_same)`: `[pairs, height, width, 3]` twice and int `[pairs]`.
+    """
+    if dtype not in ("float32", "uint8"):
+        raise ValueError(f"dtype must be 'float32' or 'uint8'; got {dtype!r}")
+    images_a, images_b = [], []
+    for a, b, _ in pair_dataset(pairs, batch_size=batch_size, image_size=image_size):
+        for out, batch in ((images_a, a), (images_b, b)):
+            batch = batch.numpy()
+            out.append(np.clip(batch.round(), 0, 255).astype(np.uint8) if dtype == "uint8" else batch)
+    return np.concatenate(images_a), np.concatenate(images_b), pairs.is_same.astype(int)
