@@ -191,6 +191,7 @@ class TrainConfig:
     run_dir: str = "runs/train"
     export: str | None = None
     strategy: str = "default"
+    sample_rate: float = 1.0
 
     @classmethod
     def from_file(cls, path):
@@ -224,7 +225,7 @@ def _loss_and_kind(config):
 def train(config):
     import keras
 
-    from keras_facemargin import data, distribute, evaluation, models
+    from keras_facemargin import data, distribute, evaluation, heads, models
     from keras_facemargin.export import export_embedder
     from keras_facemargin.models.recognizer import build_recognizer
     from keras_facemargin.training import check_run_config, fit_resumable
@@ -263,6 +264,19 @@ def train(config):
                                image_size=size, seed=config.seed, corrupt_files=log,
                                input_context=input_context)
 
+    if config.sample_rate != 1.0:
+        if not margin_softmax or mix is not None:
+            raise ValueError(
+                f"sample_rate={config.sample_rate} (Partial FC) needs a margin-softmax loss and integer "
+                f"labels (no mixup/cutmix); got loss {config.loss!r}, mixup {config.mixup}, cutmix "
+                f"{config.cutmix}"
+            )
+        plain_dataset = make_dataset
+
+        def make_dataset(input_context=None):
+            # PartialFC takes the labels as an input.
+            return plain_dataset(input_context).map(lambda images, labels: ((images, labels),))
+
     dataset = make_dataset()
     steps = dataset.cardinality().numpy()
     steps = int(steps) if steps > 0 else None
@@ -282,8 +296,12 @@ def train(config):
         backbone = models.get_backbone(config.backbone, input_shape=(*size, 3),
                                        embedding_dim=config.embedding_dim)
         num_classes = index.num_classes if margin_softmax else None
-        model, embedder = build_recognizer(backbone, num_classes=num_classes)
-        model.compile(optimizer=optimizers[config.optimizer](), loss=loss)
+        partial_fc = None
+        if config.sample_rate != 1.0:
+            partial_fc = heads.PartialFC(index.num_classes, loss=loss, sample_rate=config.sample_rate,
+                                         seed=config.seed, name="partial_fc")
+        model, embedder = build_recognizer(backbone, num_classes=num_classes, partial_fc=partial_fc)
+        model.compile(optimizer=optimizers[config.optimizer](), loss=None if partial_fc else loss)
     callbacks = [log, keras.callbacks.TerminateOnNaN()]
     if config.val_pairs:
         pairs = read_pairs(config.val_pairs, config.val_root)

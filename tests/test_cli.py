@@ -126,3 +126,41 @@ def test_mixup_with_a_pair_loss_is_refused(tmp_path, capsys):
                      "--image-size", "32", "--run-dir", str(tmp_path / "r")])
     assert code == 2
     assert "mixup/cutmix need a margin-softmax loss" in capsys.readouterr().err
+
+
+def _fifteen_identities(root):
+    """15 identities × 3 images: each real person's first 9 faces split into three 'identities'."""
+    people = sorted(p for p in os.listdir(FACES) if os.path.isdir(os.path.join(FACES, p)))
+    for person in people:
+        images = sorted(os.listdir(os.path.join(FACES, person)))[:9]
+        for part in range(3):
+            folder = root / f"{person}_{part}"
+            folder.mkdir(parents=True)
+            for name in images[3 * part:3 * part + 3]:
+                (folder / name).write_bytes(open(os.path.join(FACES, person, name), "rb").read())
+    return str(root)
+
+
+def test_train_with_partial_fc(tmp_path):
+    import keras_facemargin as kf
+
+    data = _fifteen_identities(tmp_path / "data")
+    run_dir = str(tmp_path / "run")
+    code = cli.main(["train", "--data", data, "--loss", "cosface", "--scale", "16", "--sample-rate", "0.5",
+                     "--image-size", "32", "--embedding-dim", "8", "--epochs", "2", "--batch-size", "6",
+                     "--optimizer", "sgd", "--learning-rate", "0.05", "--run-dir", run_dir,
+                     "--export", str(tmp_path / "export")])
+    assert code == 0
+    model = keras.models.load_model(os.path.join(run_dir, "model.keras"))
+    head = model.get_layer("partial_fc")
+    assert isinstance(head, kf.heads.PartialFC) and head.num_sampled == 8 and head.num_classes == 15
+    assert isinstance(head.loss, kf.losses.CosFaceLoss)
+    rows = open(os.path.join(run_dir, "log.csv")).read().strip().splitlines()[1:]
+    assert len(rows) == 2 and all(np.isfinite(float(row.split(",")[1])) for row in rows)
+
+
+def test_partial_fc_needs_integer_labels(tmp_path, capsys):
+    code = cli.main(["train", "--data", FACES, "--sample-rate", "0.5", "--mixup", "0.2",
+                     "--image-size", "32", "--run-dir", str(tmp_path / "r")])
+    assert code == 2
+    assert "sample_rate=0.5 (Partial FC) needs a margin-softmax loss and integer labels" in capsys.readouterr().err

@@ -3,7 +3,7 @@ import keras
 from keras_facemargin.heads import CosineHead
 
 
-def build_recognizer(backbone, num_classes=None, name="recognizer"):
+def build_recognizer(backbone, num_classes=None, name="recognizer", partial_fc=None):
     """The training model and the embedding model of a face recognizer, sharing weights.
 
     Images enter both models as float32 pixel values in [0, 255] and are scaled to [-1, 1]
@@ -16,6 +16,9 @@ def build_recognizer(backbone, num_classes=None, name="recognizer"):
             for the margin-softmax losses. `None` for pair losses, which train the embedding
             model directly (then both returned models are the same object).
         name: name of the training model.
+        partial_fc: a `keras_facemargin.heads.PartialFC` to train with instead of a
+            `CosineHead` (it holds the loss; `num_classes` is then ignored). The training model
+            then takes `[images, labels]` and is compiled without a loss.
 
     Returns:
         `(model, embedder)`: `model` for `fit` (`[batch, num_classes]` cosines), and `embedder`
@@ -39,6 +42,9 @@ def build_recognizer(backbone, num_classes=None, name="recognizer"):
     images = keras.Input(input_shape, name="images")
     scaled = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="scale_pixels")(images)
     embedder = keras.Model(images, backbone(scaled), name="embedder")
+    if partial_fc is not None:
+        labels = keras.Input((), dtype="int32", name="labels")
+        return keras.Model([images, labels], partial_fc(embedder.output, labels), name=name), embedder
     if num_classes is None:
         return embedder, embedder
     cosines = CosineHead(num_classes, name="cosine_head")(embedder.output)
