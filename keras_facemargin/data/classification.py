@@ -5,7 +5,7 @@ import tensorflow as tf
 
 from keras_facemargin.data import decoding
 from keras_facemargin.data.batch_mix import BatchMix
-from keras_facemargin.data.image_index import ImageIndex, _check_int
+from keras_facemargin.data.image_index import ImageIndex, _check_int, _replica_share
 
 
 def classification_dataset(
@@ -85,21 +85,12 @@ def classification_dataset(
         )
     num = len(index)
     steps = num // batch_size if drop_remainder else -(-num // batch_size)
-    per_replica, first, local = batch_size, 0, batch_size
-    if input_context is not None:
-        replicas = input_context.num_replicas_in_sync
-        pipelines = input_context.num_input_pipelines
-        if batch_size % replicas or replicas % pipelines:
-            raise ValueError(
-                f"batch_size must be a multiple of the number of replicas (num_replicas_in_sync="
-                f"{replicas}, input pipelines={pipelines}); got batch_size={batch_size}"
-            )
-        if not drop_remainder:
-            raise ValueError("input_context needs drop_remainder=True (equal batches on every replica)")
-        # This pipeline feeds `replicas // pipelines` replicas, one per-replica batch each.
-        per_replica = batch_size // replicas
-        local = batch_size // pipelines
-        first = input_context.input_pipeline_id * local
+    replicas, local_replicas, first_replica = _replica_share(input_context, "batch_size", batch_size)
+    if replicas > 1 and not drop_remainder:
+        raise ValueError("input_context needs drop_remainder=True (equal batches on every replica)")
+    # This pipeline feeds `local_replicas` replicas, one per-replica batch each per step.
+    per_replica = batch_size // replicas
+    local, first = local_replicas * per_replica, first_replica * per_replica
     paths, labels = index.paths, index.labels.astype(np.int32)
     state = {"epoch": 0}
 

@@ -22,6 +22,22 @@ def _check_int(name, value, minimum):
     return int(value)
 
 
+def _replica_share(input_context, name, total):
+    """`(replicas, local replicas, first local replica)` of the pipeline of `input_context`
+    (None: one replica); `total` (argument `name`) must split evenly across the replicas."""
+    if input_context is None:
+        return 1, 1, 0
+    replicas = input_context.num_replicas_in_sync
+    pipelines = input_context.num_input_pipelines
+    if total % replicas or replicas % pipelines:
+        raise ValueError(
+            f"{name} must be a multiple of the number of replicas (num_replicas_in_sync={replicas}, "
+            f"input pipelines={pipelines}); got {name}={total}"
+        )
+    local = replicas // pipelines
+    return replicas, local, input_context.input_pipeline_id * local
+
+
 def _check_fraction(name, value):
     ok = isinstance(value, (float, int, np.floating, np.integer)) and not isinstance(value, bool)
     if not ok or not 0.0 < value < 1.0:

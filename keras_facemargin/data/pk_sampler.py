@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_facemargin.data import decoding
-from keras_facemargin.data.image_index import ImageIndex, _check_int
+from keras_facemargin.data.image_index import ImageIndex, _check_int, _replica_share
 
 logger = logging.getLogger(__name__)
 
@@ -112,18 +112,7 @@ class PKSampler:
         number the samples of all epochs (the augmentation seeds of `pk_dataset`).
         """
         p, k = self.classes_per_batch, self.samples_per_class
-        replicas, first, local = 1, 0, 1
-        if input_context is not None:
-            replicas = input_context.num_replicas_in_sync
-            pipelines = input_context.num_input_pipelines
-            if p % replicas or replicas % pipelines:
-                raise ValueError(
-                    f"classes_per_batch must be a multiple of the number of replicas "
-                    f"(num_replicas_in_sync={replicas}, input pipelines={pipelines}); got "
-                    f"classes_per_batch={p}"
-                )
-            local = replicas // pipelines
-            first = input_context.input_pipeline_id * local
+        replicas, local, first = _replica_share(input_context, "classes_per_batch", p)
         per_replica = p // replicas
         paths = self.index.paths
         labels = self.index.labels.astype(np.int32)
