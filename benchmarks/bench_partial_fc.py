@@ -7,6 +7,8 @@ PartialFC's update sparse on TensorFlow), for:
 - `full`: `CosineHead(classes)` + `ArcFaceLoss()` (the loss on all classes);
 - `pfc`: `PartialFC(classes, sample_rate)` with the same loss on the sampled classes;
 - `pfc+momentum`: the same with `SGD(0.01, momentum=0.9)`, whose momentum update is dense.
+- `pfc+lazy`: the same with `keras_facemargin.optimizers.LazySGD(0.01, momentum=0.9)`, whose
+  momentum update touches the sampled rows only.
 
 Every step time is a ratio to the baseline, the full head at `--baseline-classes` (10,000), timed
 in the same process, interleaved with each configuration (medians over `--repeats`), so that the
@@ -33,7 +35,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-CONFIGS = ["full", "pfc", "pfc+momentum"]
+CONFIGS = ["full", "pfc", "pfc+momentum", "pfc+lazy"]
 
 
 def build(config, classes, dim, sample_rate):
@@ -41,7 +43,7 @@ def build(config, classes, dim, sample_rate):
 
     import keras_facemargin as kf
 
-    momentum = 0.9 if config.endswith("+momentum") else 0.0
+    momentum = 0.9 if config.endswith(("+momentum", "+lazy")) else 0.0
     features = keras.Input((dim,))
     if config == "full":
         model = keras.Model(features, kf.heads.CosineHead(classes)(features))
@@ -50,7 +52,8 @@ def build(config, classes, dim, sample_rate):
     labels = keras.Input((), dtype="int32")
     head = kf.heads.PartialFC(classes, loss=kf.losses.ArcFaceLoss(), sample_rate=sample_rate, seed=0)
     model = keras.Model([features, labels], head(features, labels))
-    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=momentum))
+    optimizer = kf.optimizers.LazySGD if config.endswith("+lazy") else keras.optimizers.SGD
+    model.compile(optimizer=optimizer(0.01, momentum=momentum))
     return model
 
 
@@ -109,7 +112,8 @@ def run_alone(config, classes, args):
 
 def label_of(config, sample_rate):
     return {"full": "full CosineHead (SGD)", "pfc": f"PartialFC {sample_rate:g} (SGD)",
-            "pfc+momentum": f"PartialFC {sample_rate:g} (SGD mom. 0.9)"}[config]
+            "pfc+momentum": f"PartialFC {sample_rate:g} (SGD mom. 0.9)",
+            "pfc+lazy": f"PartialFC {sample_rate:g} (LazySGD 0.9)"}[config]
 
 
 def measure(config, classes, args, baseline):

@@ -4,9 +4,10 @@ __version__ = "0.1.0"
 
 import importlib  # noqa: E402
 
-from keras_facemargin import evaluation, heads, losses, models  # noqa: E402
+from keras_facemargin import evaluation, heads, losses, models, optimizers  # noqa: E402
 
-__all__ = ["data", "distribute", "evaluation", "experiments", "heads", "losses", "models", "__version__"]
+__all__ = ["data", "distribute", "evaluation", "experiments", "heads", "losses", "models", "optimizers",
+           "__version__"]
 
 _LAZY = ("data", "distribute", "experiments")
 
