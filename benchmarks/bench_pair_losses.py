@@ -5,7 +5,8 @@ that is the floor. Each configuration runs in its own subprocess, which times th
 loss in the same process (median of repeated calls, after compilation) and reports its peak
 resident memory (VmHWM), so that one configuration's allocations cannot hide another's.
 
-On TensorFlow the step is `tf.function(jit_compile=True)`, as `Model.fit` compiles it by default.
+On TensorFlow the step is `tf.function(jit_compile=True)` (what `Model.fit` uses on a GPU), or
+with `--no-xla` a plain `tf.function` (what `Model.fit` uses by default on a CPU-only machine).
 
     python benchmarks/bench_pair_losses.py            # batch 128, 512, 2048; dim 512
     python benchmarks/bench_pair_losses.py --batches 128 512 --losses triplet_all supcon
@@ -18,6 +19,8 @@ import platform
 import subprocess
 import sys
 import time
+
+XLA = True  # set by --no-xla
 
 LOSSES = {
     "triplet_all": ("triplet", dict(mining="all")),
@@ -59,7 +62,7 @@ def run_one(loss_key, batch, dim, min_seconds):
     embeddings = tf.constant(rng.normal(size=(batch, dim)), tf.float32)
     weights = tf.constant(rng.normal(size=(batch, batch)), tf.float32)
 
-    @tf.function(jit_compile=True)
+    @tf.function(jit_compile=XLA)
     def floor(e):
         with tf.GradientTape() as tape:
             tape.watch(e)
@@ -81,7 +84,7 @@ def run_one(loss_key, batch, dim, min_seconds):
         name, kwargs = LOSSES[loss_key]
         loss = kf.losses.get(name, **kwargs)
 
-        @tf.function(jit_compile=True)
+        @tf.function(jit_compile=XLA)
         def step(y, e):
             with tf.GradientTape() as tape:
                 tape.watch(e)
@@ -117,8 +120,11 @@ def main():
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--losses", nargs="+", default=list(LOSSES))
     parser.add_argument("--min-seconds", type=float, default=2.0)
+    parser.add_argument("--no-xla", action="store_true", help="plain tf.function, no XLA")
     parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    global XLA
+    XLA = not args.no_xla
     if args.one:
         run_one(args.one[0], int(args.one[1]), args.dim, args.min_seconds)
         return
@@ -127,13 +133,13 @@ def main():
 
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     print(f"# {when}, {_cpu_name()}, {os.cpu_count()} CPUs, TensorFlow {tf.__version__}, "
-          f"tf.function(jit_compile=True), dim {args.dim}, P×K batches with K = 4")
+          f"tf.function(jit_compile={XLA}), dim {args.dim}, P×K batches with K = 4")
     print(f"{'loss':<20}{'batch':>6}{'floor ms':>10}{'loss ms':>10}{'ratio':>8}{'peak RSS MB':>13}")
     for batch in args.batches:
         for key in ["floor", *args.losses]:
             out = subprocess.run(
                 [sys.executable, __file__, "--one", key, str(batch), "--dim", str(args.dim),
-                 "--min-seconds", str(args.min_seconds)],
+                 "--min-seconds", str(args.min_seconds), *(["--no-xla"] if args.no_xla else [])],
                 capture_output=True, text=True, env={**os.environ, "KERAS_BACKEND": "tensorflow"},
             )
             lines = [line for line in out.stdout.splitlines() if line.startswith("{")]

@@ -540,3 +540,22 @@ def test_contrastive_defaults_depend_on_the_distance():
     cosine = kf.losses.ContrastiveLoss(distance="cosine")
     assert (cosine.positive_margin, cosine.negative_margin) == (1.0, 0.0)
     check_config_round_trip(cosine)
+
+
+@pytest.mark.parametrize("inclusive", [False, True])
+def test_count_below_matches_loops_on_every_path(inclusive, rng):
+    """The batched search (TensorFlow's native search outside XLA, binary-search rounds elsewhere)
+    against a loop, with ties."""
+    from keras_facemargin.losses import pairwise
+
+    rows = np.sort(rng.integers(0, 5, size=(6, 9)).astype("float32"), axis=-1)
+    thresholds = rng.integers(-1, 6, size=(6, 9)).astype("float32")
+    expected = [[sum(v <= t if inclusive else v < t for v in rows[i]) for t in thresholds[i]]
+                for i in range(6)]
+    paths = [lambda r, t: pairwise._count_below(r, t, inclusive)]
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        paths.append(tf.function(paths[0], jit_compile=True))
+    for path in paths:
+        np.testing.assert_array_equal(np.asarray(path(rows, thresholds)), expected)

@@ -11,6 +11,7 @@ form and the distance form `max(d_ap − d_an + m, 0)` of the triplet hinge.
 
 import math
 
+import keras
 from keras import ops
 
 from keras_facemargin.heads.cosine_head import l2_normalize
@@ -117,11 +118,18 @@ def _count_below(sorted_rows, thresholds, inclusive):
     `sorted_rows` and `thresholds` are `[batch, batch]`; every entry of row a is searched for in
     row a. ceil(log2(batch + 1)) rounds of one `[batch, batch]` gather each.
     """
+    sorted_rows = ops.stop_gradient(sorted_rows)
+    thresholds = ops.stop_gradient(thresholds)
+    if _tensorflow_without_xla():
+        import tensorflow as tf
+
+        # TensorFlow's native batched search: 3-4x faster than the rounds below without XLA,
+        # but far slower when XLA compiles it.
+        side = "right" if inclusive else "left"
+        return tf.searchsorted(sorted_rows, thresholds, side=side, out_type=tf.int32)
     width = sorted_rows.shape[-1]
     rounds = math.ceil(math.log2(width + 1)) if width is not None else 32
     length = ops.shape(sorted_rows)[-1]
-    sorted_rows = ops.stop_gradient(sorted_rows)
-    thresholds = ops.stop_gradient(thresholds)
     lo = ops.zeros_like(thresholds, dtype="int32")
     hi = ops.full_like(thresholds, length, dtype="int32")
     for _ in range(rounds):
@@ -132,6 +140,18 @@ def _count_below(sorted_rows, thresholds, inclusive):
         lo = ops.where(ops.logical_and(active, below), mid + 1, lo)
         hi = ops.where(ops.logical_and(active, ops.logical_not(below)), mid, hi)
     return lo
+
+
+def _tensorflow_without_xla():
+    """Whether this runs on TensorFlow outside an XLA compilation (eager, or a plain tf.function)."""
+    if keras.backend.backend() != "tensorflow":
+        return False
+    try:
+        import tensorflow as tf
+        from tensorflow.python.ops import control_flow_util
+    except ImportError:  # a TensorFlow without this (internal) helper: take the portable path
+        return False
+    return not control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
 
 
 def semi_hard_negative_scores(scores, positive, negative):
