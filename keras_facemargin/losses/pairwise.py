@@ -103,15 +103,6 @@ def hardest(scores, positive, negative):
     return hardest_positive, hardest_negative
 
 
-def _sorted_negatives(scores, negative, low):
-    """Each anchor's negative scores in ascending order, after `batch − #negatives` copies of `low`.
-
-    `low` must lie below every score and every threshold searched for. Differentiable: the
-    sorted values are the scores themselves, permuted.
-    """
-    return ops.sort(ops.where(negative, scores, low), axis=-1)
-
-
 def _count_below(sorted_rows, thresholds, inclusive):
     """Per entry, how many of its row's sorted values are < (or <=) it: a batched binary search.
 
@@ -166,11 +157,16 @@ def semi_hard_negative_scores(scores, positive, negative):
     """
     batch = ops.shape(scores)[-1]  # candidates per row
     low = ops.stop_gradient(ops.min(scores)) - 1.0
-    sorted_negatives = _sorted_negatives(scores, negative, low)
+    # The search runs on sorted copies outside the gradient; the chosen negative's score is then
+    # read from `scores` itself, so no gradient flows back through the sort.
+    masked = ops.stop_gradient(ops.where(negative, scores, low))
+    order = ops.argsort(masked, axis=-1)
+    sorted_negatives = ops.take_along_axis(masked, order, axis=-1)
     first = batch - ops.sum(ops.cast(negative, "int32"), axis=-1, keepdims=True)
     below = _count_below(sorted_negatives, scores, inclusive=False)
     index = ops.where(below - 1 >= first, below - 1, first)
-    return ops.take_along_axis(sorted_negatives, ops.minimum(index, batch - 1), axis=-1)
+    column = ops.take_along_axis(order, ops.minimum(index, batch - 1), axis=-1)
+    return ops.take_along_axis(scores, column, axis=-1)
 
 
 def violating_triplet_counts(scores, positive, negative, margin):
