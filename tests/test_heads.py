@@ -69,6 +69,60 @@ def test_gradient_matches_reference(rng):
     np.testing.assert_allclose(grad, numeric, **GRAD_TOL)
 
 
+def _head_value_and_grads(head, features, kernel, weights):
+    """sum(weights * head(features)) and its gradient w.r.t. features and the kernel, through the
+    layer's own call (stateless, so the kernel is an argument on every backend)."""
+
+    def fn(f, w):
+        out, _ = head.stateless_call([w], [], f)
+        return ops.sum(weights * out)
+
+    return value_and_grad(fn, features, kernel)
+
+
+def test_layer_gradients_match_reference(rng):
+    """The head's hand-written gradient vs central differences of the loop reference, w.r.t.
+    both the features and the class centres, including a short centre and a long feature."""
+    features = rng.normal(size=(4, 5))
+    features[2] *= 50.0
+    kernel = rng.normal(size=(5, 6))
+    kernel[:, 2] *= 1e-3
+    weights = rng.normal(size=(4, 6))
+    head = kf.heads.CosineHead(6, dtype="float64" if FLOAT64 else None)
+    head.build((None, 5))
+    value, (g_features, g_kernel) = _head_value_and_grads(head, features, kernel, weights)
+
+    def reference(f, w):
+        return float(np.sum(weights * ref.head(f, w)))
+
+    assert value == pytest.approx(reference(features, kernel), rel=1e-5)
+    np.testing.assert_allclose(
+        g_features, numerical_gradient(lambda f: reference(f, kernel), features), **GRAD_TOL
+    )
+    # A centre's gradient scales as 1 / its norm: compare them scaled back to unit norm, with a
+    # step small against the short centre's norm (1e-3).
+    norms = np.linalg.norm(kernel, axis=0)
+    numeric = numerical_gradient(lambda w: reference(features, w), kernel, step=1e-8)
+    np.testing.assert_allclose(g_kernel * norms, numeric * norms, **GRAD_TOL)
+    # The cosine ignores a centre's norm, so its gradient has no radial part.
+    radial = np.sum(g_kernel * kernel, axis=0)
+    np.testing.assert_allclose(radial, 0.0, atol=1e-4 if FLOAT64 else 1e-2)
+
+
+def test_zero_centre_gives_zero_cosines_and_finite_gradients(rng):
+    kernel = rng.normal(size=(4, 3))
+    kernel[:, 1] = 0.0
+    features = rng.normal(size=(2, 4))
+    head = kf.heads.CosineHead(3)
+    head.build((None, 4))
+    out, _ = head.stateless_call([kernel.astype("float32")], [], features.astype("float32"))
+    assert np.all(np.asarray(ops.convert_to_numpy(out))[:, 1] == 0)
+    _, grads = _head_value_and_grads(
+        head, features.astype("float32"), kernel.astype("float32"), np.ones((2, 3), "float32")
+    )
+    assert all(finite(g) for g in grads)
+
+
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16", "float16", "bfloat16"])
 def test_head_computes_in_float32_under_half_precision(policy):
     keras.config.set_dtype_policy(policy)

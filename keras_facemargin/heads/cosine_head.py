@@ -1,5 +1,9 @@
+import math
+
 import keras
 from keras import ops
+
+from keras_facemargin import _backend
 
 _HALF = ("float16", "bfloat16")
 
@@ -16,6 +20,43 @@ def l2_normalize(x, axis=-1, epsilon=1e-12):
     squared = ops.sum(ops.square(x), axis=axis, keepdims=True)
     out = x * ops.rsqrt(ops.maximum(squared, epsilon))
     return ops.cast(out, dtype) if dtype in _HALF else out
+
+
+def cosine_to_columns(features, kernel, epsilon=1e-12):
+    """cos θ between unit `features` `[batch, dim]` and every column of `kernel` `[dim, classes]`.
+
+    `features @ kernel` scaled by the inverse column norms (floored at sqrt(epsilon)): cheaper
+    than normalising the `[dim, classes]` kernel whenever batch < dim, and equal in value. The
+    gradient is written out: autodiff of the same expression makes TensorFlow materialise the
+    norm's gradient as several unfused passes over the kernel. With g the upstream gradient and
+    r_j = 1 / ||w_j||:
+
+        d features = (g · r) @ kernelᵀ
+        d w_j      = featuresᵀ (g_:j r_j) − w_j · r_j² Σ_b g_bj cos_bj   (0 for floored columns)
+
+    the second term removing the radial part, as the cosine does not depend on a column's norm.
+    """
+    floor = math.sqrt(epsilon)
+
+    @ops.custom_gradient
+    def cosine(features, kernel):
+        norms = _backend.column_norms(kernel)
+        inverse = 1.0 / ops.maximum(norms, floor)
+        cos = ops.matmul(features, kernel) * inverse
+
+        def grad(*args, upstream=None):
+            if upstream is None:
+                (upstream,) = args
+            scaled = upstream * inverse
+            d_features = _backend.matmul(scaled, kernel, transpose_b=True)
+            radial = ops.sum(upstream * cos, axis=0) * ops.square(inverse)
+            radial = ops.where(norms > floor, radial, ops.zeros_like(radial))
+            d_kernel = _backend.matmul(features, scaled, transpose_a=True) - kernel * radial
+            return d_features, d_kernel
+
+        return cos, grad
+
+    return cosine(features, kernel)
 
 
 def float32_under_half_policy(dtype):
@@ -105,12 +146,7 @@ class CosineHead(keras.layers.Layer):
 
     def call(self, inputs):
         features = l2_normalize(inputs, axis=-1, epsilon=self.epsilon)
-        # Scaling the [batch, classes] product by the inverse column norms is cheaper than
-        # normalising the [dim, classes] kernel whenever batch < dim, and equal in value.
-        inv_norms = ops.rsqrt(
-            ops.maximum(ops.sum(ops.square(self.kernel), axis=0), self.epsilon)
-        )
-        return ops.matmul(features, self.kernel) * inv_norms
+        return cosine_to_columns(features, _backend.read(self.kernel), self.epsilon)
 
     @property
     def centers(self):

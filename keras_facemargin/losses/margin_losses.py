@@ -157,11 +157,14 @@ class MarginSoftmaxLoss(keras.losses.Loss):
         labels, valid = _checks.sparse_labels(y_true, num_classes, self.check_inputs)
         safe_labels = labels if valid is None else ops.where(valid, labels, 0)
         target = ops.take_along_axis(cosine, safe_labels[:, None], axis=-1)[:, 0]
-        # Replacing the B target entries costs one copy of [batch, classes]; a one-hot mask and a
-        # select would cost several passes, forward and backward.
+        # The B target logits are replaced in the scaled copy, which nothing else reads, so
+        # TensorFlow updates it in place; a one-hot mask and a select would cost several passes
+        # over [batch, classes], forward and backward.
         rows = ops.arange(ops.shape(cosine)[0], dtype="int32")
         indices = ops.stack([rows, safe_labels], axis=1)
-        logits = self.scale * ops.scatter_update(cosine, indices, self.apply_margin(target))
+        logits = ops.scatter_update(
+            self.scale * cosine, indices, self.scale * self.apply_margin(target)
+        )
         if self.label_smoothing == 0.0:
             loss = ops.sparse_categorical_crossentropy(safe_labels, logits, from_logits=True)
         else:

@@ -1,0 +1,51 @@
+"""Backend-specific fast paths, each with a portable `keras.ops` fallback."""
+
+import keras
+from keras import ops
+
+
+def tensorflow_without_xla():
+    """Whether this runs on TensorFlow outside an XLA compilation (eager, or a plain tf.function).
+
+    TensorFlow runs every op of a plain graph as its own kernel, so there a single fused op
+    (`tf.searchsorted`, `tf.math.reduce_euclidean_norm`) beats a composition of `keras.ops`; XLA
+    fuses the composition itself, and lacks some of those ops.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return False
+    try:
+        import tensorflow as tf
+        from tensorflow.python.ops import control_flow_util
+    except ImportError:  # a TensorFlow without this (internal) helper: take the portable path
+        return False
+    return not control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+
+
+def matmul(a, b, transpose_a=False, transpose_b=False):
+    """`a @ b` with either operand transposed, without materialising the transpose on TensorFlow."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.linalg.matmul(a, b, transpose_a=transpose_a, transpose_b=transpose_b)
+    a = ops.transpose(a) if transpose_a else a
+    b = ops.transpose(b) if transpose_b else b
+    return ops.matmul(a, b)
+
+
+def column_norms(x):
+    """The Euclidean norm of every column of a matrix: one pass on TensorFlow without XLA."""
+    if tensorflow_without_xla():
+        import tensorflow as tf
+
+        return tf.math.reduce_euclidean_norm(x, axis=0)
+    return ops.sqrt(ops.sum(ops.square(x), axis=0))
+
+
+def read(variable):
+    """The current value of a Keras variable as a tensor (on TensorFlow, not the variable itself,
+    which `ops.custom_gradient` functions may not receive)."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.convert_to_tensor(variable.value)
+    return ops.convert_to_tensor(variable)
