@@ -346,3 +346,27 @@ def test_registry_and_config_round_trip(name):
     assert clone.scale == 12.0 and clone.label_smoothing == 0.1
     assert kf.losses.get(keras.losses.serialize(loss)).get_config() == loss.get_config()
     assert keras.losses.get(keras.losses.serialize(loss)).get_config() == loss.get_config()
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_margin_slope_is_the_derivative_of_the_margin(case):
+    """The backward pass's dψ/d cos θ vs central differences of ψ, over all of θ in (0, π):
+    every SphereFace piece and the arc margins' fallback beyond θ + m = π."""
+    loss, _ = make_loss(case, dtype="float64" if FLOAT64 else None)
+    # In float32 the probes need a coarse step, which must not cross cos θ = ±1.
+    edge = 0.01 if FLOAT64 else 0.1
+    theta = np.linspace(edge, math.pi - edge, 997)
+    cosine = np.cos(theta)
+    step = 1e-6 if FLOAT64 else 1e-3
+
+    def psi(c):
+        return np.asarray(ops.convert_to_numpy(loss.apply_margin(ops.convert_to_tensor(c))), "float64")
+
+    numeric = (psi(cosine + step) - psi(cosine - step)) / (2 * step)
+    slope = np.asarray(ops.convert_to_numpy(loss.margin_slope(ops.convert_to_tensor(cosine))))
+    # Skip probes that straddle a kink (piece boundaries, the fallback's start, easy margin's 90°).
+    smooth = np.abs(numeric - np.roll(numeric, 1)) < 0.5 * (1 + np.abs(numeric))
+    smooth &= np.abs(numeric - np.roll(numeric, -1)) < 0.5 * (1 + np.abs(numeric))
+    assert smooth.mean() > 0.95
+    np.testing.assert_allclose(slope[smooth], numeric[smooth], rtol=1e-4 if FLOAT64 else 2e-2,
+                               atol=1e-5 if FLOAT64 else 2e-2)

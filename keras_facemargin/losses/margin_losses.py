@@ -21,6 +21,13 @@ def _angle(cosine):
     return ops.arccos(ops.clip(cosine, -1.0 + _CLIP, 1.0 - _CLIP))
 
 
+def _angle_slope(cosine):
+    """−dθ/d cos θ = 1 / sin θ for `_angle`: 0 where the cosine is clipped, as autodiff gives."""
+    inside = ops.abs(cosine) < 1.0 - _CLIP
+    safe = ops.where(inside, cosine, ops.zeros_like(cosine))
+    return ops.where(inside, ops.rsqrt(1.0 - ops.square(safe)), ops.zeros_like(cosine))
+
+
 def _leave_one_out_logsumexp(z):
     """`log Σ_{k≠j} exp(z_k)` for every column j of `z` `[batch, classes]`, in O(batch × classes).
 
@@ -46,8 +53,10 @@ class MarginSoftmaxLoss(keras.losses.Loss):
     """Base class: softmax cross-entropy on s·cos θ with the target cosine replaced by ψ(θ).
 
     Subclasses override `apply_margin(cosine)`, an elementwise function of cos θ that must decrease
-    monotonically over θ in [0, π] (so a larger angle to the target centre always costs more).
-    This base applies no margin: ψ(θ) = cos θ, the normalised softmax of NormFace.
+    monotonically over θ in [0, π] (so a larger angle to the target centre always costs more),
+    and `margin_slope(cosine)`, its derivative dψ/d cos θ, which the backward pass uses on the
+    batch's target cosines. This base applies no margin: ψ(θ) = cos θ, the normalised softmax of
+    NormFace.
 
     `y_true` may be integer labels `[batch]` or `[batch, 1]`, or dense rows `[batch, num_classes]`
     that sum to 1, such as the output of mixup or cutmix. A dense row is a mixture of hard targets,
@@ -98,6 +107,10 @@ class MarginSoftmaxLoss(keras.losses.Loss):
     def apply_margin(self, cosine):
         """ψ: the margin-penalised target cosine, elementwise on any shape."""
         return cosine
+
+    def margin_slope(self, cosine):
+        """dψ/d cos θ, elementwise: the derivative of `apply_margin`."""
+        return ops.ones_like(cosine)
 
     def call(self, y_true, y_pred):
         cosine = y_pred
@@ -156,15 +169,7 @@ class MarginSoftmaxLoss(keras.losses.Loss):
         num_classes = cosine.shape[-1]
         labels, valid = _checks.sparse_labels(y_true, num_classes, self.check_inputs)
         safe_labels = labels if valid is None else ops.where(valid, labels, 0)
-        target = ops.take_along_axis(cosine, safe_labels[:, None], axis=-1)[:, 0]
-        # The B target logits are replaced in the scaled copy, which nothing else reads, so
-        # TensorFlow updates it in place; a one-hot mask and a select would cost several passes
-        # over [batch, classes], forward and backward.
-        rows = ops.arange(ops.shape(cosine)[0], dtype="int32")
-        indices = ops.stack([rows, safe_labels], axis=1)
-        logits = ops.scatter_update(
-            self.scale * cosine, indices, self.scale * self.apply_margin(target)
-        )
+        logits = self._margin_logits(cosine, safe_labels)
         if self.label_smoothing == 0.0:
             loss = ops.sparse_categorical_crossentropy(safe_labels, logits, from_logits=True)
         else:
@@ -173,6 +178,40 @@ class MarginSoftmaxLoss(keras.losses.Loss):
             targets = is_target * (on - off) + off
             loss = ops.categorical_crossentropy(targets, logits, from_logits=True)
         return loss, valid
+
+    def _margin_logits(self, cosine, labels):
+        """s·cos θ with each row's target entry replaced by s·ψ(θ_target), `[batch, classes]`.
+
+        Written with its own gradient: autodiff of a gather and a scatter makes TensorFlow
+        materialise several `[batch, classes]` gradients and add them, while the gradient is
+        just the upstream one scaled by s, with each target entry times ψ'. Both directions
+        are one pass over `[batch, classes]` plus an update of the B target entries (in place,
+        as nothing else reads the fresh copy).
+        """
+        num_classes = cosine.shape[-1]
+        rows = ops.arange(ops.shape(cosine)[0], dtype="int32")
+        labels = ops.cast(labels, "int32")
+        flat = rows * num_classes + labels
+        indices = ops.stack([rows, labels], axis=1)
+        scale = self.scale
+
+        def targets_of(x):
+            return ops.take(ops.reshape(x, (-1,)), flat)
+
+        @ops.custom_gradient
+        def margin_logits(cosine):
+            target = targets_of(cosine)
+            logits = ops.scatter_update(scale * cosine, indices, scale * self.apply_margin(target))
+
+            def grad(*args, upstream=None):
+                if upstream is None:
+                    (upstream,) = args
+                slope = targets_of(upstream) * self.margin_slope(target)
+                return ops.scatter_update(scale * upstream, indices, scale * slope)
+
+            return logits, grad
+
+        return margin_logits(cosine)
 
     def _dense_loss(self, y_true, cosine):
         num_classes = cosine.shape[-1]
@@ -276,6 +315,15 @@ class SphereFaceLoss(MarginSoftmaxLoss):
         sign = 1.0 - 2.0 * ops.mod(k, 2.0)
         return sign * current - 2.0 * k
 
+    def margin_slope(self, cosine):
+        # d/dc T_m(c) = m·U_{m−1}(c), U the Chebyshev polynomials of the second kind.
+        m = self.margin
+        previous, current = ops.zeros_like(cosine), ops.ones_like(cosine)
+        for _ in range(m - 1):
+            previous, current = current, 2.0 * cosine * current - previous
+        k = ops.clip(ops.floor(_angle(cosine) * (m / math.pi)), 0.0, m - 1.0)
+        return (1.0 - 2.0 * ops.mod(k, 2.0)) * m * current
+
     def get_config(self):
         return {**super().get_config(), "margin": self.margin}
 
@@ -323,6 +371,15 @@ def _combined_margin(cosine, m1, m2, m3):
     return ops.where(cosine > math.cos(theta_max), phi, cosine - offset) - m3
 
 
+def _combined_margin_slope(cosine, m1, m2):
+    """The derivative of `_combined_margin` with respect to cos θ."""
+    if m1 == 1.0 and m2 == 0.0:
+        return ops.ones_like(cosine)
+    theta_max = (math.pi - m2) / m1
+    slope = m1 * ops.sin(m1 * _angle(cosine) + m2) * _angle_slope(cosine)
+    return ops.where(cosine > math.cos(theta_max), slope, ops.ones_like(cosine))
+
+
 @keras.saving.register_keras_serializable(package="keras_facemargin")
 class ArcFaceLoss(MarginSoftmaxLoss):
     """Additive angular margin: ψ(θ) = cos(θ + m).
@@ -358,6 +415,12 @@ class ArcFaceLoss(MarginSoftmaxLoss):
             phi = ops.cos(_angle(cosine) + self.margin)
             return ops.where(cosine > 0, phi, cosine)
         return _combined_margin(cosine, 1.0, self.margin, 0.0)
+
+    def margin_slope(self, cosine):
+        if self.easy_margin:
+            slope = ops.sin(_angle(cosine) + self.margin) * _angle_slope(cosine)
+            return ops.where(cosine > 0, slope, ops.ones_like(cosine))
+        return _combined_margin_slope(cosine, 1.0, self.margin)
 
     def get_config(self):
         return {**super().get_config(), "margin": self.margin, "easy_margin": self.easy_margin}
@@ -398,6 +461,9 @@ class CombinedMarginLoss(MarginSoftmaxLoss):
 
     def apply_margin(self, cosine):
         return _combined_margin(cosine, self.m1, self.m2, self.m3)
+
+    def margin_slope(self, cosine):
+        return _combined_margin_slope(cosine, self.m1, self.m2)
 
     def get_config(self):
         return {**super().get_config(), "m1": self.m1, "m2": self.m2, "m3": self.m3}
