@@ -169,6 +169,8 @@ class MarginSoftmaxLoss(keras.losses.Loss):
         num_classes = cosine.shape[-1]
         labels, valid = _checks.sparse_labels(y_true, num_classes, self.check_inputs)
         safe_labels = labels if valid is None else ops.where(valid, labels, 0)
+        if self.label_smoothing == 0.0 and keras.backend.backend() == "tensorflow":
+            return self._margin_logits(cosine, safe_labels, cross_entropy=True), valid
         logits = self._margin_logits(cosine, safe_labels)
         if self.label_smoothing == 0.0:
             loss = ops.sparse_categorical_crossentropy(safe_labels, logits, from_logits=True)
@@ -179,7 +181,7 @@ class MarginSoftmaxLoss(keras.losses.Loss):
             loss = ops.categorical_crossentropy(targets, logits, from_logits=True)
         return loss, valid
 
-    def _margin_logits(self, cosine, labels):
+    def _margin_logits(self, cosine, labels, cross_entropy=False):
         """s·cos θ with each row's target entry replaced by s·ψ(θ_target), `[batch, classes]`.
 
         Written with its own gradient: autodiff of a gather and a scatter makes TensorFlow
@@ -187,6 +189,10 @@ class MarginSoftmaxLoss(keras.losses.Loss):
         just the upstream one scaled by s, with each target entry times ψ'. Both directions
         are one pass over `[batch, classes]` plus an update of the B target entries (in place,
         as nothing else reads the fresh copy).
+
+        With `cross_entropy=True` (TensorFlow only) it returns the sparse softmax cross-entropy
+        of those logits, `[batch]`, from TensorFlow's fused kernel, which also returns
+        softmax − one-hot: the backward pass is then a single multiply by s·upstream.
         """
         num_classes = cosine.shape[-1]
         rows = ops.arange(ops.shape(cosine)[0], dtype="int32")
@@ -201,15 +207,25 @@ class MarginSoftmaxLoss(keras.losses.Loss):
         @ops.custom_gradient
         def margin_logits(cosine):
             target = targets_of(cosine)
-            logits = ops.scatter_update(scale * cosine, indices, scale * self.apply_margin(target))
+            out = ops.scatter_update(scale * cosine, indices, scale * self.apply_margin(target))
+            if cross_entropy:
+                import tensorflow as tf
+
+                out, softmax_minus_one_hot = tf.raw_ops.SparseSoftmaxCrossEntropyWithLogits(
+                    features=out, labels=labels
+                )
 
             def grad(*args, upstream=None):
                 if upstream is None:
                     (upstream,) = args
-                slope = targets_of(upstream) * self.margin_slope(target)
-                return ops.scatter_update(scale * upstream, indices, scale * slope)
+                if cross_entropy:  # d loss / d cos θ, before the margin's chain rule
+                    scaled = softmax_minus_one_hot * (scale * upstream)[:, None]
+                else:
+                    scaled = scale * upstream
+                slope = targets_of(scaled) * self.margin_slope(target)
+                return ops.scatter_update(scaled, indices, slope)
 
-            return logits, grad
+            return out, grad
 
         return margin_logits(cosine)
 
