@@ -370,3 +370,31 @@ def test_margin_slope_is_the_derivative_of_the_margin(case):
     assert smooth.mean() > 0.95
     np.testing.assert_allclose(slope[smooth], numeric[smooth], rtol=1e-4 if FLOAT64 else 2e-2,
                                atol=1e-5 if FLOAT64 else 2e-2)
+
+
+class _QuadraticMargin(kf.losses.ArcFaceLoss):
+    """A user's margin that overrides ψ only (and inherits ArcFace's ψ', which does not fit)."""
+
+    def apply_margin(self, cosine):
+        return cosine - 0.3 * (1.0 - cosine) ** 2 - 0.1
+
+
+@pytest.mark.skipif(not FLOAT64, reason="needs float64 throughout (TensorFlow backend)")
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_subclass_overriding_only_the_margin_gets_exact_gradients(label_smoothing, rng):
+    labels = rng.integers(0, 5, size=6)
+    cosines = np.clip(random_cosines(rng, 6, 5, labels), -0.999, 0.999)
+    loss = _QuadraticMargin(scale=8.0, label_smoothing=label_smoothing, dtype="float64")
+    _, (grad,) = value_and_grad(lambda c: loss(labels, c), cosines)
+
+    def reference(c):  # softmax cross-entropy written out, ψ on the target
+        total = 0.0
+        on, off = 1.0 - label_smoothing, label_smoothing / 4
+        for row, y in zip(c, labels, strict=True):
+            logits = [8.0 * (v - 0.3 * (1 - v) ** 2 - 0.1 if j == y else v) for j, v in enumerate(row)]
+            lse = math.log(sum(math.exp(z) for z in logits))
+            total += sum((on if j == y else off) * (lse - z) for j, z in enumerate(logits))
+        return total / len(labels)
+
+    assert float(loss(labels, cosines)) == pytest.approx(reference(cosines), rel=1e-9)
+    np.testing.assert_allclose(grad, numerical_gradient(reference, cosines), rtol=1e-5, atol=1e-7)

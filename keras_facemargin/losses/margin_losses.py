@@ -56,7 +56,8 @@ class MarginSoftmaxLoss(keras.losses.Loss):
     monotonically over θ in [0, π] (so a larger angle to the target centre always costs more),
     and `margin_slope(cosine)`, its derivative dψ/d cos θ, which the backward pass uses on the
     batch's target cosines. This base applies no margin: ψ(θ) = cos θ, the normalised softmax of
-    NormFace.
+    NormFace. A subclass that overrides `apply_margin` but not `margin_slope` still gets exact
+    gradients, by autodiff through ψ (a few more passes over `[batch, classes]` on TensorFlow).
 
     `y_true` may be integer labels `[batch]` or `[batch, 1]`, or dense rows `[batch, num_classes]`
     that sum to 1, such as the output of mixup or cutmix. A dense row is a mixture of hard targets,
@@ -169,7 +170,8 @@ class MarginSoftmaxLoss(keras.losses.Loss):
         num_classes = cosine.shape[-1]
         labels, valid = _checks.sparse_labels(y_true, num_classes, self.check_inputs)
         safe_labels = labels if valid is None else ops.where(valid, labels, 0)
-        if self.label_smoothing == 0.0 and keras.backend.backend() == "tensorflow":
+        fused = self.label_smoothing == 0.0 and keras.backend.backend() == "tensorflow"
+        if fused and self._slope_matches_margin():
             return self._margin_logits(cosine, safe_labels, cross_entropy=True), valid
         logits = self._margin_logits(cosine, safe_labels)
         if self.label_smoothing == 0.0:
@@ -204,6 +206,10 @@ class MarginSoftmaxLoss(keras.losses.Loss):
         def targets_of(x):
             return ops.take(ops.reshape(x, (-1,)), flat)
 
+        if not self._slope_matches_margin():
+            target = targets_of(cosine)
+            return ops.scatter_update(scale * cosine, indices, scale * self.apply_margin(target))
+
         @ops.custom_gradient
         def margin_logits(cosine):
             target = targets_of(cosine)
@@ -228,6 +234,14 @@ class MarginSoftmaxLoss(keras.losses.Loss):
             return out, grad
 
         return margin_logits(cosine)
+
+    def _slope_matches_margin(self):
+        """Whether `margin_slope` is defined with (or below) the `apply_margin` in use."""
+
+        def defining_class(name):
+            return next(c for c in type(self).__mro__ if name in vars(c))
+
+        return issubclass(defining_class("margin_slope"), defining_class("apply_margin"))
 
     def _dense_loss(self, y_true, cosine):
         num_classes = cosine.shape[-1]
