@@ -559,3 +559,154 @@ def test_count_below_matches_loops_on_every_path(inclusive, rng):
         paths.append(tf.function(paths[0], jit_compile=True))
     for path in paths:
         np.testing.assert_array_equal(np.asarray(path(rows, thresholds)), expected)
+
+
+# ---- triplet mining: positive slots and sort/search, against loops ---------------------------
+
+
+def _force_mining_path(monkeypatch, path):
+    """Make every anchor take the slot loop ("slots"), or the sort and search ("sort")."""
+    from keras_facemargin.losses import pairwise
+
+    limit = {"slots": 10**6, "sort": -1}[path]
+    monkeypatch.setattr(pairwise, "SLOT_LIMIT", limit)
+    monkeypatch.setattr(pairwise, "SLOT_LIMIT_WITHOUT_XLA", limit)
+
+
+# name -> (labels of all candidates, offset of this replica's anchors, number of anchors)
+MINING_BATCHES = {
+    # P×K with two one-sample identities: the slot loop's batch.
+    "pk": (np.concatenate([np.repeat(np.arange(4), 3), [7, 8]]), 0, 14),
+    # The anchors are the second replica's: scores [12, 24] against every replica's samples.
+    "cross_replica": (np.concatenate([np.repeat(np.arange(4), 3), np.repeat(np.arange(2, 6), 3)]),
+                      12, 12),
+    # 35 samples of one identity: 34 positives, more than any slot limit, so the sort runs.
+    "big_class": (np.concatenate([np.zeros(35, int), [1, 1, 2, 3, 9]]), 0, 40),
+}
+
+
+def _mining_loops(scores, candidate_labels, offset, margin):
+    """Semi-hard choices and violating-triplet counts by loops, with the documented tie rules:
+    the last of equal most similar negatives below the positive, else the first least similar."""
+    rows, others = scores.shape
+    chosen = np.zeros((rows, others))
+    per_positive = np.zeros((rows, others))
+    per_negative = np.zeros((rows, others))
+    for a in range(rows):
+        label = candidate_labels[offset + a]
+        positives = [p for p in range(others) if candidate_labels[p] == label and p != offset + a]
+        negatives = [n for n in range(others) if candidate_labels[n] != label]
+        for p in positives:
+            for n in negatives:
+                if scores[a, n] > scores[a, p] - margin:
+                    per_positive[a, p] += 1
+                    per_negative[a, n] += 1
+            if not negatives:
+                continue
+            below = [n for n in negatives if scores[a, n] < scores[a, p]]
+            if below:
+                best = max(scores[a, n] for n in below)
+                column = max(n for n in below if scores[a, n] == best)
+            else:
+                worst = min(scores[a, n] for n in negatives)
+                column = min(n for n in negatives if scores[a, n] == worst)
+            chosen[a, column] += 1
+    return chosen, per_positive, per_negative
+
+
+def _mining_functions(margin):
+    """{mode: fn(scores, positive, negative, weight) -> (d Σ weight·semi-hard / d scores,
+    per_positive, per_negative)}: eager and compiled (a TensorFlow graph, XLA; jax.jit)."""
+    from keras_facemargin.losses import pairwise
+
+    def mined(scores, positive, negative, weight):
+        def total(s):
+            chosen = pairwise.semi_hard_negative_scores(s, positive, negative)
+            return ops.sum(ops.where(weight, chosen, 0.0))
+
+        counts = pairwise.violating_triplet_counts(scores, positive, negative, margin)
+        return (grad_of(total, scores), *counts)
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        def grad_of(fn, x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                value = fn(x)
+            return tf.convert_to_tensor(tape.gradient(value, x))
+
+        def eager(*args):
+            return mined(*[tf.constant(a) for a in args])
+
+        # Static shapes: unknown ones cost XLA 10 s more here (test_compiled_equals_eager has them).
+        return {"eager": eager, "graph": tf.function(mined), "xla": tf.function(mined, jit_compile=True)}
+    if backend == "jax":
+        import jax
+
+        def grad_of(fn, x):
+            return jax.grad(fn)(x)
+
+        return {"eager": mined, "jit": jax.jit(mined)}
+    pytest.skip("no compiler")
+
+
+@pytest.mark.parametrize("path", ["auto", "slots", "sort"])
+@pytest.mark.parametrize("batch", list(MINING_BATCHES))
+def test_mining_paths_match_loops_with_ties(batch, path, monkeypatch, rng):
+    """Semi-hard choices (read from the gradient: how often each negative is chosen) and the
+    triplet counts of `"all"`, on scores with many exact ties, eager and compiled."""
+    from keras_facemargin.losses import pairwise
+
+    if path != "auto":
+        _force_mining_path(monkeypatch, path)
+    candidate_labels, offset, rows = MINING_BATCHES[batch]
+    margin = 0.25
+    # Multiples of 1/4: exact in float32, s − m included, and full of equal scores.
+    scores = (rng.integers(-4, 5, size=(rows, len(candidate_labels))) / 4).astype("float32")
+    positive, negative = (np.asarray(ops.convert_to_numpy(m)) for m in pairwise.label_masks(
+        candidate_labels[offset:offset + rows], candidate_labels, offset))
+    weight = positive & negative.any(axis=-1, keepdims=True)
+    expected = _mining_loops(scores.astype("float64"), candidate_labels, offset, margin)
+    assert expected[0].sum() == weight.sum() > 0 and expected[1].sum() > 0
+    if path == "auto":
+        use_slots = bool(ops.convert_to_numpy(pairwise._use_slots(positive)[0]))
+        assert use_slots == (batch != "big_class")
+    for mode, fn in _mining_functions(margin).items():
+        got = fn(scores, positive, negative, weight)
+        for name, want, value in zip(("semi-hard", "per_positive", "per_negative"), expected, got):
+            np.testing.assert_array_equal(np.asarray(value), want, err_msg=f"{mode}: {name}")
+
+
+TRIPLET_MINING_CASES = ["triplet_all_cosine", "triplet_all_euclidean_nonzero", "triplet_semi_euclidean",
+                        "triplet_semi_squared_soft_nonzero"]
+
+
+@pytest.mark.parametrize("case", TRIPLET_MINING_CASES)
+def test_both_mining_paths_match_the_reference_on_a_big_class(case, monkeypatch, rng):
+    """34 positives per anchor: the sort path by default; the slot loop forced gives the same."""
+    labels = MINING_BATCHES["big_class"][0]
+    x = embeddings(rng, labels)
+    x[5] = x[4]                      # a tie between positives
+    x[36] = x[3]                     # and between a negative and a positive
+    loss = make_loss(case, dtype="float64")
+    value, (grad,) = value_and_grad(lambda e: loss(labels, e), x)
+    assert value == pytest.approx(reference(case, x, labels), **TOL) and value > 0
+    _force_mining_path(monkeypatch, "slots")
+    slots_value, (slots_grad,) = value_and_grad(lambda e: loss(labels, e), x)
+    assert slots_value == pytest.approx(value, rel=1e-12, abs=1e-12)
+    np.testing.assert_allclose(slots_grad, grad, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", TRIPLET_MINING_CASES)
+def test_sort_path_gradient_matches_reference(case, monkeypatch, rng):
+    """The small batches take the slot loop (`test_gradients_match_reference`); here the sort."""
+    _force_mining_path(monkeypatch, "sort")
+    labels = BATCHES["unbalanced"]
+    x = embeddings(rng, labels)
+    loss = make_loss(case, dtype="float64")
+    value, (grad,) = value_and_grad(lambda e: loss(labels, e), x)
+    numerical = numerical_gradient(lambda e: reference(case, e, labels), x)
+    assert value == pytest.approx(reference(case, x, labels), **TOL)
+    np.testing.assert_allclose(grad, numerical, **GRAD_TOL)

@@ -214,8 +214,10 @@ class TripletLoss(PairLoss):
     training when most triplets are already satisfied, at the price of a loss value that can rise
     while the model improves.
 
-    Nothing of size batch³ is built: `"all"` and `"semi_hard"` sort each anchor's row once and
-    binary-search it (O(batch²) memory, O(batch² log batch) time).
+    Nothing of size batch³ is built: `"all"` and `"semi_hard"` take O(batch²) memory and, in P×K
+    batches, O(batch² × K) time (one pass over the row per positive); where some anchor has many
+    positives (more than `pairwise.SLOT_LIMIT` = 32 under XLA, 16 without) they sort each
+    anchor's row once and binary-search it instead (O(batch² log batch)).
 
     Args:
         margin: m >= 0.
