@@ -13,9 +13,9 @@ form and the distance form `max(d_ap − d_an + m, 0)` of the triplet hinge.
 
 import math
 
-import keras
 from keras import ops
 
+from keras_facemargin import _backend
 from keras_facemargin.heads.cosine_head import l2_normalize
 
 DISTANCES = ("cosine", "euclidean", "squared_euclidean")
@@ -113,7 +113,7 @@ def _count_below(sorted_rows, thresholds, inclusive):
     """
     sorted_rows = ops.stop_gradient(sorted_rows)
     thresholds = ops.stop_gradient(thresholds)
-    if _tensorflow_without_xla():
+    if _backend.tensorflow_without_xla():
         import tensorflow as tf
 
         # TensorFlow's native batched search: 3-4x faster than the rounds below without XLA,
@@ -135,18 +135,6 @@ def _count_below(sorted_rows, thresholds, inclusive):
     return lo
 
 
-def _tensorflow_without_xla():
-    """Whether this runs on TensorFlow outside an XLA compilation (eager, or a plain tf.function)."""
-    if keras.backend.backend() != "tensorflow":
-        return False
-    try:
-        import tensorflow as tf
-        from tensorflow.python.ops import control_flow_util
-    except ImportError:  # a TensorFlow without this (internal) helper: take the portable path
-        return False
-    return not control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
-
-
 # Mining loops over each anchor's positives while the anchor with the most has at most this
 # many (a P×K batch: K − 1), and sorts beyond. The loop costs O(batch² × positives), the sort
 # O(batch² log batch) with a larger constant; measured on a CPU at batch 128-2048, the loop is
@@ -159,7 +147,7 @@ SLOT_LIMIT_WITHOUT_XLA = 16
 def _use_slots(positive):
     """(whether to mine by positive slots, the most positives of any anchor), as tensors."""
     count = ops.max(ops.sum(ops.cast(positive, "int32"), axis=-1))
-    limit = SLOT_LIMIT_WITHOUT_XLA if _tensorflow_without_xla() else SLOT_LIMIT
+    limit = SLOT_LIMIT_WITHOUT_XLA if _backend.tensorflow_without_xla() else SLOT_LIMIT
     return count <= limit, count
 
 
