@@ -34,11 +34,20 @@ def matmul(a, b, transpose_a=False, transpose_b=False):
 
 def column_norms(x):
     """The Euclidean norm of every column of a matrix: one pass on TensorFlow without XLA."""
+    return _norms(x, axis=0)
+
+
+def row_norms(x):
+    """The Euclidean norm of every row of a matrix: one pass on TensorFlow without XLA."""
+    return _norms(x, axis=1)
+
+
+def _norms(x, axis):
     if tensorflow_without_xla():
         import tensorflow as tf
 
-        return tf.math.reduce_euclidean_norm(x, axis=0)
-    return ops.sqrt(ops.sum(ops.square(x), axis=0))
+        return tf.math.reduce_euclidean_norm(x, axis=axis)
+    return ops.sqrt(ops.sum(ops.square(x), axis=axis))
 
 
 def read(variable):

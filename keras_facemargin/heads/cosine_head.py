@@ -59,6 +59,36 @@ def cosine_to_columns(features, kernel, epsilon=1e-12):
     return cosine(features, kernel)
 
 
+def cosine_to_rows(features, centres, epsilon=1e-12):
+    """`cosine_to_columns` for centres stored as rows, `[classes, dim]` (as in `PartialFC`).
+
+    Computed as `[classes, batch]` and transposed: on TensorFlow's CPU kernels that product is
+    faster than `features @ centresᵀ` at 100k classes. Same hand-written gradient, by rows.
+    """
+    floor = math.sqrt(epsilon)
+
+    @ops.custom_gradient
+    def cosine(features, centres):
+        norms = _backend.row_norms(centres)
+        inverse = (1.0 / ops.maximum(norms, floor))[:, None]
+        transposed = _backend.matmul(centres, features, transpose_b=True) * inverse
+
+        def grad(*args, upstream=None):
+            if upstream is None:
+                (upstream,) = args
+            upstream = ops.transpose(upstream)
+            scaled = upstream * inverse
+            d_features = _backend.matmul(scaled, centres, transpose_a=True)
+            radial = ops.sum(upstream * transposed, axis=1, keepdims=True) * ops.square(inverse)
+            radial = ops.where(norms[:, None] > floor, radial, ops.zeros_like(radial))
+            d_centres = ops.matmul(scaled, features) - centres * radial
+            return d_features, d_centres
+
+        return ops.transpose(transposed), grad
+
+    return cosine(features, centres)
+
+
 def float32_under_half_policy(dtype):
     """The layer dtype for a head: "float32" where `dtype` (or the global policy) is half precision."""
     policy = keras.config.dtype_policy() if dtype is None else keras.dtype_policies.get(dtype)
