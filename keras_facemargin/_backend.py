@@ -32,6 +32,18 @@ def matmul(a, b, transpose_a=False, transpose_b=False):
     return ops.matmul(a, b)
 
 
+def take_per_row(x, columns):
+    """`x[a, columns[a]]` for every row a of a matrix, `[rows]`.
+
+    On TensorFlow a batched gather; `take_along_axis` there first broadcasts the whole matrix.
+    """
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.gather(x, columns, batch_dims=1)
+    return ops.take_along_axis(x, columns[:, None], axis=-1)[:, 0]
+
+
 def column_norms(x):
     """The Euclidean norm of every column of a matrix: one pass on TensorFlow without XLA."""
     return _norms(x, axis=0)

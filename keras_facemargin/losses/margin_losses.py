@@ -9,7 +9,7 @@ import math
 import keras
 from keras import ops
 
-from keras_facemargin import _checks
+from keras_facemargin import _backend, _checks
 
 # arccos is clipped to [-1 + _CLIP, 1 - _CLIP] so that its gradient stays finite at cos θ = ±1.
 _CLIP = 1e-7
@@ -196,15 +196,13 @@ class MarginSoftmaxLoss(keras.losses.Loss):
         of those logits, `[batch]`, from TensorFlow's fused kernel, which also returns
         softmax − one-hot: the backward pass is then a single multiply by s·upstream.
         """
-        num_classes = cosine.shape[-1]
         rows = ops.arange(ops.shape(cosine)[0], dtype="int32")
         labels = ops.cast(labels, "int32")
-        flat = rows * num_classes + labels
         indices = ops.stack([rows, labels], axis=1)
         scale = self.scale
 
         def targets_of(x):
-            return ops.take(ops.reshape(x, (-1,)), flat)
+            return _backend.take_per_row(x, labels)
 
         if not self._slope_matches_margin():
             target = targets_of(cosine)
