@@ -1,20 +1,80 @@
-"""`facemargin`: train, evaluate and embed from the command line.
+"""`facemargin`: train, evaluate, embed and export face (and other identity) recognizers.
 
-    facemargin train --data DIR [--loss arcface] [--backbone simple_cnn] [--config FILE] ...
+    facemargin train --data DIR [--loss arcface] [--image-size 112] [--epochs 10] ...
     facemargin evaluate --model PATH --pairs FILE [--root DIR] [--flip] [--out DIR]
     facemargin embed --model PATH --images DIR --out embeddings.npz [--flip]
+    facemargin export --model RUN/model.keras --format saved_model|onnx --out DIR
+    facemargin pairs --images DIR --out pairs.txt [--num-pairs 6000]
 
-`--model` is a SavedModel written by `export_embedder` or a `.keras` file.
+`--model` is a SavedModel written by `facemargin train`/`export` or a `.keras` file. Arguments
+are checked before TensorFlow loads; a user's mistake is one line, `facemargin <command>: error:
+...`, and exit status 2 (1 for a run that fails, such as a diverged loss).
 """
 
 import argparse
 import dataclasses
-import json
 import logging
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from keras_facemargin import config as config_lib
+
+logger = logging.getLogger("keras_facemargin")
+
+
+class UsageError(ValueError):
+    """A mistake in the command line, reported as one line."""
+
+
+# ---- TensorFlow, quietly --------------------------------------------------------------------
+
+
+def _load_tensorflow(verbose=False):
+    """Imports TensorFlow (and Keras) with its start-up log lines silenced unless `verbose`.
+
+    TensorFlow's C++ start-up messages (oneDNN, CPU features) go to the process's stderr before
+    any log level applies, so stderr is pointed at a temporary file during the import and the
+    captured text is shown only if the import fails.
+    """
+    if "tensorflow" in sys.modules:
+        return
+    import importlib.util
+
+    if importlib.util.find_spec("tensorflow") is None:
+        raise UsageError("TensorFlow is not installed: pip install 'keras-facemargin[cpu]' (or [gpu] "
+                         "on a machine with an NVIDIA GPU)")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if verbose else "3")
+    if verbose:
+        import keras  # noqa: F401
+        import tensorflow  # noqa: F401
+
+        return
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import keras  # noqa: F401
+            import tensorflow as tf
+        except BaseException:
+            os.dup2(saved, 2)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode("utf-8", "replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+    tf.get_logger().setLevel(logging.ERROR)
+    logging.getLogger("absl").setLevel(logging.ERROR)
+
+
+def _load_package():
+    """Every subpackage, so that Keras can load models built from our layers and losses."""
+    import keras_facemargin
+
+    keras_facemargin.load_all()
 
 
 # ---- models -----------------------------------------------------------------------------------
@@ -26,7 +86,11 @@ class _SavedModelEmbedder:
     def __init__(self, path):
         import tensorflow as tf
 
-        self._serve = tf.saved_model.load(path).signatures["serving_default"]
+        try:
+            self._serve = tf.saved_model.load(path).signatures["serving_default"]
+        except Exception as error:  # a garbage saved_model.pb raises from deep inside
+            raise UsageError(f"--model {path!r} is not a valid SavedModel ({type(error).__name__}: "
+                             f"{str(error).splitlines()[0][:200]})") from None
         spec = self._serve.structured_input_signature[1]["images"]
         self.image_size = tuple(spec.shape[1:3])
 
@@ -39,15 +103,25 @@ class _SavedModelEmbedder:
 
 class _KerasEmbedder:
     def __init__(self, path):
-        import keras
-
+        self.model = load_keras_model(path)
         from keras_facemargin.evaluation import embedding_model
 
-        self._model = embedding_model(keras.models.load_model(path))
+        self._model = embedding_model(self.model)
         self.image_size = tuple(self._model.input_shape[1:3])
 
     def __call__(self, images):
         return self._model.predict_on_batch(images)
+
+
+def load_keras_model(path):
+    import keras
+
+    _load_package()
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as error:
+        first = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        raise UsageError(f"--model {path!r} is not a valid Keras file ({first})") from None
 
 
 def load_embedder(path):
@@ -56,12 +130,13 @@ def load_embedder(path):
         return _SavedModelEmbedder(path)
     if path.endswith(".keras") and os.path.isfile(path):
         return _KerasEmbedder(path)
-    raise ValueError(
-        f"--model must be a SavedModel folder (with saved_model.pb) or a .keras file; got {path!r}"
-    )
+    reason = "no such file or folder" if not os.path.exists(path) else (
+        "a folder without saved_model.pb" if os.path.isdir(path) else "not a .keras file")
+    raise UsageError(f"--model must be a SavedModel folder (with saved_model.pb) or a .keras file; got "
+                     f"{path!r} ({reason})")
 
 
-def _embed_batches(embedder, batches, flip):
+def _embed_batches(embedder, batches, flip, progress=None):
     import numpy as np
 
     from keras_facemargin.evaluation import normalize_rows
@@ -72,26 +147,33 @@ def _embed_batches(embedder, batches, flip):
         if flip:
             features = features + np.asarray(embedder(images[:, :, ::-1]), dtype=np.float32)
         out.append(features)
+        if progress is not None:
+            progress.add(len(images))
     return normalize_rows(np.concatenate(out))
+
+
+def _progress(total):
+    import keras
+
+    return keras.utils.Progbar(total, verbose=1 if sys.stderr.isatty() else 0, unit_name="image")
 
 
 # ---- evaluate ---------------------------------------------------------------------------------
 
 
-def read_pairs(path, root=None):
-    """Pairs from a `.bin` (InsightFace), an LFW `pairs.txt` (first line: folds and size) or a
-    `path_a path_b label` list."""
-    from keras_facemargin import data
+def _images_once(pairs):
+    """`(unique sources, index of a, index of b)`: each image of the pairs once."""
+    import numpy as np
 
-    if path.endswith(".bin"):
-        return data.read_insightface_bin(path)
-    with open(path, encoding="utf-8") as f:
-        first = f.readline().split()
-    if len(first) == 2 and all(token.isdigit() for token in first):
-        if root is None:
-            raise ValueError(f"--root (the LFW image folder) is needed for the LFW pairs file {path!r}")
-        return data.read_lfw_pairs(path, root)
-    return data.read_pair_list(path, root)
+    if pairs.from_bytes:
+        n = len(pairs)
+        sources = np.empty(2 * n, dtype=object)
+        sources[0::2], sources[1::2] = pairs.images_a, pairs.images_b
+        return sources, np.arange(0, 2 * n, 2), np.arange(1, 2 * n, 2)
+    both = np.concatenate([pairs.images_a, pairs.images_b]).astype(str)
+    unique, inverse = np.unique(both, return_inverse=True)
+    n = len(pairs)
+    return unique.astype(object), inverse[:n], inverse[n:]
 
 
 def evaluate(args):
@@ -101,31 +183,36 @@ def evaluate(args):
     from keras_facemargin import evaluation as ev
 
     embedder = load_embedder(args.model)
-    pairs = read_pairs(args.pairs, args.root)
+    pairs = data.read_pairs(args.pairs, args.root, argument="--pairs")
+    folds = pairs.folds if pairs.folds is not None else min(args.folds, len(pairs))
+    if pairs.folds is None and folds < args.folds:
+        print(f"note: {len(pairs)} pairs are too few for {args.folds} folds; the k-fold accuracy uses "
+              f"{folds}", file=sys.stderr)
+    sources, index_a, index_b = _images_once(pairs)
     log = data.CorruptFileLog()
-    dataset = data.pair_dataset(pairs, batch_size=args.batch_size, image_size=embedder.image_size,
-                                corrupt_files=log)
-    # One pass over the pairs: each batch's a and b images are embedded together.
-    batches = ((np.concatenate([a, b]), len(a)) for a, b, _ in dataset)
-    emb_a, emb_b = [], []
-    for images, n in batches:
-        both = _embed_batches(embedder, [images], args.flip)
-        emb_a.append(both[:n])
-        emb_b.append(both[n:])
-    scores = np.sum(np.concatenate(emb_a) * np.concatenate(emb_b), axis=1)
-    folds = pairs.folds if pairs.folds is not None else 10
-    report = ev.verification_report(pairs.is_same.astype(int), scores, folds=folds)
+    names = [f"{pairs.name}[{i}]" for i in range(len(sources))] if pairs.from_bytes else None
+    dataset = data.image_dataset(sources, args.batch_size, embedder.image_size,
+                                 from_bytes=pairs.from_bytes, names=names, corrupt_files=log)
+    progress = _progress(len(sources))
+    embeddings = _embed_batches(embedder, (images.numpy() for images in dataset), args.flip, progress)
+    scores = ev.indexed_pair_scores(embeddings, index_a, index_b)
+    labels = pairs.is_same.astype(int)
+    report = ev.verification_report(labels, scores, folds=folds)
     print(report)
+    for far in report.unresolved_fars():
+        print(f"warning: TAR@FAR={far:g} needs at least {round(1 / far)} impostor pairs; got "
+              f"{report.num_impostors}, so it is the TAR at FAR=0", file=sys.stderr)
     if log.count:
-        print(f"warning: {log.count} image(s) could not be decoded and were scored as blank "
-              f"images: {', '.join(f.path for f in log.collect()[:5])}", file=sys.stderr)
+        bad = log.collect()
+        print(f"warning: {log.count} image(s) could not be decoded and were scored as blank images: "
+              + "; ".join(f"{f.path} ({f.reason})" for f in bad[:5]), file=sys.stderr)
     os.makedirs(args.out, exist_ok=True)
     report.to_json(os.path.join(args.out, "report.json"))
-    labels = pairs.is_same.astype(int)
-    ev.plot_roc(labels, scores, os.path.join(args.out, "roc.png"))
-    ev.plot_det(labels, scores, os.path.join(args.out, "det.png"))
+    name = os.path.basename(os.path.normpath(args.model))
+    ev.plot_roc({name: (labels, scores)}, os.path.join(args.out, "roc.png"))
+    ev.plot_det({name: (labels, scores)}, os.path.join(args.out, "det.png"))
     ev.plot_score_histogram(labels, scores, os.path.join(args.out, "scores.png"),
-                            threshold=report.best_threshold)
+                            threshold=report.best_threshold, threshold_label="best-accuracy threshold")
     print(f"\nwrote {args.out}/report.json, roc.png, det.png, scores.png")
     return report
 
@@ -146,231 +233,241 @@ def embed(args):
         if name.lower().endswith(data.IMAGE_EXTENSIONS)
     )
     if not paths:
-        raise ValueError(f"--images {args.images!r} holds no images ({', '.join(data.IMAGE_EXTENSIONS)})")
-    index = data.ImageIndex(paths, [0] * len(paths), ["images"])
-    log = data.CorruptFileLog()
-    dataset = data.classification_dataset(index, args.batch_size, image_size=embedder.image_size,
-                                          training=False, corrupt_files=log)
-    embeddings = _embed_batches(embedder, (images for images, _ in dataset), args.flip)
-    np.savez(args.out, embeddings=embeddings, paths=np.array(paths))
+        raise UsageError(f"--images {args.images!r} holds no images ({', '.join(data.IMAGE_EXTENSIONS)})")
+    log = data.CorruptFileLog(max_paths=len(paths))
+    dataset = data.image_dataset(paths, args.batch_size, embedder.image_size, corrupt_files=log)
+    progress = _progress(len(paths))
+    embeddings = _embed_batches(embedder, (images.numpy() for images in dataset), args.flip, progress)
+    bad = log.collect()
+    corrupt = np.isin(np.array(paths, dtype=object), np.array([f.path for f in bad], dtype=object))
+    embeddings[corrupt] = np.nan
+    reasons = np.array([""] * len(paths), dtype=object)
+    for item in bad:
+        reasons[paths.index(item.path)] = item.reason
+    np.savez(args.out, embeddings=embeddings, paths=np.array(paths), corrupt=corrupt,
+             reasons=reasons.astype(str))
     print(f"wrote {len(paths)} embeddings of size {embeddings.shape[1]} to {args.out}")
-    if log.count:
-        print(f"warning: {log.count} image(s) could not be decoded (embedded as blank images): "
-              f"{', '.join(f.path for f in log.collect()[:5])}", file=sys.stderr)
+    if corrupt.any():
+        print(f"warning: {int(corrupt.sum())} image(s) could not be decoded; their rows are NaN and "
+              f"marked in 'corrupt': " + "; ".join(f"{f.path} ({f.reason})" for f in bad[:5]),
+              file=sys.stderr)
+
+
+# ---- export -----------------------------------------------------------------------------------
+
+
+def export(args):
+    from keras_facemargin.evaluation import embedding_model
+    from keras_facemargin.export import export_embedder, export_onnx
+
+    if not (args.model.endswith(".keras") and os.path.isfile(args.model)):
+        raise UsageError(f"--model must be a .keras file (such as RUN_DIR/model.keras); got {args.model!r}")
+    embedder = embedding_model(load_keras_model(args.model))
+    if args.format == "saved_model":
+        export_embedder(embedder, args.out)
+    else:
+        export_onnx(embedder, args.out)
+    print(f"exported the embedder of {args.model} to {args.out} ({args.format})")
+
+
+# ---- pairs ------------------------------------------------------------------------------------
+
+
+def pairs(args):
+    from keras_facemargin.data import ImageIndex
+
+    try:
+        index = ImageIndex.from_directory(args.images)
+    except ValueError as error:
+        raise UsageError(f"--images {args.images!r}: {error}") from None
+    a, b, same = index.sample_pairs(args.num_pairs, seed=args.seed)
+    root = os.path.abspath(args.images)
+    with open(args.out, "w", encoding="utf-8") as f:
+        for i, j, s in zip(a, b, same):
+            cells = [os.path.relpath(index.paths[k], root) for k in (i, j)]
+            f.write("\t".join([*cells, "1" if s else "0"]) + "\n")
+    print(f"wrote {len(same)} pairs ({int(same.sum())} genuine) of {index.num_classes} identities to "
+          f"{args.out} (tab-separated, relative to {args.images})")
 
 
 # ---- train ------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass
-class TrainConfig:
-    """Everything that defines a training run; saved as `config.json` in the run folder."""
+def train(config, given=(), verbose=2):
+    from keras_facemargin import recipe
 
-    data: str = ""
-    loss: str = "arcface"
-    margin: float | None = None
-    scale: float | None = None
-    label_smoothing: float = 0.0
-    backbone: str = "simple_cnn"
-    image_size: int = 112
-    embedding_dim: int = 512
-    epochs: int = 10
-    batch_size: int = 64
-    classes_per_batch: int = 8
-    samples_per_class: int = 4
-    learning_rate: float = 0.1
-    optimizer: str = "sgd"
-    schedule: str = "cosine"
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    mixed_precision: str | None = None
-    val_pairs: str | None = None
-    val_root: str | None = None
-    min_images: int = 1
-    seed: int = 0
-    run_dir: str = "runs/train"
-    export: str | None = None
-    strategy: str = "default"
-    sample_rate: float = 1.0
-
-    @classmethod
-    def from_file(cls, path):
-        with open(path, encoding="utf-8") as f:
-            if path.endswith((".yaml", ".yml")):
-                import yaml
-
-                values = yaml.safe_load(f) or {}
-            else:
-                values = json.load(f)
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"config file {path!r} has unknown keys {unknown}; known: {sorted(known)}")
-        return cls(**values)
+    run = recipe.train(config, given=given, verbose=verbose)
+    if run.export_path:
+        print(f"exported the embedding model to {run.export_path}")
+    return run
 
 
-def _loss_and_kind(config):
-    from keras_facemargin import losses
+def _parse_value(kind, name):
+    """An argparse type: `kind` values, plus 'auto' and 'none' where the field allows them."""
 
-    kwargs = {}
-    for name in ("margin", "scale"):
-        if getattr(config, name) is not None:
-            kwargs[name] = getattr(config, name)
-    if config.label_smoothing:
-        kwargs["label_smoothing"] = config.label_smoothing
-    loss = losses.get(config.loss, **kwargs)
-    return loss, isinstance(loss, losses.MarginSoftmaxLoss)
+    def parse(text):
+        word = text.strip().lower()
+        if word == config_lib.AUTO:
+            return config_lib.AUTO
+        if word == "none":
+            return None
+        if kind is bool:
+            if word in ("true", "yes", "1"):
+                return True
+            if word in ("false", "no", "0"):
+                return False
+            raise argparse.ArgumentTypeError(f"expected true or false; got {text!r}")
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {'an integer' if kind is int else 'a number'}; got {text!r}") from None
+
+    parse.__name__ = name
+    return parse
 
 
-def train(config):
-    import keras
+_KINDS = {"margin": float, "scale": float, "learning_rate": float, "weight_decay": float,
+          "warmup_epochs": float, "embedding_dim": int, "batch_size": int, "classes_per_batch": int}
 
-    from keras_facemargin import data, distribute, evaluation, heads, models
-    from keras_facemargin.export import export_embedder
-    from keras_facemargin.models.recognizer import build_recognizer
-    from keras_facemargin.training import check_run_config, fit_resumable
 
-    if config.embedding_dim <= 0:
-        raise ValueError(f"embedding_dim must be > 0; got {config.embedding_dim}")
-    # Before any other TensorFlow work: a multi-worker strategy must be created first.
-    strategy = distribute.get_strategy(config.strategy)
-    check_run_config(config.run_dir, dataclasses.asdict(config), write=distribute.is_chief(strategy))
-    if config.mixed_precision:
-        keras.config.set_dtype_policy(config.mixed_precision)
-    keras.utils.set_random_seed(config.seed)
+class _Parser(argparse.ArgumentParser):
+    """One line for a mistake, `facemargin <command>: error: ...`, not the whole usage."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    def _get_help_string(self, action):
+        if action.default in (None, argparse.SUPPRESS, False) or "%(default)" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _add_train_flags(p):
+    p.add_argument("--config", help="YAML or JSON file of these settings; flags given win")
+    defaults = config_lib.TrainConfig()
+    for field in config_lib.TrainConfig.fields():
+        meta = field.metadata
+        default = getattr(defaults, field.name)
+        kind = _KINDS.get(field.name) or (type(default) if default not in (None, config_lib.AUTO) else str)
+        shown = default is not None and default is not False and default != ""
+        options = {"help": meta["help"] + (f" (default: {default})" if shown else ""),
+                   "default": argparse.SUPPRESS}
+        if field.name == "augment":
+            options["type"] = str
+        elif field.name == "tensorboard":
+            options["action"] = "store_true"
+        elif meta["many"]:
+            options["nargs"] = "+"
+        elif meta["choices"]:
+            options["choices"] = meta["choices"]
+        else:
+            options["type"] = _parse_value(kind, field.name)
+        p.add_argument(config_lib.flag(field.name), **options)
+
+
+def _positive_int(text):
     try:
-        index = data.ImageIndex.from_directory(config.data)
-    except ValueError as error:
-        raise ValueError(f"--data {config.data!r}: {error}") from None
-    if config.min_images > 1:
-        index = index.filter_min_images(config.min_images)
-    if index.num_classes < 2:
-        raise ValueError(f"--data {config.data!r} must hold at least 2 identities; got {index.num_classes}")
-    loss, margin_softmax = _loss_and_kind(config)
-    if not margin_softmax and (config.mixup or config.cutmix):
-        raise ValueError(f"mixup/cutmix need a margin-softmax loss; got loss {config.loss!r}")
-    size = (config.image_size, config.image_size)
-    log = data.CorruptFileLog()
-    mix = None
-    if config.mixup or config.cutmix:
-        mix = data.BatchMix(mixup=config.mixup, cutmix=config.cutmix, seed=config.seed)
-
-    def make_dataset(input_context=None):
-        if margin_softmax:
-            return data.classification_dataset(index, config.batch_size, image_size=size, mix=mix,
-                                               seed=config.seed, corrupt_files=log,
-                                               input_context=input_context)
-        return data.pk_dataset(index, config.classes_per_batch, config.samples_per_class,
-                               image_size=size, seed=config.seed, corrupt_files=log,
-                               input_context=input_context)
-
-    if config.sample_rate != 1.0:
-        if not margin_softmax or mix is not None:
-            raise ValueError(
-                f"sample_rate={config.sample_rate} (Partial FC) needs a margin-softmax loss and integer "
-                f"labels (no mixup/cutmix); got loss {config.loss!r}, mixup {config.mixup}, cutmix "
-                f"{config.cutmix}"
-            )
-        plain_dataset = make_dataset
-
-        def make_dataset(input_context=None):
-            # PartialFC takes the labels as an input.
-            return plain_dataset(input_context).map(lambda images, labels: ((images, labels),))
-
-    dataset = make_dataset()
-    steps = dataset.cardinality().numpy()
-    steps = int(steps) if steps > 0 else None
-    if strategy.num_replicas_in_sync > 1 or distribute.is_multi_worker(strategy):
-        dataset = strategy.distribute_datasets_from_function(make_dataset)
-    lr = config.learning_rate
-    if config.schedule == "cosine" and steps:
-        lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=steps * config.epochs)
-    elif config.schedule not in ("cosine", "constant"):
-        raise ValueError(f"schedule must be 'cosine' or 'constant'; got {config.schedule!r}")
-    optimizers = {"sgd": lambda: keras.optimizers.SGD(lr, momentum=0.9),
-                  "adam": lambda: keras.optimizers.Adam(lr),
-                  "adamw": lambda: keras.optimizers.AdamW(lr)}
-    if config.optimizer not in optimizers:
-        raise ValueError(f"optimizer must be one of {sorted(optimizers)}; got {config.optimizer!r}")
-    with strategy.scope():
-        backbone = models.get_backbone(config.backbone, input_shape=(*size, 3),
-                                       embedding_dim=config.embedding_dim)
-        num_classes = index.num_classes if margin_softmax else None
-        partial_fc = None
-        if config.sample_rate != 1.0:
-            partial_fc = heads.PartialFC(index.num_classes, loss=loss, sample_rate=config.sample_rate,
-                                         seed=config.seed, name="partial_fc")
-        model, embedder = build_recognizer(backbone, num_classes=num_classes, partial_fc=partial_fc)
-        model.compile(optimizer=optimizers[config.optimizer](), loss=None if partial_fc else loss)
-    callbacks = [log, keras.callbacks.TerminateOnNaN()]
-    if config.val_pairs:
-        pairs = read_pairs(config.val_pairs, config.val_root)
-        callbacks.append(evaluation.VerificationCallback(
-            data.pair_arrays(pairs, image_size=size), far_targets=(1e-3,), embedding_model=embedder))
-    fit_resumable(model, dataset, config.epochs, config.run_dir, config=dataclasses.asdict(config),
-                  callbacks=callbacks, strategy=strategy, verbose=2, shuffle=False)
-    export_path = config.export or os.path.join("saved_models", os.path.basename(config.run_dir.rstrip("/")))
-    with distribute.write_path(export_path, strategy) as path:
-        export_embedder(embedder, path)
-    if distribute.is_chief(strategy):
-        print(f"exported the embedding model to {export_path}")
-    return model, embedder
-
-
-# ---- main -------------------------------------------------------------------------------------
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1; got {text!r}")
+    return value
 
 
 def _parser():
-    parser = argparse.ArgumentParser(prog="facemargin", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    from keras_facemargin import __version__
 
-    p = sub.add_parser("evaluate", help="verification report, JSON and plots for a pair list")
-    p.add_argument("--model", required=True)
+    parser = _Parser(prog="facemargin", description=__doc__.splitlines()[0].replace("`", ""),
+                                     formatter_class=_Formatter)
+    parser.add_argument("--version", action="version", version=f"facemargin {__version__}")
+    parser.add_argument("--verbose", action="store_true", help="show TensorFlow's own log lines")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("train", formatter_class=_Formatter,
+                       help="train on an image folder (one sub-folder per identity), resumably",
+                       description="Train a recognizer on an image folder; the same command resumes an "
+                       "interrupted run. 'auto' values are decided from the data (README: Training "
+                       "recipe).")
+    _add_train_flags(p)
+
+    p = sub.add_parser("evaluate", formatter_class=_Formatter,
+                       help="verification report, JSON and plots for a pair file")
+    p.add_argument("--model", required=True, help="SavedModel folder or .keras file")
     p.add_argument("--pairs", required=True, help="pair list, LFW pairs.txt or InsightFace .bin")
-    p.add_argument("--root", help="folder the pair list's paths are relative to")
+    p.add_argument("--root", help="folder the pair list's paths are relative to (LFW: the image folder)")
+    p.add_argument("--flip", action="store_true", help="flip test: add each image's mirror's embedding")
+    p.add_argument("--out", default="runs/evaluate", help="folder of report.json and the plots")
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="images embedded at a time")
+    p.add_argument("--folds", type=_positive_int, default=10,
+                   help="folds of the k-fold accuracy (LFW's pairs.txt brings its own)")
+
+    p = sub.add_parser("embed", formatter_class=_Formatter,
+                       help="embed every image under a folder into an .npz")
+    p.add_argument("--model", required=True, help="SavedModel folder or .keras file")
+    p.add_argument("--images", required=True, help="folder searched recursively for images")
+    p.add_argument("--out", required=True, help="the .npz: embeddings, paths, corrupt, reasons")
     p.add_argument("--flip", action="store_true", help="flip test")
-    p.add_argument("--out", default="runs/evaluate")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="images embedded at a time")
 
-    p = sub.add_parser("embed", help="embed every image under a folder into an .npz")
-    p.add_argument("--model", required=True)
-    p.add_argument("--images", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--flip", action="store_true")
-    p.add_argument("--batch-size", type=int, default=64)
+    p = sub.add_parser("export", formatter_class=_Formatter,
+                       help="export the embedder of a .keras model as a SavedModel or ONNX")
+    p.add_argument("--model", required=True, help="a .keras file, such as RUN_DIR/model.keras")
+    p.add_argument("--format", choices=("saved_model", "onnx"), default="saved_model",
+                   help="saved_model (TensorFlow serving) or onnx (needs the [onnx] extra)")
+    p.add_argument("--out", required=True, help="the SavedModel folder or .onnx file")
 
-    p = sub.add_parser("train", help="train on an image folder (one sub-folder per identity)")
-    p.add_argument("--config", help="YAML or JSON file; flags given on the command line win")
-    defaults = TrainConfig()
-    for field in dataclasses.fields(TrainConfig):
-        flag = "--" + field.name.replace("_", "-")
-        kind = type(getattr(defaults, field.name))
-        if field.name in ("margin", "scale"):  # default None, but numbers
-            kind = float
-        elif kind is type(None):
-            kind = str
-        p.add_argument(flag, type=kind, default=argparse.SUPPRESS)
+    p = sub.add_parser("pairs", formatter_class=_Formatter,
+                       help="write balanced genuine/impostor pairs of an image folder")
+    p.add_argument("--images", required=True, help="one sub-folder per identity")
+    p.add_argument("--out", required=True, help="the pair list (tab-separated 'a b label' lines)")
+    p.add_argument("--num-pairs", type=_positive_int, default=6000, help="pairs wanted, half genuine")
+    p.add_argument("--seed", type=int, default=0, help="seed of the draw")
     return parser
 
 
+def _train_config(args):
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "config", "verbose")}
+    given = set(flags)
+    if args.config:
+        config = config_lib.TrainConfig.from_file(args.config)
+        given |= {k for k, v in dataclasses.asdict(config).items()
+                  if v != getattr(config_lib.TrainConfig(), k)}
+    else:
+        config = config_lib.TrainConfig()
+    config = dataclasses.replace(config, **flags).validate()
+    return config, given
+
+
 def main(argv=None):
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args = _parser().parse_args(argv)
+    """The `facemargin` command; returns its exit status."""
+    parser = _parser()
     try:
-        if args.command == "evaluate":
-            evaluate(args)
-        elif args.command == "embed":
-            embed(args)
+        args = parser.parse_args(argv)
+    except SystemExit as exit:  # --help, --version, or a mistake already reported in one line
+        return exit.code
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        if args.command == "train":
+            config, given = _train_config(args)  # every flag checked before TensorFlow loads
+            _load_tensorflow(args.verbose)
+            train(config, given, verbose=1 if sys.stdout.isatty() else 2)
         else:
-            flags = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
-            config = TrainConfig.from_file(args.config) if args.config else TrainConfig()
-            config = dataclasses.replace(config, **flags)
-            if not config.data:
-                raise ValueError("--data (an image folder with one sub-folder per identity) is required")
-            train(config)
+            _load_tensorflow(args.verbose)
+            {"evaluate": evaluate, "embed": embed, "export": export, "pairs": pairs}[args.command](args)
     except ValueError as error:
         print(f"facemargin {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except Exception as error:
+        from keras_facemargin.training import TrainingDiverged
+
+        if isinstance(error, TrainingDiverged):
+            print(f"facemargin {args.command}: error: {error}", file=sys.stderr)
+            return 1
+        raise
     return 0
 
 

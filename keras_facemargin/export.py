@@ -20,7 +20,10 @@ def export_embedder(embedder, path, image_size=None, name="serving_default"):
     embeddings = serve(images=tf.constant(uint8_images))["embeddings"]
     ```
 
-    Images of another size or dtype are refused by the signature itself.
+    Every input is checked before any model op runs: a tensor that is not uint8
+    `[N, H, W, C]` at the training size (a single image without its batch axis, grey images, the
+    wrong size) raises `InvalidArgumentError` naming the expected and the received shape; an
+    empty batch `[0, H, W, C]` returns `[0, dim]`.
 
     Args:
         embedder: a Keras model from float32 pixel values `[N, H, W, 3]` in [0, 255] to
@@ -46,8 +49,11 @@ def export_embedder(embedder, path, image_size=None, name="serving_default"):
     return path
 
 
-def _serving_function(embedder, image_size):
-    """The uint8-images -> unit-embeddings function both exports serve, and its input spec."""
+def _serving_function(embedder, image_size, guard=True):
+    """The uint8-images -> unit-embeddings function both exports serve, and its input spec.
+
+    `guard` adds the shape check and the empty-batch branch (ONNX runtimes check the declared
+    input shape themselves)."""
     import tensorflow as tf
 
     if keras.backend.backend() != "tensorflow":
@@ -65,13 +71,29 @@ def _serving_function(embedder, image_size):
     height, width = (int(v) for v in image_size)
     channels = input_shape[-1] if len(input_shape) == 4 and input_shape[-1] else 3
 
-    def serve(images):
-        tf.debugging.assert_equal(
-            tf.shape(images)[1:3], tf.constant([height, width]),
-            message=f"images must be uint8 [N, {height}, {width}, {channels}] (the training size)",
-        )
+    dim = int(embedder.output_shape[-1])
+    expected = [height, width, channels]
+
+    def embed(images):
         features = embedder(tf.cast(images, "float32"), training=False)
-        return {"embeddings": tf.cast(l2_normalize(tf.cast(features, "float32")), "float32")}
+        return tf.cast(l2_normalize(tf.cast(features, "float32")), "float32")
+
+    def serve(images):
+        if not guard:
+            return {"embeddings": embed(images)}
+        # A loaded signature does not check its inputs' shape, and the model's ops can abort the
+        # process on a wrong one (oneDNN): the check is a data dependency of everything after it.
+        shape = tf.shape(images)
+        padded = tf.concat([shape, tf.fill([4], -1)], axis=0)[:4]
+        ok = tf.logical_and(tf.equal(tf.size(shape), 4), tf.reduce_all(tf.equal(padded[1:], expected)))
+        check = tf.debugging.Assert(
+            ok, [f"images must be uint8 [N, {height}, {width}, {channels}] (a batch at the training "
+                 "size); got shape", shape], summarize=8)
+        with tf.control_dependencies([check]):
+            images = tf.ensure_shape(tf.identity(images), [None, height, width, channels])
+        embeddings = tf.cond(tf.shape(images)[0] > 0, lambda: embed(images),
+                             lambda: tf.zeros([0, dim], tf.float32))
+        return {"embeddings": tf.ensure_shape(embeddings, [None, dim])}
 
     return serve, tf.TensorSpec((None, height, width, channels), tf.uint8, name="images")
 
@@ -96,7 +118,7 @@ def export_onnx(embedder, path, image_size=None, opset=17):
         raise ImportError(
             "export_onnx needs tf2onnx: pip install 'keras-facemargin[onnx]'"
         ) from error
-    serve, spec = _serving_function(embedder, image_size)
+    serve, spec = _serving_function(embedder, image_size, guard=False)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tf2onnx.convert.from_function(
         tf.function(serve, input_signature=[spec]), input_signature=[spec], opset=opset,

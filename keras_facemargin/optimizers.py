@@ -1,4 +1,7 @@
-"""`LazySGD`: SGD with momentum that keeps sparse updates sparse, for `heads.PartialFC`."""
+"""Optimizers and schedules: `LazySGD` (sparse momentum for `heads.PartialFC`) and
+`WarmupSchedule` (linear warm-up, then cosine, step or constant)."""
+
+import math
 
 import keras
 from keras import ops
@@ -60,3 +63,58 @@ def _is_indexed_slices(value):
 
 def _tensor(variable):
     return variable.value if isinstance(variable, keras.Variable) else variable
+
+
+@keras.saving.register_keras_serializable(package="keras_facemargin")
+class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """A linear warm-up to `peak`, then cosine decay to 0, steps of ÷10, or a constant.
+
+    The learning rate of step t (0-based) is `peak · (t + 1) / warmup_steps` during the warm-up;
+    after it, with p = (t − warmup_steps) / (total_steps − warmup_steps) clipped to [0, 1]:
+    `"cosine"`: peak · (1 + cos πp) / 2; `"step"`: peak divided by 10 at p = 0.5, 0.75 and 0.9
+    (the shape of InsightFace's step schedules); `"constant"`: peak.
+
+    Args:
+        peak: the learning rate after the warm-up, > 0.
+        total_steps: optimizer steps of the whole run, >= 1.
+        warmup_steps: steps of the linear warm-up, in [0, total_steps).
+        kind: `"cosine"`, `"step"` or `"constant"`.
+
+    Example:
+
+    ```python
+    lr = WarmupSchedule(1e-3, total_steps=15 * 31, warmup_steps=31)
+    model.compile(optimizer=keras.optimizers.AdamW(lr, weight_decay=0.05), loss=...)
+    ```
+    """
+
+    KINDS = ("cosine", "step", "constant")
+
+    def __init__(self, peak, total_steps, warmup_steps=0, kind="cosine"):
+        from keras_facemargin import _validate
+
+        self.peak = _validate.check_number("peak", peak, low=0, low_open=True)
+        self.total_steps = _validate.check_int("total_steps", total_steps, minimum=1)
+        self.warmup_steps = _validate.check_int("warmup_steps", warmup_steps, 0, self.total_steps - 1)
+        self.kind = _validate.check_choice("kind", kind, self.KINDS)
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32")
+        warmup = float(self.warmup_steps)
+        rest = float(self.total_steps - self.warmup_steps)
+        progress = ops.clip((step - warmup) / rest, 0.0, 1.0)
+        if self.kind == "cosine":
+            after = 0.5 * self.peak * (1.0 + ops.cos(math.pi * progress))
+        elif self.kind == "step":
+            drops = sum(ops.cast(progress >= edge, "float32") for edge in (0.5, 0.75, 0.9))
+            after = self.peak * ops.power(0.1, drops)
+        else:
+            after = self.peak * ops.ones_like(progress)
+        if not self.warmup_steps:
+            return after
+        ramp = self.peak * (step + 1.0) / warmup
+        return ops.where(step < warmup, ramp, after)
+
+    def get_config(self):
+        return {"peak": self.peak, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps,
+                "kind": self.kind}

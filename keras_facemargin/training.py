@@ -3,12 +3,15 @@
 A run folder holds `config.json` (the resolved configuration), `backup/` (the latest training
 state: weights and optimizer), `log.csv` (one row per finished epoch) and, at the end,
 `model.keras`. Running the same command again resumes from the latest state; a different
-configuration in the same folder is refused rather than mixed in.
+configuration in the same folder is refused rather than mixed in, except a larger number of
+epochs, which extends the run.
 """
 
 import contextlib
+import csv
 import json
 import logging
+import math
 import os
 import tempfile
 
@@ -17,6 +20,11 @@ import keras
 logger = logging.getLogger(__name__)
 
 _STATE = "state.json"
+_LOG = "log.csv"
+
+
+class TrainingDiverged(RuntimeError):
+    """Raised by `fit_resumable` when the loss became NaN or infinite; no state was saved after it."""
 
 
 def _atomic_write_text(path, text):
@@ -89,11 +97,13 @@ class TrainingBackup(keras.callbacks.Callback):
         if self.save_freq == "epoch":
             return
         self._batches += 1
-        if self._batches % self.save_freq == 0:
+        if self._batches % self.save_freq == 0 and _finite_loss(logs):
             self._save(completed_epochs=self._epoch, batch=batch + 1)
 
     def on_epoch_end(self, epoch, logs=None):
-        self._save(completed_epochs=epoch + 1, batch=0)
+        # An epoch cut short by a diverged loss is not a state to resume from.
+        if _finite_loss(logs):
+            self._save(completed_epochs=epoch + 1, batch=0)
 
     def _save(self, completed_epochs, batch):
         name = f"backup-{self._counter:06d}.weights.h5"
@@ -106,27 +116,89 @@ class TrainingBackup(keras.callbacks.Callback):
         self._counter += 1
 
 
-def check_run_config(run_dir, config, write=True):
+def _finite_loss(logs):
+    loss = (logs or {}).get("loss")
+    return loss is None or math.isfinite(float(loss))
+
+
+class DivergenceGuard(keras.callbacks.Callback):
+    """Stops training at the first batch whose loss is NaN or infinite, and remembers where.
+
+    `fit_resumable` raises `TrainingDiverged` with that place; `TrainingBackup` saves nothing
+    after it, so the latest backup is the last state with a finite loss.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.diverged = None
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.diverged is None and not _finite_loss(logs):
+            self.diverged = (float(logs["loss"]), self._epoch + 1, batch + 1)
+            self.model.stop_training = True
+
+    def message(self):
+        loss, epoch, step = self.diverged
+        return (f"training diverged (loss {'NaN' if math.isnan(loss) else loss} at epoch {epoch}, "
+                f"step {step}); lower the learning rate or the scale, or use a warm-up")
+
+
+def check_run_config(run_dir, config, write=True, may_change=("epochs",)):
     """Saves `config` in `run_dir`, or refuses if the folder holds a run with another one.
 
-    `write=False` only checks (the workers of a multi-worker run other than the chief)."""
-    if write:
-        os.makedirs(run_dir, exist_ok=True)
+    Args:
+        run_dir: the run folder.
+        config: a JSON-serialisable dict.
+        write: save it (the chief); `False` only checks (the other workers of a multi-worker
+            run, and checks before any work starts).
+        may_change: keys whose value may differ from the saved one (a larger `epochs` extends a
+            run); the saved configuration is then updated.
+    """
     path = os.path.join(run_dir, "config.json")
     text = json.dumps(config, indent=2, sort_keys=True, default=str)
+    current = json.loads(text)
     if os.path.exists(path):
-        with open(path) as f:
-            saved = json.load(f)
-        current = json.loads(text)
-        if saved != current:
-            keys = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+        try:
+            with open(path, encoding="utf-8") as f:
+                saved = json.load(f)
+        except (ValueError, UnicodeDecodeError) as error:
+            raise ValueError(f"run_dir {run_dir!r} holds a config.json that is not valid JSON "
+                             f"({error}); use a new run_dir") from None
+        keys = sorted(k for k in set(saved) | set(current)
+                      if saved.get(k) != current.get(k) and k not in may_change)
+        if keys:
             details = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in keys)
             raise ValueError(
                 f"run_dir {run_dir!r} holds a run with a different configuration ({details}); "
                 "use a new run_dir, or the same configuration to resume"
             )
-    elif write:
-        _atomic_write_text(path, text + "\n")
+        if saved == current or not write:
+            return
+    elif not write:
+        return
+    os.makedirs(run_dir, exist_ok=True)
+    _atomic_write_text(path, text + "\n")
+
+
+def _truncate_log(path, epochs):
+    """Keeps the rows of the first `epochs` epochs of a CSV log (rows written after the last
+    backup by a process that was then killed are written again on resume)."""
+    if not os.path.exists(path):
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        return
+    header, body = rows[0], rows[1:]
+    column = header.index("epoch") if "epoch" in header else 0
+    kept = [row for row in body if row and row[column].isdigit() and int(row[column]) < epochs]
+    if len(kept) != len(body):
+        lines = [",".join(header)] + [",".join(row) for row in kept]
+        _atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def fit_resumable(model, data, epochs, run_dir, config=None, save_freq="epoch", callbacks=(),
@@ -140,7 +212,8 @@ def fit_resumable(model, data, epochs, run_dir, config=None, save_freq="epoch", 
         run_dir: the run folder (see the module docstring).
         config: a JSON-serialisable dict describing the run (saved; checked on resume).
         save_freq: `"epoch"` or a number of batches between backups.
-        callbacks: further Keras callbacks.
+        callbacks: further Keras callbacks. They run before the CSV log and the backup, so
+            the metrics they add to the logs (`val_auc`, ...) reach `log.csv`.
         strategy: the `tf.distribute.Strategy` the model was built under, or None. In a
             multi-worker run every worker resumes from the same backup (`run_dir` must be on a
             file system they share) and only the chief writes to `run_dir`.
@@ -148,8 +221,15 @@ def fit_resumable(model, data, epochs, run_dir, config=None, save_freq="epoch", 
 
     Returns:
         The `History` of this process's part of the run.
+
+    Raises:
+        TrainingDiverged: the loss became NaN or infinite (the run folder keeps the last
+            finite backup, and no `model.keras` is written).
     """
-    chief, scope = True, contextlib.nullcontext()
+    chief = True
+
+    def scope():
+        return contextlib.nullcontext()
 
     def write_path(path, strategy):
         return contextlib.nullcontext(path)
@@ -157,31 +237,37 @@ def fit_resumable(model, data, epochs, run_dir, config=None, save_freq="epoch", 
     if strategy is not None:  # TensorFlow only
         from keras_facemargin import distribute
 
-        chief, scope, write_path = distribute.is_chief(strategy), strategy.scope(), distribute.write_path
+        chief, scope, write_path = distribute.is_chief(strategy), strategy.scope, distribute.write_path
         distribute.prepare_model(model, strategy)
     check_run_config(run_dir, config or {}, write=chief)
     backup_dir = os.path.join(run_dir, "backup")
+    log_path = os.path.join(run_dir, _LOG)
     state = latest_state(backup_dir)
     initial_epoch = 0
     if state is not None:
-        with scope:
+        with scope():
             if model.optimizer is not None and not model.optimizer.built:
                 model.optimizer.build(model.trainable_variables)
             model.load_weights(state["weights"])
         initial_epoch = state["epoch"]
         logger.warning("Resuming %s from its backup after %d epoch(s).", run_dir, initial_epoch)
+    if chief:
+        _truncate_log(log_path, initial_epoch)
     if initial_epoch >= epochs:
         logger.warning("%s already finished its %d epochs.", run_dir, epochs)
+    guard = DivergenceGuard()
     # Every worker of a multi-worker run saves (saving may need collectives); only the chief
     # saves into run_dir.
-    with write_path(backup_dir, strategy) as write_dir, scope:
-        all_callbacks = [TrainingBackup(write_dir, save_freq), *callbacks]
+    with write_path(backup_dir, strategy) as write_dir, scope():
+        all_callbacks = [guard, *callbacks]
         if chief:
-            all_callbacks.insert(1, keras.callbacks.CSVLogger(os.path.join(run_dir, "log.csv"),
-                                                              append=True))
+            all_callbacks.append(keras.callbacks.CSVLogger(log_path, append=True))
+        all_callbacks.append(TrainingBackup(write_dir, save_freq))
         history = model.fit(
             data, epochs=epochs, initial_epoch=initial_epoch, callbacks=all_callbacks, **fit_kwargs
         )
+    if guard.diverged is not None:
+        raise TrainingDiverged(guard.message())
     with write_path(os.path.join(run_dir, "model.keras"), strategy) as path:
         save_model_atomically(model, path)
     return history

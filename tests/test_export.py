@@ -95,3 +95,37 @@ def test_onnx_export_matches_keras_in_onnxruntime(trained, tmp_path):
     expected = np.asarray(embedder.predict(images.astype("float32"), verbose=0), dtype=np.float64)
     expected /= np.linalg.norm(expected, axis=1, keepdims=True)
     np.testing.assert_allclose(served, expected, atol=1e-5)
+
+
+WRONG_INPUTS = textwrap.dedent("""
+    import sys
+    sys.modules["keras_facemargin"] = None
+    import numpy as np, tensorflow as tf
+    serve = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]
+    cases = {"one image": np.zeros((24, 24, 3), np.uint8), "grey": np.zeros((2, 24, 24, 1), np.uint8),
+             "size": np.zeros((2, 16, 16, 3), np.uint8), "rank 5": np.zeros((1, 2, 24, 24, 3), np.uint8),
+             "float": np.zeros((2, 24, 24, 3), np.float32)}
+    for name, images in cases.items():
+        try:
+            serve(images=tf.constant(images))
+            print(name, "ACCEPTED")
+        except Exception as error:
+            print(name, "|", " ".join(getattr(error, "message", str(error)).split()))
+    print("empty |", tuple(serve(images=tf.zeros((0, 24, 24, 3), tf.uint8))["embeddings"].shape))
+""")
+
+
+def test_wrong_inputs_raise_before_any_model_op_and_an_empty_batch_is_empty(trained, tmp_path):
+    # In a subprocess: before the fix, a single [H, W, 3] image aborted the process (oneDNN).
+    _, _, path = trained
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([sys.executable, "-c", WRONG_INPUTS, path], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = dict(line.split(" | ", 1) for line in done.stdout.strip().splitlines())
+    expected = "images must be uint8 [N, 24, 24, 3] (a batch at the training size); got shape"
+    for case, shape in (("one image", "[24 24 3]"), ("grey", "[2 24 24 1]"), ("size", "[2 16 16 3]"),
+                        ("rank 5", "[1 2 24 24 3]")):
+        assert expected in lines[case] and shape in lines[case], (case, lines[case])
+    assert "expected to be a uint8 tensor but is a float tensor" in lines["float"]
+    assert lines["empty"] == "(0, 6)"

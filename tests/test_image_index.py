@@ -200,3 +200,36 @@ def test_verify_reports_corrupt_files(tmp_path, caplog):
         assert item.path in caplog.text
     clean = index.remove_paths([f.path for f in found])
     assert len(clean) == 53 and clean.num_classes == 5
+
+
+def test_symlink_loops_and_links_are_reported_not_duplicated(tmp_path, caplog):
+    import logging
+
+    root = tmp_path / "data"
+    for person in ("alice", "bob"):
+        (root / person).mkdir(parents=True)
+    (root / "alice" / "a.jpg").write_bytes(b"x")
+    (root / "bob" / "b.jpg").write_bytes(b"x")
+    (root / "alice" / "loop").symlink_to(root / "alice")     # a loop
+    (root / "bob" / "to_alice").symlink_to(root / "alice")   # alice's images under bob
+    (root / "carol").symlink_to(root / "bob", target_is_directory=True)  # an identity folder by link
+    with caplog.at_level(logging.WARNING):
+        followed = ImageIndex.from_directory(root, follow_links=True)
+    assert sorted(os.path.relpath(p, root) for p in followed.paths) == ["alice/a.jpg", "bob/b.jpg"]
+    assert followed.class_names == ("alice", "bob")
+    assert "reached a second time through symbolic links" in caplog.text
+    assert str(root / "alice" / "loop") in caplog.text and str(root / "carol") in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        plain = ImageIndex.from_directory(root)
+    assert sorted(os.path.relpath(p, root) for p in plain.paths) == ["alice/a.jpg", "bob/b.jpg"]
+    assert "symbolic links to folders" in caplog.text and "are not followed" in caplog.text
+    assert str(root / "carol") in caplog.text and str(root / "bob" / "to_alice") in caplog.text
+
+
+def test_a_flat_folder_says_it_needs_identity_folders(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(b"x")
+    (tmp_path / "b.png").write_bytes(b"x")
+    with pytest.raises(ValueError, match="it holds 2 images directly: put each identity's images in a "
+                                         "sub-folder of its own"):
+        ImageIndex.from_directory(tmp_path)

@@ -82,3 +82,53 @@ def test_a_different_configuration_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"different configuration \(lr: 0.1 -> 0.2\)"):
         fit_resumable(_model(), x, epochs=1, run_dir=str(tmp_path), config={"lr": 0.2}, y=y, verbose=0)
     assert json.load(open(tmp_path / "config.json")) == {"lr": 0.1}
+
+
+def test_resume_under_a_strategy_as_the_command_line_passes_one(tmp_path):
+    # The CLI always hands fit_resumable a strategy; entering one scope() object twice crashed.
+    import tensorflow as tf
+
+    strategy = tf.distribute.get_strategy()
+    x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+    y = np.arange(32) % 3
+    with strategy.scope():
+        first = _model()
+    fit_resumable(first, x, epochs=2, run_dir=str(tmp_path), strategy=strategy, y=y, verbose=0)
+    with strategy.scope():
+        second = _model()
+    fit_resumable(second, x, epochs=3, run_dir=str(tmp_path), strategy=strategy, y=y, verbose=0)
+    assert int(second.optimizer.iterations) == int(first.optimizer.iterations) * 3 // 2
+    rows = list(csv.DictReader(open(tmp_path / "log.csv")))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+
+
+def test_a_diverged_run_keeps_its_last_finite_backup(tmp_path):
+    from keras_facemargin.training import TrainingDiverged
+
+    x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+    y = np.arange(32) % 3
+    model = _model()
+    fit_resumable(model, x, epochs=1, run_dir=str(tmp_path), y=y, batch_size=8, verbose=0)
+    finite_weights = [np.asarray(w).copy() for w in model.weights]
+    saved_at = os.path.getmtime(tmp_path / "model.keras")
+    bad = x.copy()
+    bad[20] = np.nan
+    with pytest.raises(TrainingDiverged, match=r"training diverged \(loss NaN at epoch 2, step 3\)"):
+        fit_resumable(model, bad, epochs=3, run_dir=str(tmp_path), y=y, batch_size=8, shuffle=False,
+                      verbose=0)
+    assert latest_state(str(tmp_path / "backup"))["epoch"] == 1
+    assert os.path.getmtime(tmp_path / "model.keras") == saved_at  # not replaced by a NaN model
+    restored = _model()
+    restored.optimizer.build(restored.trainable_variables)
+    restored.load_weights(latest_state(str(tmp_path / "backup"))["weights"])
+    for a, b in zip(restored.weights, finite_weights):
+        np.testing.assert_array_equal(np.asarray(a), b)
+
+
+def test_log_rows_after_the_last_backup_are_written_once(tmp_path):
+    from keras_facemargin.training import _truncate_log
+
+    path = tmp_path / "log.csv"
+    path.write_text("epoch,loss\n0,1.5\n1,1.2\n2,1.1\n")
+    _truncate_log(str(path), 2)  # killed after the row of epoch 2 but before its backup
+    assert path.read_text() == "epoch,loss\n0,1.5\n1,1.2\n"

@@ -198,3 +198,36 @@ def test_corrupt_image_in_pairs_is_blank_and_counted(tmp_path):
     assert float(tf.reduce_max(b[1])) == 0.0 and float(tf.reduce_max(a[1])) > 0
     assert log.count == 1
     assert [r.path for r in log.collect()] == ["set.bin[3]"]
+
+
+def test_pair_lists_with_spaces_quoted_or_tab_separated(tmp_path):
+    from keras_facemargin.data import read_pairs
+
+    folder = tmp_path / "my faces"
+    folder.mkdir()
+    for name in ("a one.jpg", "b two.jpg", "c.jpg"):
+        (folder / name).write_bytes(b"x")
+    quoted = tmp_path / "quoted.txt"
+    quoted.write_text('"my faces/a one.jpg" "my faces/b two.jpg" 1\n\'my faces/c.jpg\' "my faces/a one.jpg" 0\n')
+    tabbed = tmp_path / "tabbed.txt"
+    tabbed.write_text("my faces/a one.jpg\tmy faces/b two.jpg\t1\nmy faces/c.jpg\tmy faces/a one.jpg\t0\n")
+    for path in (quoted, tabbed):
+        pairs = read_pairs(str(path))
+        assert [os.path.basename(p) for p in pairs.images_a] == ["a one.jpg", "c.jpg"]
+        assert [os.path.basename(p) for p in pairs.images_b] == ["b two.jpg", "a one.jpg"]
+        assert list(pairs.is_same) == [True, False]
+    unclosed = tmp_path / "unclosed.txt"
+    unclosed.write_text('"my faces/a one.jpg my faces/c.jpg 1\n')
+    with pytest.raises(ValueError, match=r"unclosed.txt, line 1: No closing quotation"):
+        read_pairs(str(unclosed))
+
+
+def test_a_non_utf8_pair_file_is_named_as_such(tmp_path):
+    from keras_facemargin.data import read_pairs
+
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("a.jpg b.jpg 1\nJos\xe9.jpg b.jpg 0\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin1.txt is not UTF-8 text: byte 0xe9 at offset 17 \(line 2\)"):
+        read_pairs(str(path))
+    with pytest.raises(ValueError, match=r"--val-pairs must be an existing pair file .* \(no such file\)"):
+        read_pairs(str(tmp_path / "missing.txt"), argument="--val-pairs")

@@ -14,6 +14,7 @@ from keras_facemargin.data.decoding import (
     CorruptFile,
     CorruptFileLog,
     find_corrupt_files,
+    image_dataset,
 )
 from keras_facemargin.data.image_index import IMAGE_EXTENSIONS, ImageIndex
 from keras_facemargin.data.pk_sampler import PKSampler, pk_dataset
@@ -24,6 +25,7 @@ from keras_facemargin.data.verification_pairs import (
     read_insightface_bin,
     read_lfw_pairs,
     read_pair_list,
+    read_pairs,
 )
 
 __all__ = [
@@ -37,10 +39,12 @@ __all__ = [
     "VerificationPairs",
     "classification_dataset",
     "find_corrupt_files",
+    "image_dataset",
     "pair_arrays",
     "pair_dataset",
     "pk_dataset",
     "read_insightface_bin",
     "read_lfw_pairs",
     "read_pair_list",
+    "read_pairs",
 ]

@@ -21,6 +21,7 @@ def classification_dataset(
     corrupt_files=None,
     prefetch=True,
     input_context=None,
+    one_hot=False,
 ):
     """A `tf.data.Dataset` of `(images, labels)` batches over every image of `index`.
 
@@ -54,6 +55,8 @@ def classification_dataset(
         corrupt_files: a `CorruptFileLog`, or None (failures are then printed to stderr).
         prefetch: whether to end with `prefetch(AUTOTUNE)`.
         input_context: a `tf.distribute.InputContext`, see above.
+        one_hot: labels as float32 one-hot rows `[batch, num_classes]` (as with `mix`), for
+            Keras's `CategoricalCrossentropy(label_smoothing=...)`.
 
     Example:
 
@@ -124,6 +127,8 @@ def classification_dataset(
         image_size, resize_mode, decoding.as_augmentation(augment), seed
     )
     ds = decoding.decode_batches(ds, preprocess, corrupt_files)
+    if one_hot and mix is None:
+        ds = ds.map(lambda images, labels: (images, tf.one_hot(labels, index.num_classes)))
     if mix is not None:
         num_classes = index.num_classes
         ds = ds.enumerate().map(

@@ -74,24 +74,40 @@ def _check_range(name, value, low, high):
 
 @dataclasses.dataclass(frozen=True)
 class Augmentation:
-    """The training augmentations: random horizontal flip, random resized crop, colour jitter.
+    """The training augmentations, each drawn per image from `(seed, sample id)`.
 
-    Aligned face crops tolerate only mild geometry: the default crop keeps 80–100% of the area
-    with an aspect ratio within ±10% before resizing back, and colour jitter is off.
+    The defaults (flip and a mild crop) suit aligned face crops. For glyph-like identities
+    (emoji, letters, arrows, hands), a flip changes the identity: use translation, zoom and
+    contrast instead (`Augmentation(flip=False, crop_scale=None, translate=0.08, zoom=0.1,
+    contrast=0.2)`).
 
     Args:
         flip: random left-right flip with probability 0.5.
         crop_scale: `(low, high)` fraction of the image area to crop, or None for no crop.
         crop_ratio: `(low, high)` aspect ratio (width / height) of the crop.
         color_jitter: j in [0, 1): brightness ±j·255, contrast and saturation in [1 − j, 1 + j].
+        translate: t in [0, 1): a shift of up to ±t of the height and width (as
+            `keras.layers.RandomTranslation(t, t)`), reflecting the image at its edges.
+        zoom: z in [0, 1): a zoom by a factor in [1 − z, 1 + z] about the centre (as
+            `keras.layers.RandomZoom(z)`); translation and zoom are one resampling.
+        contrast: c in [0, 1): each channel's contrast times a factor in [1 − c, 1 + c] (as
+            `keras.layers.RandomContrast(c)`).
+        erase: probability in [0, 1] of erasing one rectangle (2–20% of the area, aspect ratio
+            1/3–3) with uniform noise (as `keras.layers.RandomErasing`).
     """
 
     flip: bool = True
     crop_scale: tuple | None = (0.8, 1.0)
     crop_ratio: tuple = (0.9, 1.0 / 0.9)
     color_jitter: float = 0.0
+    translate: float = 0.0
+    zoom: float = 0.0
+    contrast: float = 0.0
+    erase: float = 0.0
 
     def __post_init__(self):
+        if not isinstance(self.flip, bool):
+            raise ValueError(f"flip must be True or False; got {self.flip!r}")
         if self.crop_scale is not None:
             object.__setattr__(
                 self, "crop_scale", _check_range("crop_scale", self.crop_scale, 0.0, 1.0)
@@ -99,9 +115,13 @@ class Augmentation:
         object.__setattr__(
             self, "crop_ratio", _check_range("crop_ratio", self.crop_ratio, 0.0, math.inf)
         )
-        jitter = self.color_jitter
-        if not isinstance(jitter, (int, float)) or not 0.0 <= jitter < 1.0:
-            raise ValueError(f"color_jitter must be a number in [0, 1); got {jitter!r}")
+        for name in ("color_jitter", "translate", "zoom", "contrast"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must be a number in [0, 1); got {value!r}")
+        if isinstance(self.erase, bool) or not isinstance(self.erase, (int, float)) or not (
+                0.0 <= self.erase <= 1.0):
+            raise ValueError(f"erase must be a probability in [0, 1]; got {self.erase!r}")
 
 
 def as_augmentation(augment):
@@ -145,9 +165,45 @@ def resize(image, image_size, resize_mode="resize"):
     return image
 
 
+def _shift_and_zoom(image, translate, zoom, seed):
+    """One bilinear resampling of a float `[height, width, 3]` image: a zoom by a factor in
+    [1 − zoom, 1 + zoom] about the centre and a shift of up to ±translate of each side."""
+    height, width = tf.unstack(tf.cast(tf.shape(image)[:2], tf.float32))
+    draw = tf.random.stateless_uniform([3], seed, -1.0, 1.0)
+    factor = 1.0 + zoom * draw[0]
+    shift_x, shift_y = translate * draw[1] * width, translate * draw[2] * height
+    # Output pixel (x, y) reads input (factor·x + offset_x, factor·y + offset_y).
+    offset_x = (1.0 - factor) * (width - 1.0) / 2.0 - shift_x
+    offset_y = (1.0 - factor) * (height - 1.0) / 2.0 - shift_y
+    transform = tf.stack([factor, 0.0, offset_x, 0.0, factor, offset_y, 0.0, 0.0])[None]
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=image[None], transforms=transform, output_shape=tf.shape(image)[:2],
+        fill_value=0.0, interpolation="BILINEAR", fill_mode="REFLECT")[0]
+
+
+def _erase(image, probability, seed):
+    """With `probability`, one rectangle of 2–20% of the area (aspect 1/3–3) set to uniform noise."""
+    seeds = tf.random.experimental.stateless_split(seed, num=3)
+    height, width = tf.unstack(tf.shape(image)[:2])
+    h, w = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+    draw = tf.random.stateless_uniform([5], seeds[0])
+    area = (0.02 + 0.18 * draw[0]) * h * w
+    ratio = tf.exp(math.log(1 / 3) + (math.log(3) - math.log(1 / 3)) * draw[1])
+    box_h = tf.clip_by_value(tf.round(tf.sqrt(area / ratio)), 1.0, h)
+    box_w = tf.clip_by_value(tf.round(tf.sqrt(area * ratio)), 1.0, w)
+    top = tf.floor(draw[2] * (h - box_h + 1.0))
+    left = tf.floor(draw[3] * (w - box_w + 1.0))
+    rows = tf.range(h)[:, None]
+    cols = tf.range(w)[None, :]
+    inside = (rows >= top) & (rows < top + box_h) & (cols >= left) & (cols < left + box_w)
+    inside = inside & (draw[4] < probability)
+    noise = tf.random.stateless_uniform(tf.shape(image), seeds[1], 0.0, 255.0)
+    return tf.where(inside[:, :, None], noise, image)
+
+
 def augment_image(image, image_size, augmentation, seed):
     """A random training view of a uint8 `image`, drawn from the stateless `seed` `[2]`."""
-    seeds = tf.random.experimental.stateless_split(seed, num=5)
+    seeds = tf.random.experimental.stateless_split(seed, num=8)
     if augmentation.crop_scale is not None:
         begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
             tf.shape(image),
@@ -161,6 +217,8 @@ def augment_image(image, image_size, augmentation, seed):
         )
         image = tf.slice(image, begin, size)
     image = resize(image, image_size, "resize")
+    if augmentation.translate or augmentation.zoom:
+        image = _shift_and_zoom(image, augmentation.translate, augmentation.zoom, seeds[5])
     if augmentation.flip:
         image = tf.image.stateless_random_flip_left_right(image, seed=seeds[1])
     jitter = augmentation.color_jitter
@@ -168,7 +226,13 @@ def augment_image(image, image_size, augmentation, seed):
         image = tf.image.stateless_random_brightness(image, jitter * 255.0, seed=seeds[2])
         image = tf.image.stateless_random_contrast(image, 1 - jitter, 1 + jitter, seed=seeds[3])
         image = tf.image.stateless_random_saturation(image, 1 - jitter, 1 + jitter, seed=seeds[4])
+    if augmentation.contrast:
+        c = augmentation.contrast
+        image = tf.image.stateless_random_contrast(image, 1 - c, 1 + c, seed=seeds[6])
+    if jitter > 0 or augmentation.contrast:
         image = tf.clip_by_value(image, 0.0, 255.0)
+    if augmentation.erase:
+        image = _erase(image, augmentation.erase, seeds[7])
     return image
 
 
@@ -230,7 +294,7 @@ def _decode_one_batch(preprocess, spec):
         def attach(images, failed):
             images.set_shape(static)
             failed.set_shape(static[:1])
-            return (images, failed, names, *rest)
+            return (images, failed, names, sources, *rest)
 
         return fast.concatenate(slow).take(1).map(attach)
 
@@ -265,12 +329,45 @@ def decode_batches(dataset, preprocess, log=None, cycle_length=AUTOTUNE):
     if log is None:
         log = _STDERR_LOG
 
-    def record(images, failed, names, *rest):
-        log.record(names, failed)
+    def record(images, failed, names, sources, *rest):
+        log.record(names, failed, sources)
         return (images, *rest)
 
     # Sequential on purpose: the log's variables are updated by one batch at a time.
     return decoded.map(record)
+
+
+def image_dataset(sources, batch_size=64, image_size=(112, 112), from_bytes=False, names=None,
+                  resize_mode="resize", corrupt_files=None, prefetch=True):
+    """Batches of images `[batch, height, width, 3]` (float32 in [0, 255]) in the given order.
+
+    For embedding a list of images once each (evaluation): no shuffling, no augmentation, the
+    last batch partial. A source that does not decode becomes a blank image, recorded in
+    `corrupt_files`.
+
+    Args:
+        sources: file paths, or encoded images with `from_bytes`.
+        batch_size: images per batch.
+        image_size: `(height, width)`.
+        from_bytes: whether `sources` are encoded images.
+        names: what each source is called in reports (default: the path, or `image[i]`).
+        resize_mode: `"resize"` or `"center_crop"`.
+        corrupt_files: a `CorruptFileLog`, or None (failures are printed to stderr).
+        prefetch: whether to end with `prefetch(AUTOTUNE)`.
+    """
+    sources = [bytes(s) if from_bytes else str(s) for s in sources]
+    if not sources:
+        raise ValueError("sources must hold at least one image; got none")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1; got {batch_size!r}")
+    if names is None:
+        names = [f"image[{i}]" for i in range(len(sources))] if from_bytes else sources
+    ds = tf.data.Dataset.from_tensor_slices(
+        (tf.constant(sources, tf.string), tf.constant([str(n) for n in names], tf.string)))
+    ds = ds.batch(batch_size).map(lambda s, n: (s, n, tf.zeros(tf.shape(s), tf.int64)))
+    preprocess = make_preprocess(image_size, resize_mode, None, from_bytes=from_bytes)
+    ds = decode_batches(ds, preprocess, corrupt_files).map(lambda images: images)
+    return ds.prefetch(AUTOTUNE) if prefetch else ds
 
 
 class CorruptFileLog(keras.callbacks.Callback):
@@ -286,27 +383,47 @@ class CorruptFileLog(keras.callbacks.Callback):
     Create it outside any `tf.distribute` strategy scope: its counters belong to the input
     pipeline, not to the replicas.
 
+    Images given as encoded bytes (an InsightFace `.bin`) are named `file[i]`; the bytes of the
+    first `max_sources` failures are kept, so that their reason is that of the bytes.
+
     Args:
         max_paths: how many failing names are kept (the count goes on beyond it).
+        max_sources: how many failing encoded images are kept for their diagnosis.
     """
 
-    def __init__(self, max_paths=10_000):
+    def __init__(self, max_paths=10_000, max_sources=100):
         super().__init__()
-        if isinstance(max_paths, bool) or not isinstance(max_paths, int) or max_paths < 0:
-            raise ValueError(f"max_paths must be an integer >= 0; got {max_paths!r}")
+        for name, value in (("max_paths", max_paths), ("max_sources", max_sources)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0; got {value!r}")
         self.max_paths = max_paths
+        self.max_sources = max_sources
         with tf.device("/cpu:0"):
             self._count = tf.Variable(0, dtype=tf.int64, trainable=False)
             self._names = tf.Variable(
                 tf.zeros([0], tf.string), shape=tf.TensorShape([None]), trainable=False
             )
+            # Aligned with _names: the encoded image where the source is not the name (a path).
+            self._sources = tf.Variable(
+                tf.zeros([0], tf.string), shape=tf.TensorShape([None]), trainable=False
+            )
         self.records = []
 
-    def record(self, names, failed):
-        """Inside the pipeline: adds the `names [n]` where `failed [n]` is true."""
+    def record(self, names, failed, sources=None):
+        """Inside the pipeline: adds the `names [n]` where `failed [n]` is true (and their
+        `sources [n]`, the paths or encoded images, for the diagnosis)."""
         failed_names = tf.boolean_mask(names, failed)
         room = tf.maximum(self.max_paths - tf.size(self._names), 0)
-        self._names.assign(tf.concat([self._names, failed_names[:room]], 0))
+        kept = failed_names[:room]
+        if sources is None:
+            kept_sources = tf.fill(tf.shape(kept), "")
+        else:
+            failed_sources = tf.boolean_mask(sources, failed)[:room]
+            position = tf.size(self._names) + tf.range(tf.size(kept))
+            keep = tf.logical_and(tf.not_equal(failed_sources, kept), position < self.max_sources)
+            kept_sources = tf.where(keep, failed_sources, tf.fill(tf.shape(kept), ""))
+        self._names.assign(tf.concat([self._names, kept], 0))
+        self._sources.assign(tf.concat([self._sources, kept_sources], 0))
         self._count.assign_add(tf.size(failed_names, out_type=tf.int64))
 
     @property
@@ -316,8 +433,11 @@ class CorruptFileLog(keras.callbacks.Callback):
 
     def collect(self):
         """Diagnoses and logs the failures recorded since the last call; returns them."""
-        names = [n.decode("utf-8", "replace") for n in self._names.numpy()[len(self.records) :]]
-        new = [CorruptFile(name, diagnose(name)) for name in names]
+        start = len(self.records)
+        names = [n.decode("utf-8", "replace") for n in self._names.numpy()[start:]]
+        sources = list(self._sources.numpy()[start:])
+        new = [CorruptFile(name, diagnose_bytes(source) if source else diagnose(name))
+               for name, source in zip(names, sources)]
         for item in new:
             logger.warning(
                 "corrupt or unreadable image replaced by a blank: %s (%s)", item.path, item.reason
@@ -328,6 +448,7 @@ class CorruptFileLog(keras.callbacks.Callback):
     def reset(self):
         self._count.assign(0)
         self._names.assign(tf.zeros([0], tf.string))
+        self._sources.assign(tf.zeros([0], tf.string))
         self.records = []
 
     def on_epoch_end(self, epoch, logs=None):
@@ -343,7 +464,7 @@ class CorruptFileLog(keras.callbacks.Callback):
 class _StderrLog:
     """Without a `CorruptFileLog`, failures still show: one line on stderr per batch."""
 
-    def record(self, names, failed):
+    def record(self, names, failed, sources=None):
         failed_names = tf.boolean_mask(names, failed)
 
         def report():
@@ -367,7 +488,16 @@ _STDERR_LOG = _StderrLog()
 def diagnose(path):
     """Why `path` does not decode (TensorFlow's error), decoded eagerly; for reports only."""
     try:
-        decode_rgb(tf.io.read_file(path))
+        contents = tf.io.read_file(path)
+    except tf.errors.OpError as error:
+        return f"{type(error).__name__}: {error.message}"
+    return diagnose_bytes(contents)
+
+
+def diagnose_bytes(contents):
+    """Why encoded image bytes do not decode (TensorFlow's error); for reports only."""
+    try:
+        decode_rgb(contents)
     except tf.errors.OpError as error:
         return f"{type(error).__name__}: {error.message}"
     except (ValueError, TypeError) as error:

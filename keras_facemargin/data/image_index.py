@@ -45,6 +45,34 @@ def _check_fraction(name, value):
     return float(value)
 
 
+def _walk_images(top, extensions, follow_links, seen, repeated, links):
+    """The image files under `top`, sorted, walking each real folder once (see from_directory)."""
+    real = os.path.realpath(top)
+    if real in seen:
+        repeated.append(top)
+        return []
+    seen.add(real)
+    found = []
+    for folder, subfolders, files in os.walk(top, followlinks=follow_links):
+        kept = []
+        for sub in sorted(subfolders):
+            path = os.path.join(folder, sub)
+            if not follow_links:
+                if os.path.islink(path):
+                    links.append(path)
+                    continue
+            else:
+                target = os.path.realpath(path)
+                if target in seen:
+                    repeated.append(path)
+                    continue
+                seen.add(target)
+            kept.append(sub)
+        subfolders[:] = kept
+        found.extend(os.path.join(folder, f) for f in sorted(files) if f.lower().endswith(extensions))
+    return found
+
+
 class ImageIndex:
     """File paths, integer labels `[0, num_classes)` and the class names they stand for.
 
@@ -98,6 +126,11 @@ class ImageIndex:
         nested folders inside a class folder belong to that class; other files are ignored.
         Class folders without any image are left out (with a log message).
 
+        Symbolic links to folders are followed only with `follow_links`; without it each one is
+        named in a warning. With it, a folder reached a second time (a link loop, or two links
+        to one folder) is walked once, and the others are named in a warning, so no image is
+        indexed twice or under two identities.
+
         Args:
             root: the data set folder.
             extensions: the file name endings that count as images.
@@ -107,33 +140,40 @@ class ImageIndex:
         if not os.path.isdir(root):
             raise ValueError(f"root must be an existing folder; got {root!r}")
         extensions = tuple(e.lower() for e in extensions)
-        folders = sorted(
-            entry.name
-            for entry in os.scandir(root)
-            if entry.is_dir(follow_symlinks=follow_links) and not entry.name.startswith(".")
-        )
+        entries = sorted((entry for entry in os.scandir(root) if not entry.name.startswith(".")),
+                         key=lambda entry: entry.name)
+        folders = [entry.name for entry in entries if entry.is_dir(follow_symlinks=follow_links)]
+        links = [entry.path for entry in entries if not follow_links and entry.is_symlink()
+                 and entry.is_dir(follow_symlinks=True)]
+        loose = sum(1 for entry in entries if entry.is_file() and entry.name.lower().endswith(extensions))
+        seen = {os.path.realpath(root)}
+        repeated = []
         paths, labels, names, empty = [], [], [], []
         for name in folders:
-            found = []
-            for folder, subfolders, files in os.walk(
-                os.path.join(root, name), followlinks=follow_links
-            ):
-                subfolders.sort()
-                found.extend(
-                    os.path.join(folder, f) for f in sorted(files) if f.lower().endswith(extensions)
-                )
+            found = _walk_images(os.path.join(root, name), extensions, follow_links, seen, repeated,
+                                 links)
             if not found:
                 empty.append(name)
                 continue
             paths.extend(found)
             labels.extend([len(names)] * len(found))
             names.append(name)
+        if links:
+            logger.warning("%d symbolic links to folders under %s are not followed (pass "
+                           "follow_links=True to include them): %s", len(links), root,
+                           ", ".join(links[:10]))
+        if repeated:
+            logger.warning("%d folders under %s are reached a second time through symbolic links "
+                           "(a loop, or two links to one folder) and are indexed once: %s",
+                           len(repeated), root, ", ".join(repeated[:10]))
         if empty:
             logger.info("%d class folders in %s hold no image and are left out", len(empty), root)
         if not paths:
+            hint = (f"; it holds {loose} images directly: put each identity's images in a "
+                    "sub-folder of its own") if loose else ""
             raise ValueError(
-                f"root must hold one sub-folder per class with images ({', '.join(extensions)}); "
-                f"got {len(folders)} sub-folders and no image in {root!r}"
+                f"root must hold one sub-folder per identity with images ({', '.join(extensions)}); "
+                f"got {len(folders)} sub-folders and no image in them in {root!r}{hint}"
             )
         return cls(paths, np.asarray(labels, dtype=np.int64), names)
 

@@ -9,6 +9,7 @@ and numbers load, anything else is refused before it can run.
 import io
 import os
 import pickle
+import shlex
 
 import numpy as np
 import tensorflow as tf
@@ -55,12 +56,35 @@ class VerificationPairs:
         )
 
 
+def _split(path, number, line):
+    """A line's fields: tab-separated when it has a tab, shell-quoted when it has quotes (so
+    paths may hold spaces), else split on whitespace."""
+    if "\t" in line:
+        return [field.strip() for field in line.rstrip("\r\n").split("\t") if field.strip()]
+    if '"' in line or "'" in line:
+        try:
+            return shlex.split(line, comments=False, posix=True)
+        except ValueError as error:
+            raise ValueError(f"{path}, line {number}: {error} (quote paths that hold spaces as "
+                             f"\"a b.jpg\", or separate the fields by tabs)") from None
+    return line.split()
+
+
 def _lines(path):
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            fields = line.split()
-            if fields and not fields[0].startswith("#"):
-                yield number, fields
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise ValueError(f"{path} is not UTF-8 text: byte 0x{raw[error.start]:02x} at offset "
+                         f"{error.start} (line {line}); save the list as UTF-8") from None
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    for number, line in enumerate(text.splitlines(), 1):
+        fields = _split(path, number, line)
+        if fields and not fields[0].startswith("#"):
+            yield number, fields
 
 
 def _check_exists(list_path, number, path):
@@ -71,8 +95,10 @@ def _check_exists(list_path, number, path):
 def read_pair_list(list_path, root=None, check_files=True):
     """Reads `path_a path_b label` lines (label 1/0, true/false or same/diff).
 
-    Relative paths are relative to `root`, by default the list's folder. A malformed line or
-    (with `check_files`) a missing image is a `ValueError` naming the line and the path.
+    Relative paths are relative to `root`, by default the list's folder. Paths that hold spaces
+    are quoted (`"a b.jpg" c.jpg 1`) or the three fields separated by tabs; the file is UTF-8.
+    A malformed line or (with `check_files`) a missing image is a `ValueError` naming the line
+    and the path.
     """
     list_path = os.fspath(list_path)
     if not os.path.isfile(list_path):
@@ -232,6 +258,40 @@ def read_insightface_bin(bin_path):
         from_bytes=True,
         name=os.path.basename(bin_path),
     )
+
+
+def read_pairs(path, root=None, argument="pairs"):
+    """Verification pairs from any of the three formats, told apart by their content.
+
+    An InsightFace `.bin` (by its extension), an LFW `pairs.txt` (its first line is a pair count
+    or `folds pairs_per_fold`; `root` is then the LFW image folder and required), or a
+    `path_a path_b label` list (relative to `root`, by default the list's folder).
+
+    Args:
+        path: the pair file.
+        root: the image folder (see above).
+        argument: what the file is called in error messages (a flag, say `--val-pairs`).
+
+    Returns:
+        `VerificationPairs`.
+    """
+    if not isinstance(path, str) or not os.path.isfile(path):
+        reason = "a folder" if isinstance(path, str) and os.path.isdir(path) else "no such file"
+        raise ValueError(f"{argument} must be an existing pair file (.bin, LFW pairs.txt or a "
+                         f"'path_a path_b label' list); got {path!r} ({reason})")
+    try:
+        if path.endswith(".bin"):
+            return read_insightface_bin(path)
+        first = next(iter(_lines(path)), (0, []))[1]
+        if len(first) in (1, 2) and all(token.isdigit() for token in first):
+            if root is None:
+                raise ValueError("the LFW image folder (--root / --val-root) is needed for an "
+                                 "LFW pairs file")
+            return read_lfw_pairs(path, root)
+        return read_pair_list(path, root)
+    except ValueError as error:
+        text = str(error)
+        raise ValueError(text if text.startswith(path) else f"{argument} {path!r}: {text}") from None
 
 
 def pair_dataset(

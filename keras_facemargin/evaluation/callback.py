@@ -10,16 +10,23 @@ logger = logging.getLogger(__name__)
 
 
 def embedding_model(model):
-    """The part of `model` that produces embeddings: everything before its last `CosineHead`.
+    """The part of `model` that produces embeddings: everything before its head.
 
-    A model without a `CosineHead` (one trained with a pair loss) is its own embedding model.
+    The head is the last `CosineHead` or `PartialFC` (whose labels input is then dropped), or
+    the `Dense` layer named `"softmax_logits"` that `build_recognizer(..., head="dense")` puts
+    there. A model without a head (one trained with a pair loss) is its own embedding model.
     """
-    from keras_facemargin.heads import CosineHead
+    from keras_facemargin.heads import CosineHead, PartialFC
+    from keras_facemargin.models.recognizer import SOFTMAX_HEAD
 
-    heads = [layer for layer in model.layers if isinstance(layer, CosineHead)]
+    heads = [layer for layer in model.layers
+             if isinstance(layer, (CosineHead, PartialFC)) or layer.name == SOFTMAX_HEAD]
     if not heads:
         return model
-    return keras.Model(model.inputs, heads[-1].input)
+    features = heads[-1].input
+    if isinstance(features, (list, tuple)):
+        features = features[0]
+    return keras.Model(model.inputs[0], features)
 
 
 class VerificationCallback(keras.callbacks.Callback):
@@ -82,5 +89,5 @@ class VerificationCallback(keras.callbacks.Callback):
         metrics = report.as_logs(self.prefix)
         if logs is not None:
             logs.update(metrics)
-        logger.info("epoch %d verification: %s", epoch + 1,
+        logger.debug("epoch %d verification: %s", epoch + 1,
                     ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))

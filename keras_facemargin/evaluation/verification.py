@@ -191,9 +191,20 @@ class VerificationReport:
     accuracy_10fold_std: float
     greater_is_same: bool = True
 
+    @property
+    def num_impostors(self):
+        return self.num_pairs - self.num_genuine
+
+    def unresolved_fars(self):
+        """The FAR targets below 1 / (impostor pairs): too few impostors to measure them, so
+        their TAR is that of FAR = 0 (with 275 impostors, TAR@FAR=1e-4 equals TAR@FAR=1e-3)."""
+        return [far for far in self.tar_at_far if far * self.num_impostors < 1]
+
     def to_dict(self):
         """Plain JSON types; a threshold that accepts nothing (±inf) becomes None."""
         data = dataclasses.asdict(self)
+        data["num_impostors"] = self.num_impostors
+        data["unresolved_fars"] = [far_name(k) for k in self.unresolved_fars()]
         data["tar_at_far"] = {far_name(k): v for k, v in self.tar_at_far.items()}
         data["thresholds_at_far"] = {
             far_name(k): (v if math.isfinite(v) else None) for k, v in self.thresholds_at_far.items()
@@ -225,9 +236,11 @@ class VerificationReport:
             ("AUC", f"{self.auc:.4f}"),
             ("EER", f"{self.eer:.4f}"),
         ]
+        unresolved = self.unresolved_fars()
         for far, tar in self.tar_at_far.items():
             threshold = self.thresholds_at_far[far]
-            rows.append((f"TAR@FAR={far_name(far)}", f"{tar:.4f}  (threshold {threshold:.4f})"))
+            note = f", too few impostors: needs {math.ceil(1 / far)}" if far in unresolved else ""
+            rows.append((f"TAR@FAR={far_name(far)}", f"{tar:.4f}  (threshold {threshold:.4f}{note})"))
         rows.append(("best accuracy", f"{self.best_accuracy:.4f}  (threshold {self.best_threshold:.4f})"))
         rows.append(("10-fold accuracy", f"{self.accuracy_10fold:.4f} ± {self.accuracy_10fold_std:.4f}"))
         width = max(len(name) for name, _ in rows)

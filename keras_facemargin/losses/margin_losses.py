@@ -155,8 +155,9 @@ class MarginSoftmaxLoss(keras.losses.Loss):
         # In a graph only the upper bound is checked: one pass instead of two, and raw logits
         # (the mistake this guards against) exceed 1 somewhere in practically every row.
         largest = ops.max(cosine, axis=-1)
+        # NaN passes the check (its loss is NaN): a diverged run stops as a NaN loss.
         _checks.graph_assert(
-            ops.all(largest <= limit),
+            ops.logical_not(ops.any(largest > limit)),
             "y_pred must be cosines in [-1, 1] (the output of a CosineHead); got max y_pred",
             ops.max(largest),
         )

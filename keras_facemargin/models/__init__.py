@@ -7,7 +7,14 @@ accepts any input size its downsampling supports and any embedding size, and is 
 under a mixed-precision policy, with float32 embeddings.
 """
 
-from keras_facemargin.models.iresnet import iresnet, iresnet18, iresnet34, iresnet50, iresnet100
+from keras_facemargin.models.iresnet import (
+    iresnet,
+    iresnet18,
+    iresnet34,
+    iresnet50,
+    iresnet100,
+    small_resnet,
+)
 from keras_facemargin.models.mobilefacenet import mobilefacenet
 from keras_facemargin.models.recognizer import build_recognizer
 from keras_facemargin.models.simple_cnn import simple_cnn
@@ -21,6 +28,7 @@ _REGISTRY = {
     "sphereface20": sphereface20,
     "mobilefacenet": mobilefacenet,
     "simple_cnn": simple_cnn,
+    "small_resnet": small_resnet,
 }
 
 
@@ -70,5 +78,6 @@ __all__ = [
     "iresnet100",
     "mobilefacenet",
     "simple_cnn",
+    "small_resnet",
     "sphereface20",
 ]

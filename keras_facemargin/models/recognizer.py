@@ -2,8 +2,11 @@ import keras
 
 from keras_facemargin.heads import CosineHead
 
+# The name of the Dense head, by which `evaluation.embedding_model` finds where embeddings end.
+SOFTMAX_HEAD = "softmax_logits"
 
-def build_recognizer(backbone, num_classes=None, name="recognizer", partial_fc=None):
+
+def build_recognizer(backbone, num_classes=None, name="recognizer", partial_fc=None, head="cosine"):
     """The training model and the embedding model of a face recognizer, sharing weights.
 
     Images enter both models as float32 pixel values in [0, 255] and are scaled to [-1, 1]
@@ -12,16 +15,18 @@ def build_recognizer(backbone, num_classes=None, name="recognizer", partial_fc=N
     Args:
         backbone: a Keras model from scaled images `[batch, H, W, C]` to features `[batch, dim]`
             (see `keras_facemargin.models.get_backbone`).
-        num_classes: number of training identities; the training model ends in a `CosineHead`
-            for the margin-softmax losses. `None` for pair losses, which train the embedding
-            model directly (then both returned models are the same object).
+        num_classes: number of training identities; the training model ends in the head.
+            `None` for pair losses, which train the embedding model directly (then both
+            returned models are the same object).
         name: name of the training model.
         partial_fc: a `keras_facemargin.heads.PartialFC` to train with instead of a
             `CosineHead` (it holds the loss; `num_classes` is then ignored). The training model
             then takes `[images, labels]` and is compiled without a loss.
+        head: `"cosine"`, a `CosineHead` (cos θ for the margin-softmax losses), or `"dense"`, a
+            `keras.layers.Dense` (logits for plain softmax cross-entropy).
 
     Returns:
-        `(model, embedder)`: `model` for `fit` (`[batch, num_classes]` cosines), and `embedder`
+        `(model, embedder)`: `model` for `fit` (`[batch, num_classes]` cosines or logits), and `embedder`
         (`[batch, dim]` features) for verification and export.
 
     Example:
@@ -32,6 +37,8 @@ def build_recognizer(backbone, num_classes=None, name="recognizer", partial_fc=N
     model.compile(optimizer="sgd", loss=keras_facemargin.losses.ArcFaceLoss())
     ```
     """
+    if head not in ("cosine", "dense"):
+        raise ValueError(f"head must be 'cosine' or 'dense'; got {head!r}")
     if not isinstance(backbone, keras.Model):
         raise ValueError(f"backbone must be a keras.Model; got {type(backbone).__name__}")
     input_shape = tuple(backbone.input_shape)[1:]
@@ -47,5 +54,8 @@ def build_recognizer(backbone, num_classes=None, name="recognizer", partial_fc=N
         return keras.Model([images, labels], partial_fc(embedder.output, labels), name=name), embedder
     if num_classes is None:
         return embedder, embedder
+    if head == "dense":
+        logits = keras.layers.Dense(num_classes, name=SOFTMAX_HEAD, dtype="float32")(embedder.output)
+        return keras.Model(images, logits, name=name), embedder
     cosines = CosineHead(num_classes, name="cosine_head")(embedder.output)
     return keras.Model(images, cosines, name=name), embedder

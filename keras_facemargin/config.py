@@ -1,0 +1,278 @@
+"""`TrainConfig`: everything that defines a training run, checked before any work starts.
+
+Plain Python (no Keras, no TensorFlow): the command line parses and checks it in well under a
+second, and a wrong value is refused with one line naming the flag, the value and what is
+allowed before a single image is read. `keras_facemargin.recipe.train(config)` turns a checked
+configuration into a run; the configuration it resolves (every "auto" value decided from the
+data) is saved as `config.json` in the run folder.
+"""
+
+import dataclasses
+import json
+import os
+
+from keras_facemargin import _validate as v
+
+# The names the command line offers. They are the registries' names (tests/test_config.py keeps
+# them equal), listed here so that `--help` and the checks need no Keras import.
+SOFTMAX = "softmax"
+MARGIN_LOSSES = ("normface", "sphereface", "cosface", "arcface", "combined_margin")
+PAIR_LOSSES = ("triplet", "contrastive", "npair", "unified_pair", "circle", "supcon", "multi_similarity")
+LOSSES = (SOFTMAX, *MARGIN_LOSSES, *PAIR_LOSSES)
+BACKBONES = ("iresnet18", "iresnet34", "iresnet50", "iresnet100", "mobilefacenet", "sphereface20",
+             "simple_cnn", "small_resnet")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("cosine", "step", "constant")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+STRATEGIES = ("default", "mirrored", "multi_worker")
+AUGMENTATIONS = ("flip", "crop", "translate", "zoom", "contrast", "erase")
+AUTO = "auto"
+
+# The loss hyperparameters a flag sets, and which losses take them.
+LOSS_FLAGS = {
+    "margin": ("sphereface", "cosface", "arcface", "triplet", "npair", "unified_pair", "circle"),
+    "scale": MARGIN_LOSSES,
+    "label_smoothing": MARGIN_LOSSES + (SOFTMAX,),
+}
+
+
+def _field(default, help, check=None, choices=None, many=False):
+    return dataclasses.field(
+        default=default, metadata={"help": help, "check": check, "choices": choices, "many": many})
+
+
+def _optional(check):
+    return lambda name, value: None if value is None else check(name, value)
+
+
+def _auto(check):
+    return lambda name, value: AUTO if value == AUTO else check(name, value)
+
+
+def _positive_int(name, value):
+    return v.check_int(name, value, minimum=1)
+
+
+def _positive(name, value):
+    return v.check_number(name, value, low=0, low_open=True)
+
+
+def _probability(name, value):
+    return v.check_number(name, value, 0.0, 1.0)
+
+
+def _fraction(name, value):
+    return v.check_number(name, value, 0.0, 1.0, low_open=True, high_open=True)
+
+
+def _choice(choices):
+    return lambda name, value: v.check_choice(name, value, choices)
+
+
+def _paths(name, value):
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(p, str) and p for p in value):
+        v.fail(name, "a list of file paths", value)
+    return list(value)
+
+
+def _augment(name, value):
+    if value == AUTO:
+        return AUTO
+    if isinstance(value, str):
+        value = [part for part in value.replace(",", " ").split() if part]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(a, str) for a in value):
+        v.fail(name, f"'auto', 'none' or a list of {', '.join(AUGMENTATIONS)}", value)
+    value = [a for a in value if a != "none"]
+    unknown = [a for a in value if a not in AUGMENTATIONS]
+    if unknown:
+        raise ValueError(f"{name} must be 'auto', 'none' or a list of {', '.join(AUGMENTATIONS)}; "
+                         f"got {unknown[0]!r}")
+    return sorted(set(value), key=AUGMENTATIONS.index)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything that defines a training run; saved as `config.json` in the run folder.
+
+    A value of `"auto"` is decided from the data when the run starts, by the rules in the README
+    (section "Training recipe"); `None` means "not used". Field names are the command line's
+    flags with `-` for `_`.
+    """
+
+    data: str = _field("", "training images: a folder with one sub-folder per identity")
+    loss: str = _field(AUTO, "training objective: softmax (Dense + cross-entropy), a margin loss "
+                       "(CosineHead) or a pair loss (P×K batches); auto: see the README",
+                       _choice((AUTO, *LOSSES)), choices=(AUTO, *LOSSES))
+    margin: float | None = _field(None, "the loss's margin (default: the loss's own)",
+                                  _optional(lambda n, x: v.check_number(n, x)))
+    scale: float | None = _field(AUTO, "scale s of a margin loss; auto: from the number of identities",
+                                 _auto(_optional(_positive)))
+    label_smoothing: float = _field(0.0, "label smoothing ε of softmax and the margin losses",
+                                    lambda n, x: v.check_number(n, x, 0.0, 1.0, high_open=True))
+    backbone: str = _field(AUTO, "network from images to embeddings; auto: from the image size",
+                           _choice((AUTO, *BACKBONES)), choices=(AUTO, *BACKBONES))
+    image_size: int = _field(112, "height and width the images are resized to", _positive_int)
+    embedding_dim: int = _field(AUTO, "embedding size; auto: from the image size", _auto(_positive_int))
+    epochs: int = _field(10, "training epochs (a larger value extends a finished run)", _positive_int)
+    batch_size: int = _field(AUTO, "images per batch (softmax and margin losses); auto: 128, or a "
+                             "quarter of the images when there are fewer than 512", _auto(_positive_int))
+    classes_per_batch: int = _field(AUTO, "P, identities per batch (pair losses)", _auto(_positive_int))
+    samples_per_class: int = _field(4, "K, images per identity in a batch (pair losses)",
+                                    lambda n, x: v.check_int(n, x, minimum=2))
+    optimizer: str = _field(AUTO, "optimizer; auto: see the README", _choice((AUTO, *OPTIMIZERS)),
+                            choices=(AUTO, *OPTIMIZERS))
+    learning_rate: float = _field(AUTO, "peak learning rate; auto: from the optimizer",
+                                  _auto(_positive))
+    weight_decay: float = _field(AUTO, "decoupled weight decay; auto: from the optimizer",
+                                 _auto(lambda n, x: v.check_number(n, x, low=0.0)))
+    schedule: str = _field("cosine", "learning-rate schedule after the warm-up",
+                           _choice(SCHEDULES), choices=SCHEDULES)
+    warmup_epochs: float = _field(AUTO, "epochs of linear learning-rate warm-up; auto: see the README",
+                                  _auto(lambda n, x: v.check_number(n, x, low=0.0)))
+    augment: list = _field(AUTO, "training augmentations, comma-separated (" + ", ".join(AUGMENTATIONS)
+                           + "), none, or auto (no flip unless the data are faces at 112 px)",
+                           _augment)
+    mixup: float = _field(0.0, "probability of mixup for a batch (softmax and margin losses)",
+                          _probability)
+    cutmix: float = _field(0.0, "probability of cutmix for a batch", _probability)
+    mixed_precision: str = _field("float32", "dtype policy", _choice(PRECISIONS), choices=PRECISIONS)
+    val_pairs: list | None = _field(None, "verification pairs checked every epoch: .bin, LFW "
+                                    "pairs.txt or 'a b label' lists", _optional(_paths), many=True)
+    val_root: str | None = _field(None, "folder the pair lists' paths are relative to",
+                                  _optional(v.check_str))
+    val_fraction: float = _field(0.0, "share of the identities held out as validation pairs "
+                                 "when no --val-pairs is given (0: none)",
+                                 lambda n, x: v.check_number(n, x, 0.0, 0.5, high_open=True))
+    min_images: int = _field(1, "leave out identities with fewer images", _positive_int)
+    seed: int = _field(0, "seed of the weights, the sampling and the augmentations",
+                       lambda n, x: v.check_int(n, x, minimum=0))
+    run_dir: str = _field("runs/train", "run folder: config, backups, log.csv, model.keras",
+                          v.check_str)
+    export: str | None = _field(None, "SavedModel folder to export the embedder to "
+                                "(default: RUN_DIR/saved_model)", _optional(v.check_str))
+    strategy: str = _field("default", "tf.distribute strategy", _choice(STRATEGIES), choices=STRATEGIES)
+    sample_rate: float = _field(1.0, "Partial FC: share of the classes in each step's softmax",
+                                lambda n, x: v.check_number(n, x, 0.0, 1.0, low_open=True))
+    tensorboard: bool = _field(False, "write TensorBoard logs to RUN_DIR/tensorboard", v.check_bool)
+
+    @classmethod
+    def fields(cls):
+        return dataclasses.fields(cls)
+
+    @classmethod
+    def from_file(cls, path):
+        """The configuration in a YAML (`.yaml`/`.yml`) or JSON file; unknown keys are refused."""
+        if not os.path.isfile(path):
+            raise ValueError(f"--config must be an existing YAML or JSON file; got {path!r} "
+                             f"({'a folder' if os.path.isdir(path) else 'no such file'})")
+        try:
+            with open(path, encoding="utf-8") as f:
+                if path.endswith((".yaml", ".yml")):
+                    import yaml
+
+                    values = yaml.safe_load(f)
+                else:
+                    values = json.load(f)
+        except UnicodeDecodeError as error:
+            raise ValueError(f"--config {path!r} is not UTF-8 text ({error.reason} at byte "
+                             f"{error.start})") from None
+        except ValueError as error:  # json.JSONDecodeError
+            raise ValueError(f"--config {path!r} is not valid JSON: {error}") from None
+        except Exception as error:  # yaml.YAMLError
+            if type(error).__module__.startswith("yaml"):
+                mark = getattr(error, "problem_mark", None)
+                where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+                problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+                raise ValueError(f"--config {path!r} is not valid YAML{where}: {problem}") from None
+            raise
+        if values is None:
+            values = {}
+        if not isinstance(values, dict):
+            raise ValueError(f"--config {path!r} must hold a mapping of settings; got a "
+                             f"{type(values).__name__}")
+        known = {field.name for field in cls.fields()}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"--config {path!r} has unknown keys {unknown}; known: {sorted(known)}")
+        config = cls(**values)
+        config.validate(source=f"--config {path!r}: ", complete=False)
+        return config
+
+    def validate(self, source="", flags=True, complete=True):
+        """Checks every value; returns the configuration with values in canonical types.
+
+        Args:
+            source: prefix of the error message (for example the config file's name).
+            flags: name the values as command-line flags (`--epochs`) rather than fields.
+            complete: also require `data` and check that the named files exist (False for a
+                configuration file, which the command line completes).
+        """
+        for field in self.fields():
+            check = field.metadata["check"]
+            if check is None:
+                continue
+            name = source + (flag(field.name) if flags else field.name)
+            setattr(self, field.name, check(name, getattr(self, field.name)))
+        if not complete:
+            return self
+        if not self.data:
+            raise ValueError(f"{source}--data (an image folder with one sub-folder per identity) is "
+                             "required")
+        if not os.path.exists(self.data):
+            raise ValueError(f"{source}--data must be an image folder with one sub-folder per identity; "
+                             f"got {self.data!r} (no such folder)")
+        for path in self.val_pairs or ():
+            if not os.path.isfile(path):
+                raise ValueError(f"{source}--val-pairs must be existing pair files (.bin, LFW pairs.txt or "
+                                 f"'path_a path_b label' lists); got {path!r} "
+                                 f"({'a folder' if os.path.isdir(path) else 'no such file'})")
+        return self
+
+    def check_combination(self, given=()):
+        """Refuses flags that the chosen loss does not take; returns warnings for ignored ones.
+
+        Args:
+            given: the names of the fields the user set (flags and config file), so that a
+                default is never blamed.
+        """
+        warnings = []
+        loss = self.loss
+        if loss == AUTO:
+            return warnings
+        for name, takers in LOSS_FLAGS.items():
+            if name in given and getattr(self, name) not in (None, AUTO, 0.0) and loss not in takers:
+                takers_text = ", ".join(takers)
+                raise ValueError(f"{flag(name)} does not apply to --loss {loss}; it is taken by "
+                                 f"{takers_text}")
+        pair = loss in PAIR_LOSSES
+        if pair and (self.mixup or self.cutmix):
+            raise ValueError(f"--mixup/--cutmix need softmax or a margin loss (one identity mix per "
+                             f"image); got --loss {loss}, a pair loss")
+        if self.sample_rate != 1.0 and loss not in MARGIN_LOSSES:
+            raise ValueError(f"--sample-rate {self.sample_rate} (Partial FC) needs a margin loss; got "
+                             f"--loss {loss}")
+        if self.sample_rate != 1.0 and (self.mixup or self.cutmix):
+            raise ValueError(f"--sample-rate {self.sample_rate} (Partial FC) needs integer labels; "
+                             f"got --mixup {self.mixup}, --cutmix {self.cutmix}")
+        if pair and "batch_size" in given:
+            warnings.append(f"--batch-size is ignored with the pair loss {loss}: its batch is "
+                            "--classes-per-batch × --samples-per-class")
+        if not pair and ("classes_per_batch" in given or "samples_per_class" in given):
+            warnings.append(f"--classes-per-batch/--samples-per-class are ignored with --loss {loss}: "
+                            "they shape the P×K batches of pair losses")
+        if self.val_root and not self.val_pairs:
+            warnings.append("--val-root is ignored without --val-pairs")
+        if self.val_pairs and self.val_fraction:
+            raise ValueError("--val-fraction holds out identities for validation when no "
+                             "--val-pairs is given; got both")
+        return warnings
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+def flag(name):
+    """The command-line flag of a field: `--learning-rate` for `learning_rate`."""
+    return "--" + name.replace("_", "-")

@@ -1,0 +1,393 @@
+"""The one way a training run is put together: a `TrainConfig` in, a trained, exported run out.
+
+    config = TrainConfig(data="faces/train", image_size=112, epochs=20)
+    run = recipe.train(config)          # what `facemargin train` does
+    run.embedder, run.export_path, run.config   # the resolved configuration
+
+`train` checks everything it can before any work starts (the flags, the data, the pair files,
+the run and export folders, batch sizes against the data), then builds the dataset, the model,
+the optimizer with its schedule and the callbacks, trains through `fit_resumable` (a killed run
+resumes with the same call) and exports the embedder. The command line, the loss table, the
+quality benchmark and `make demo` all train through it, so a change of recipe reaches each.
+
+The "auto" values of a `TrainConfig` are decided from the data by `resolve`, in the rules the
+README lists under "Training recipe".
+"""
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import shutil
+
+from keras_facemargin.config import AUTO, MARGIN_LOSSES, PAIR_LOSSES, SOFTMAX, TrainConfig
+
+logger = logging.getLogger(__name__)
+
+_EXPORT_MARK = "facemargin_run.json"
+
+# Face-scale training: the published ArcFace recipe (Deng et al. 2019; InsightFace arcface_torch).
+FACE_SCALE_IMAGE_SIZE = 96
+FACE_SCALE_IDENTITIES = 10_000
+
+
+@dataclasses.dataclass
+class Run:
+    """What `train` returns.
+
+    Attributes:
+        config: the resolved `TrainConfig` (no "auto" left), as saved in `run_dir/config.json`.
+        model: the trained training model (backbone and head).
+        embedder: the model from images (float32 in [0, 255]) to embeddings.
+        history: the `keras.callbacks.History` of this process's part of the run.
+        export_path: the SavedModel folder written, or None.
+        index: the `ImageIndex` trained on.
+        validation: the validation `VerificationPairs` (or None).
+        seconds: wall time of `fit` in this process.
+        warnings: the notes about ignored flags.
+    """
+
+    config: TrainConfig
+    model: object
+    embedder: object
+    history: object
+    export_path: str | None
+    index: object
+    validation: object
+    seconds: float
+    warnings: list
+
+
+def face_scale(image_size, num_classes):
+    """Whether the published face recipe applies: faces at >= 96 px and >= 10,000 identities."""
+    return image_size >= FACE_SCALE_IMAGE_SIZE and num_classes >= FACE_SCALE_IDENTITIES
+
+
+def auto_scale(num_classes):
+    """The scale s of a margin loss when none is given: AdaCos's fixed rule √2·ln(C − 1), at
+    least 16, and the published 64 at face scale."""
+    return round(max(16.0, math.sqrt(2.0) * math.log(max(num_classes - 1, 2))), 2)
+
+
+def resolve(config, num_classes, num_images):
+    """A copy of `config` with every "auto" value decided from the data (see the README).
+
+    Args:
+        config: a checked `TrainConfig`.
+        num_classes: identities in the training data.
+        num_images: images in the training data.
+    """
+    config = dataclasses.replace(config)
+    faces = face_scale(config.image_size, num_classes)
+
+    def auto(name, value):
+        if getattr(config, name) == AUTO:
+            setattr(config, name, value)
+
+    auto("loss", "arcface")
+    margin = config.loss in MARGIN_LOSSES
+    pair = config.loss in PAIR_LOSSES
+    auto("backbone", "iresnet50" if faces else ("iresnet18" if config.image_size >= 96 else "small_resnet"))
+    auto("embedding_dim", 512 if config.image_size >= 96 else 128)
+    auto("scale", (64.0 if faces else auto_scale(num_classes)) if margin else None)
+    if not margin:
+        config.scale = None if config.scale == AUTO else config.scale
+    auto("batch_size", 128 if num_images >= 512 else max(2, num_images // 4))
+    auto("classes_per_batch", max(2, 128 // config.samples_per_class))
+    auto("optimizer", "sgd" if faces else "adamw")
+    auto("learning_rate", 0.1 if config.optimizer == "sgd" else 1e-3)
+    auto("weight_decay", {"sgd": 5e-4, "adamw": 5e-2, "adam": 0.0}[config.optimizer])
+    auto("warmup_epochs", 0.0 if faces else min(1.0, config.epochs / 10))
+    auto("augment", ["flip"] if faces else ["translate", "zoom", "contrast"])
+    if pair:
+        config.batch_size = config.classes_per_batch * config.samples_per_class
+    return config
+
+
+# ---- checks before any work ------------------------------------------------------------------
+
+
+def _load_index(config):
+    from keras_facemargin.data import ImageIndex
+
+    try:
+        index = ImageIndex.from_directory(config.data)
+    except ValueError as error:
+        raise ValueError(f"--data {config.data!r}: {error}") from None
+    if config.min_images > 1:
+        index = index.filter_min_images(config.min_images)
+    if index.num_classes < 2:
+        raise ValueError(f"--data {config.data!r} must hold at least 2 identities; got {index.num_classes}")
+    return index
+
+
+def _read_validation(config, index):
+    """`(training index, validation VerificationPairs or None)`."""
+    if config.val_pairs:
+        from keras_facemargin.data import read_pairs
+
+        sets = [read_pairs(path, config.val_root, argument="--val-pairs") for path in config.val_pairs]
+        if len(sets) > 1:
+            raise ValueError(f"--val-pairs takes one file for now; got {len(sets)}")
+        return index, sets[0]
+    if not config.val_fraction:
+        return index, None
+    from keras_facemargin.data import VerificationPairs
+
+    train, held = index.split_identities(test_fraction=config.val_fraction, seed=config.seed)
+    if train.num_classes < 2 or held.class_counts().max() < 2:
+        raise ValueError(
+            f"--val-fraction {config.val_fraction} leaves {train.num_classes} training identities and "
+            f"{held.num_classes} validation identities with at most {held.class_counts().max()} images "
+            "each; expected at least 2 of each and an identity with 2 images")
+    a, b, same = held.sample_pairs(6000, seed=config.seed)
+    return train, VerificationPairs(held.paths[a], held.paths[b], same, name="validation identities")
+
+
+def _check_data_fits(config, index):
+    if config.loss in PAIR_LOSSES:
+        usable = int((index.class_counts() >= 1).sum())
+        if config.classes_per_batch > usable:
+            raise ValueError(f"--classes-per-batch must be <= the {usable} identities of --data; got "
+                             f"{config.classes_per_batch}")
+    elif config.batch_size > len(index):
+        raise ValueError(f"--batch-size must be <= the {len(index)} training images of --data; got "
+                         f"{config.batch_size}")
+    if config.sample_rate != 1.0:
+        sampled = math.ceil(config.sample_rate * index.num_classes)
+        needed = min(config.batch_size, index.num_classes)
+        if sampled < needed:
+            raise ValueError(
+                f"--sample-rate {config.sample_rate} samples {sampled} of {index.num_classes} classes per "
+                f"step, fewer than the up to {needed} distinct identities of a batch of {config.batch_size}; "
+                f"expected --sample-rate >= {needed / index.num_classes:.3g}")
+
+
+def default_export_path(config):
+    return config.export or os.path.join(config.run_dir, "saved_model")
+
+
+def _check_folders(config, saved_config):
+    from keras_facemargin import _validate
+    from keras_facemargin.training import check_run_config
+
+    _validate.check_writable_dir("--run-dir", config.run_dir)
+    check_run_config(config.run_dir, saved_config, write=False)
+    export = default_export_path(config)
+    _validate.check_writable_dir("--export", export)
+    mark = os.path.join(export, _EXPORT_MARK)
+    if os.path.isdir(export) and os.listdir(export):
+        owner = None
+        if os.path.isfile(mark):
+            with open(mark, encoding="utf-8") as f:
+                owner = json.load(f).get("run_dir")
+        if owner is None:
+            raise ValueError(f"--export {export!r} is a folder that holds other files; choose an empty "
+                             "or new folder")
+        if os.path.abspath(owner) != os.path.abspath(config.run_dir):
+            raise ValueError(f"--export {export!r} holds the export of another run ({owner!r}); choose "
+                             "another --export, or remove it")
+
+
+def prepare(config, given=()):
+    """Checks a configuration against the data and the file system, before any training work.
+
+    Returns:
+        `(resolved config, training ImageIndex, validation pairs or None, warnings)`.
+    """
+    config = dataclasses.replace(config).validate()
+    warnings = config.check_combination(given)
+    index = _load_index(config)
+    index, validation = _read_validation(config, index)
+    resolved = resolve(config, index.num_classes, len(index))
+    warnings += [w for w in resolved.check_combination(given) if w not in warnings]
+    _check_data_fits(resolved, index)
+    _check_folders(resolved, resolved.to_dict())
+    return resolved, index, validation, warnings
+
+
+# ---- assembly ---------------------------------------------------------------------------------
+
+
+def make_augmentation(names):
+    """The `data.Augmentation` of a list of augmentation names (see `config.AUGMENTATIONS`)."""
+    from keras_facemargin.data import Augmentation
+
+    names = set(names)
+    return Augmentation(
+        flip="flip" in names,
+        crop_scale=(0.8, 1.0) if "crop" in names else None,
+        translate=0.08 if "translate" in names else 0.0,
+        zoom=0.1 if "zoom" in names else 0.0,
+        contrast=0.2 if "contrast" in names else 0.0,
+        erase=0.25 if "erase" in names else 0.0,
+    )
+
+
+def _datasets(config, index, log):
+    from keras_facemargin import data
+
+    size = (config.image_size, config.image_size)
+    augment = make_augmentation(config.augment)
+    pair = config.loss in PAIR_LOSSES
+    mix = None
+    if config.mixup or config.cutmix:
+        mix = data.BatchMix(mixup=config.mixup, cutmix=config.cutmix, seed=config.seed)
+    one_hot = config.loss == SOFTMAX and (config.label_smoothing > 0 or mix is not None)
+
+    def make_dataset(input_context=None):
+        if pair:
+            ds = data.pk_dataset(index, config.classes_per_batch, config.samples_per_class, image_size=size,
+                                 augment=augment, seed=config.seed, corrupt_files=log,
+                                 input_context=input_context)
+        else:
+            ds = data.classification_dataset(index, config.batch_size, image_size=size, augment=augment,
+                                             mix=mix, seed=config.seed, corrupt_files=log,
+                                             input_context=input_context, one_hot=one_hot)
+        if config.sample_rate != 1.0:  # PartialFC takes the labels as an input
+            ds = ds.map(lambda images, labels: ((images, labels),))
+        return ds
+
+    return make_dataset
+
+
+def _loss(config):
+    import keras
+
+    from keras_facemargin import losses
+
+    if config.loss == SOFTMAX:
+        if config.label_smoothing or config.mixup or config.cutmix:
+            return keras.losses.CategoricalCrossentropy(from_logits=True,
+                                                        label_smoothing=config.label_smoothing)
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    kwargs = {}
+    if config.margin is not None:
+        kwargs["margin"] = config.margin
+    if config.scale is not None:
+        kwargs["scale"] = config.scale
+    if config.label_smoothing:
+        kwargs["label_smoothing"] = config.label_smoothing
+    return losses.get(config.loss, **kwargs)
+
+
+def make_schedule(config, steps_per_epoch):
+    """The learning rate: linear warm-up, then cosine, step (÷10 at 50%, 75% and 90%) or constant."""
+    from keras_facemargin.optimizers import WarmupSchedule
+
+    total = max(1, steps_per_epoch * config.epochs)
+    return WarmupSchedule(config.learning_rate, total, round(config.warmup_epochs * steps_per_epoch),
+                          config.schedule)
+
+
+def make_optimizer(config, steps_per_epoch):
+    import keras
+
+    lr = make_schedule(config, steps_per_epoch)
+    if config.optimizer == "sgd":
+        return keras.optimizers.SGD(lr, momentum=0.9, weight_decay=config.weight_decay or None)
+    if config.optimizer == "adamw":
+        return keras.optimizers.AdamW(lr, weight_decay=config.weight_decay)
+    return keras.optimizers.Adam(lr, weight_decay=config.weight_decay or None)
+
+
+def build_model(config, num_classes):
+    """`(training model, embedder)` of a resolved configuration (inside a strategy's scope)."""
+    from keras_facemargin import heads, models
+
+    backbone = models.get_backbone(config.backbone, input_shape=(config.image_size, config.image_size, 3),
+                                   embedding_dim=config.embedding_dim)
+    if config.loss == SOFTMAX:
+        return models.build_recognizer(backbone, num_classes, head="dense")
+    if config.loss in PAIR_LOSSES:
+        return models.build_recognizer(backbone)
+    partial_fc = None
+    if config.sample_rate != 1.0:
+        partial_fc = heads.PartialFC(num_classes, loss=_loss(config), sample_rate=config.sample_rate,
+                                     seed=config.seed, name="partial_fc")
+    return models.build_recognizer(backbone, num_classes, partial_fc=partial_fc)
+
+
+def _write_export(embedder, path, config, strategy):
+    from keras_facemargin import distribute
+    from keras_facemargin.export import export_embedder
+    from keras_facemargin.training import _atomic_write_text
+
+    with distribute.write_path(path, strategy) as target:
+        if os.path.isdir(target) and os.path.isfile(os.path.join(target, _EXPORT_MARK)):
+            shutil.rmtree(target)  # this run's earlier export: replaced whole
+        export_embedder(embedder, target)
+        _atomic_write_text(os.path.join(target, _EXPORT_MARK),
+                           json.dumps({"run_dir": os.path.abspath(config.run_dir)}) + "\n")
+
+
+def train(config, given=(), callbacks=(), verbose="auto", export=True):
+    """Trains, resumably, the run that `config` describes; see the module docstring.
+
+    Args:
+        config: a `TrainConfig` (checked here; "auto" values are resolved from the data).
+        given: the names of the fields the user set; flags that a default would not explain
+            are refused or warned about (see `TrainConfig.check_combination`).
+        callbacks: further Keras callbacks.
+        verbose: `fit`'s verbosity.
+        export: write the SavedModel to `config.export` (default `run_dir/saved_model`).
+
+    Returns:
+        A `Run`.
+
+    Raises:
+        ValueError: a bad value, data that do not fit the configuration, an unwritable folder, a
+            run folder that holds another configuration; all before any training work.
+        keras_facemargin.training.TrainingDiverged: the loss became NaN or infinite.
+    """
+    import time
+
+    config, index, validation, warnings = prepare(config, given)
+    for warning in warnings:
+        logger.warning("warning: %s", warning)
+
+    import keras
+
+    from keras_facemargin import data, distribute, evaluation
+    from keras_facemargin.training import fit_resumable
+
+    # Before any other TensorFlow work: a multi-worker strategy must be created first.
+    strategy = distribute.get_strategy(config.strategy)
+    if config.mixed_precision != "float32":
+        keras.config.set_dtype_policy(config.mixed_precision)
+    keras.utils.set_random_seed(config.seed)
+    log = data.CorruptFileLog()
+    make_dataset = _datasets(config, index, log)
+    dataset = make_dataset()
+    steps = int(dataset.cardinality().numpy())
+    if strategy.num_replicas_in_sync > 1 or distribute.is_multi_worker(strategy):
+        dataset = strategy.distribute_datasets_from_function(make_dataset)
+    with strategy.scope():
+        model, embedder = build_model(config, index.num_classes)
+        loss = None if config.sample_rate != 1.0 else _loss(config)
+        model.compile(optimizer=make_optimizer(config, steps), loss=loss)
+    all_callbacks = [log]
+    if validation is not None:
+        size = (config.image_size, config.image_size)
+        all_callbacks.append(evaluation.VerificationCallback(
+            data.pair_arrays(validation, image_size=size), far_targets=(1e-3, 1e-2),
+            embedding_model=embedder))
+    if config.tensorboard:
+        all_callbacks.append(keras.callbacks.TensorBoard(os.path.join(config.run_dir, "tensorboard")))
+    all_callbacks += list(callbacks)
+    start = time.perf_counter()
+    history = fit_resumable(model, dataset, config.epochs, config.run_dir, config=config.to_dict(),
+                            callbacks=all_callbacks, strategy=strategy, verbose=verbose, shuffle=False)
+    seconds = time.perf_counter() - start
+    export_path = None
+    if export:
+        export_path = default_export_path(config)
+        _write_export(embedder, export_path, config, strategy)
+        if not distribute.is_chief(strategy):  # it saved into a temporary folder
+            export_path = None
+    return Run(config, model, embedder, history, export_path, index, validation, seconds, warnings)
+
+
+__all__ = ["Run", "TrainConfig", "auto_scale", "build_model", "default_export_path", "face_scale",
+           "make_augmentation", "make_optimizer", "make_schedule", "prepare", "resolve", "train"]

@@ -1,0 +1,325 @@
+"""What a user runs: `facemargin` as a subprocess (SIGKILL included) and through `main([...])`.
+
+Every mistake is one line, `facemargin <command>: error: ...`, exit 2, before any work starts
+and before anything is written; a killed run resumes with the same command.
+"""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+from keras_facemargin import cli
+from keras_facemargin.training import latest_state
+
+pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tf.data + SavedModel")
+
+FACES = os.path.join(os.path.dirname(__file__), "data", "faces")
+# The installed `facemargin` script: argument errors must come before TensorFlow loads.
+SCRIPT = os.path.join(os.path.dirname(sys.executable), "facemargin")
+SMALL = ["--image-size", "32", "--backbone", "simple_cnn", "--embedding-dim", "8", "--batch-size", "5",
+         "--optimizer", "adam", "--learning-rate", "0.001"]
+
+
+def facemargin(*args, timeout=300):
+    """Runs the `facemargin` command; returns (exit status, stdout, stderr)."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([SCRIPT, *args], capture_output=True, text=True, timeout=timeout, env=env)
+    return done.returncode, done.stdout, done.stderr
+
+
+def one_error_line(err, command="train"):
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"facemargin {command}: error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+# ---- a killed run resumes -------------------------------------------------------------------
+
+
+def log_epochs(run_dir):
+    return [int(row["epoch"]) for row in csv.DictReader(open(os.path.join(run_dir, "log.csv")))]
+
+
+def test_sigkill_mid_run_then_the_same_command_finishes(tmp_path):
+    run_dir = str(tmp_path / "run")
+    command = [SCRIPT, "train", "--data", FACES, *SMALL, "--epochs", "12", "--run-dir", run_dir]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    state = None
+    while time.time() < deadline and process.poll() is None:
+        state = latest_state(os.path.join(run_dir, "backup")) if os.path.isdir(run_dir) else None
+        if state and state["epoch"] >= 3:
+            break
+        time.sleep(0.02)
+    assert state and state["epoch"] >= 3, "no backup after 3 epochs appeared"
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not os.path.exists(os.path.join(run_dir, "model.keras"))
+
+    code, out, err = facemargin(*command[1:])
+    assert code == 0, err
+    assert "Resuming" in err and "from its backup after" in err
+    assert log_epochs(run_dir) == list(range(12))  # one row per epoch, none twice
+    assert latest_state(os.path.join(run_dir, "backup"))["epoch"] == 12
+    assert os.path.exists(os.path.join(run_dir, "model.keras"))
+    assert os.path.exists(os.path.join(run_dir, "saved_model", "saved_model.pb"))
+    assert "Traceback" not in err
+
+    # A finished run: the same command does no training and exports again.
+    code, out, err = facemargin(*command[1:])
+    assert code == 0, err
+    assert "already finished its 12 epochs" in err
+    assert log_epochs(run_dir) == list(range(12))
+    # A larger --epochs extends it.
+    extended = [*command[1:-4], "--epochs", "14", "--run-dir", run_dir]
+    code, out, err = facemargin(*extended)
+    assert code == 0, err
+    assert log_epochs(run_dir) == list(range(14))
+    assert json.load(open(os.path.join(run_dir, "config.json")))["epochs"] == 14
+
+
+# ---- mistakes are refused before any work, and leave nothing behind ---------------------------
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--epochs", "-3"], "--epochs must be an integer >= 1; got -3"),
+    (["--epochs", "0"], "--epochs must be an integer >= 1; got 0"),
+    (["--learning-rate", "-1"], "--learning-rate must be a finite number > 0; got -1.0"),
+    (["--loss", "arcfase"], "argument --loss: invalid choice: 'arcfase'"),
+    (["--mixed-precision", "float8"], "argument --mixed-precision: invalid choice: 'float8'"),
+    (["--loss", "triplet", "--scale", "30"], "--scale does not apply to --loss triplet"),
+    (["--val-pairs", "/no/such/pairs.txt"], "--val-pairs must be existing pair files"),
+    (["--augment", "flip,rotate"], "--augment must be 'auto', 'none' or a list of"),
+    (["--epochs", "three"], "argument --epochs: expected an integer; got 'three'"),
+    (["--sample-rate", "0"], "--sample-rate must be a number in (0, 1]; got 0.0"),
+])
+def test_bad_flags_are_one_line_before_tensorflow_loads(tmp_path, args, expected):
+    run_dir = tmp_path / "run"
+    start = time.perf_counter()
+    code, out, err = facemargin("train", "--data", FACES, "--run-dir", str(run_dir), *args)
+    seconds = time.perf_counter() - start
+    assert code == 2
+    assert expected in one_error_line(err)
+    assert not run_dir.exists()
+    assert seconds < 20  # no TensorFlow import; the real figure is in benchmarks/bench_cli.py
+
+
+def test_config_file_mistakes_are_one_line(tmp_path):
+    cases = {
+        "string.yaml": ("epochs: \"1\"\n", "epochs must be an integer >= 1; got '1' (a string)"),
+        "syntax.yaml": ("epochs: [1\nloss: arcface\n", "is not valid YAML at line"),
+        "unknown.yaml": ("epoch: 3\n", "has unknown keys ['epoch']"),
+        "list.yaml": ("- 1\n- 2\n", "must hold a mapping of settings; got a list"),
+        "bad.json": ("{\"epochs\": }", "is not valid JSON"),
+    }
+    for name, (text, expected) in cases.items():
+        (tmp_path / name).write_text(text)
+        code, _, err = facemargin("train", "--data", FACES, "--config", str(tmp_path / name),
+                                  "--run-dir", str(tmp_path / "run"))
+        assert code == 2, name
+        assert expected in one_error_line(err), (name, err)
+    code, _, err = facemargin("train", "--data", FACES, "--config", str(tmp_path / "missing.yaml"))
+    assert code == 2
+    assert "--config must be an existing YAML or JSON file" in one_error_line(err)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_failed_start_does_not_lock_its_run_folder(tmp_path, capsys):
+    run_dir = str(tmp_path / "run")
+    assert cli.main(["train", "--data", FACES, *SMALL[:-6], "--batch-size", "1000", "--epochs", "1",
+                     "--run-dir", run_dir]) == 2
+    assert "--batch-size must be <= the 55 training images of --data; got 1000" in capsys.readouterr().err
+    assert not os.path.exists(run_dir)
+    assert cli.main(["train", "--data", FACES, *SMALL, "--epochs", "1", "--run-dir", run_dir]) == 0
+    saved = json.load(open(os.path.join(run_dir, "config.json")))
+    assert saved["batch_size"] == 5 and saved["epochs"] == 1
+
+
+def test_data_and_folder_mistakes_before_training(tmp_path, capsys):
+    def error(*args):
+        assert cli.main(["train", *args]) == 2
+        return capsys.readouterr().err.strip().splitlines()[-1]
+
+    assert "--sample-rate 0.1 samples 1 of 5 classes per step" in error(
+        "--data", FACES, *SMALL, "--sample-rate", "0.1", "--run-dir", str(tmp_path / "a"))
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for name in sorted(os.listdir(os.path.join(FACES, "John_Simm")))[:3]:
+        (flat / name).write_bytes(open(os.path.join(FACES, "John_Simm", name), "rb").read())
+    assert "put each identity's images in a sub-folder of its own" in error(
+        "--data", str(flat), "--run-dir", str(tmp_path / "b"))
+    file_in_the_way = tmp_path / "file"
+    file_in_the_way.write_text("x")
+    assert "--run-dir must be a folder that can be written" in error(
+        "--data", FACES, *SMALL, "--run-dir", str(file_in_the_way / "run"))
+    assert "--export must be a folder that can be written" in error(
+        "--data", FACES, *SMALL, "--run-dir", str(tmp_path / "c"), "--export", str(file_in_the_way / "x"))
+    for name in "abc":
+        assert not (tmp_path / name).exists()
+
+
+def _read_only(folder):
+    """Makes `folder` unwritable (chmod, and chattr +i for root); False if that is impossible here."""
+    os.chmod(folder, 0o555)
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "+i", str(folder)], capture_output=True)
+    try:
+        (folder / "probe").write_text("x")
+    except OSError:
+        return True
+    os.remove(folder / "probe")
+    return False
+
+
+def _writable_again(folder):
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "-i", str(folder)], capture_output=True)
+    os.chmod(folder, 0o755)
+
+
+def test_read_only_run_and_export_folders_are_refused_before_training(tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    if not _read_only(locked):
+        _writable_again(locked)
+        pytest.skip("no way to make a folder read-only on this file system")
+    try:
+        assert cli.main(["train", "--data", FACES, *SMALL, "--run-dir", str(locked / "run")]) == 2
+        assert "--run-dir must be a folder that can be written" in capsys.readouterr().err
+        assert cli.main(["train", "--data", FACES, *SMALL, "--run-dir", str(tmp_path / "run"),
+                         "--export", str(locked)]) == 2
+        assert "--export must be a folder that can be written" in capsys.readouterr().err
+        assert not (tmp_path / "run").exists()
+    finally:
+        _writable_again(locked)
+
+
+def test_a_diverging_run_stops_with_one_line(tmp_path, capsys):
+    run_dir = str(tmp_path / "run")
+    code = cli.main(["train", "--data", FACES, *SMALL[:-2], "--learning-rate", "1e30", "--schedule",
+                     "constant", "--warmup-epochs", "0", "--epochs", "3", "--run-dir", run_dir])
+    assert code == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("facemargin train: error: training diverged (loss ")
+    assert "at epoch 1, step" in err
+    assert not os.path.exists(os.path.join(run_dir, "model.keras"))
+    assert not os.path.exists(os.path.join(run_dir, "saved_model"))
+
+
+def test_two_runs_do_not_share_an_export(tmp_path, capsys):
+    a, b = str(tmp_path / "a" / "x"), str(tmp_path / "b" / "x")
+    for run_dir in (a, b):
+        assert cli.main(["train", "--data", FACES, *SMALL, "--epochs", "1", "--run-dir", run_dir]) == 0
+    for run_dir in (a, b):  # each in its own run folder
+        assert os.path.exists(os.path.join(run_dir, "saved_model", "saved_model.pb"))
+    shared = str(tmp_path / "shared")
+    assert cli.main(["train", "--data", FACES, *SMALL, "--epochs", "1", "--run-dir", a, "--export",
+                     shared]) == 2  # a's configuration now names another export: refused
+    capsys.readouterr()
+    c = str(tmp_path / "c")
+    assert cli.main(["train", "--data", FACES, *SMALL, "--epochs", "1", "--run-dir", c, "--export",
+                     shared]) == 0
+    d = str(tmp_path / "d")
+    assert cli.main(["train", "--data", FACES, *SMALL, "--epochs", "1", "--run-dir", d, "--export",
+                     shared]) == 2
+    assert "holds the export of another run" in capsys.readouterr().err
+    assert not os.path.exists(d)
+
+
+def test_ignored_batch_size_with_a_pair_loss_is_a_warning(tmp_path, caplog):
+    run_dir = str(tmp_path / "run")
+    with caplog.at_level("WARNING"):
+        assert cli.main(["train", "--data", FACES, *SMALL, "--loss", "triplet", "--classes-per-batch", "5",
+                         "--samples-per-class", "2", "--epochs", "1", "--run-dir", run_dir]) == 0
+    assert "--batch-size is ignored with the pair loss triplet" in caplog.text
+
+
+# ---- evaluate and embed ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    run_dir = str(tmp_path_factory.mktemp("trained") / "run")
+    assert cli.main(["train", "--data", FACES, *SMALL, "--epochs", "1", "--run-dir", run_dir]) == 0
+    return run_dir
+
+
+def test_models_that_are_not_models_are_named_as_such(tmp_path, capsys, trained):
+    fake = tmp_path / "m.keras"
+    fake.write_bytes(os.urandom(2000))
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text("John_Simm/a.jpg John_Simm/b.jpg 1\n")
+    assert cli.main(["evaluate", "--model", str(fake), "--pairs", str(pairs)]) == 2
+    assert f"--model {str(fake)!r} is not a valid Keras file" in capsys.readouterr().err
+    garbage = tmp_path / "sm"
+    garbage.mkdir()
+    (garbage / "saved_model.pb").write_bytes(os.urandom(2000))
+    assert cli.main(["evaluate", "--model", str(garbage), "--pairs", str(pairs)]) == 2
+    assert f"--model {str(garbage)!r} is not a valid SavedModel" in capsys.readouterr().err
+
+
+def test_evaluate_with_fewer_pairs_than_folds_adapts(tmp_path, capsys, trained):
+    people = sorted(p for p in os.listdir(FACES) if os.path.isdir(os.path.join(FACES, p)))
+    images = {p: sorted(os.listdir(os.path.join(FACES, p))) for p in people}
+    lines = [f"{people[0]}/{images[people[0]][0]}\t{people[0]}/{images[people[0]][1]}\t1",
+             f"{people[1]}/{images[people[1]][0]}\t{people[1]}/{images[people[1]][1]}\t1",
+             f"{people[0]}/{images[people[0]][2]}\t{people[1]}/{images[people[1]][2]}\t0",
+             f"{people[2]}/{images[people[2]][0]}\t{people[3]}/{images[people[3]][0]}\t0"]
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "eval"
+    assert cli.main(["evaluate", "--model", os.path.join(trained, "saved_model"), "--pairs", str(pairs),
+                     "--root", FACES, "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "4 pairs are too few for 10 folds; the k-fold accuracy uses 4" in captured.err
+    assert "TAR@FAR=0.0001 needs at least 10000 impostor pairs; got 2" in captured.err
+    report = json.load(open(out / "report.json"))
+    assert report["num_pairs"] == 4 and "1e-4" in report["unresolved_fars"]
+
+
+def test_a_bin_with_undecodable_images_names_the_reason(tmp_path, capsys, trained):
+    import pickle
+
+    good = open(os.path.join(FACES, "John_Simm", sorted(os.listdir(os.path.join(FACES, "John_Simm")))[0]),
+                "rb").read()
+    images = [good, b"not a jpeg at all", good, good]
+    path = tmp_path / "sets.bin"
+    path.write_bytes(pickle.dumps((images, [True, False]), protocol=2))
+    assert cli.main(["evaluate", "--model", os.path.join(trained, "saved_model"), "--pairs", str(path),
+                     "--out", str(tmp_path / "eval")]) == 0
+    err = capsys.readouterr().err
+    assert "sets.bin[1]" in err
+    assert "No such file" not in err and "InvalidArgumentError" in err
+
+
+def test_embed_flags_corrupt_files_in_the_npz(tmp_path, trained, capsys):
+    folder = tmp_path / "gallery"
+    folder.mkdir()
+    source = os.path.join(FACES, "John_Simm")
+    for name in sorted(os.listdir(source))[:3]:
+        (folder / name).write_bytes(open(os.path.join(source, name), "rb").read())
+    (folder / "broken1.jpg").write_bytes(b"garbage" * 20)
+    (folder / "broken2.jpg").write_bytes(b"")
+    out = tmp_path / "emb.npz"
+    assert cli.main(["embed", "--model", os.path.join(trained, "saved_model"), "--images", str(folder),
+                     "--out", str(out)]) == 0
+    data = np.load(out)
+    corrupt = dict(zip((os.path.basename(p) for p in data["paths"]), data["corrupt"]))
+    assert corrupt == {"broken1.jpg": True, "broken2.jpg": True, **{n: False for n in sorted(
+        os.listdir(source))[:3]}}
+    assert np.isnan(data["embeddings"][data["corrupt"]]).all()
+    assert np.isfinite(data["embeddings"][~data["corrupt"]]).all()
+    assert all(reason for reason in data["reasons"][data["corrupt"]])
+    assert "2 image(s) could not be decoded" in capsys.readouterr().err

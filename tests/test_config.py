@@ -1,0 +1,78 @@
+"""`TrainConfig` and the recipe's rules, without training."""
+
+import dataclasses
+
+import pytest
+
+import keras_facemargin as kf
+from keras_facemargin import config as config_lib
+from keras_facemargin import recipe
+from keras_facemargin.config import TrainConfig
+
+
+def test_the_command_line_offers_exactly_the_registered_names():
+    assert sorted(config_lib.LOSSES) == sorted(["softmax", *kf.losses.names()])
+    assert sorted(config_lib.BACKBONES) == sorted(kf.models.backbone_names())
+    margin = {n for n in kf.losses.names() if isinstance(kf.losses.get(n), kf.losses.MarginSoftmaxLoss)}
+    assert set(config_lib.MARGIN_LOSSES) == margin
+    assert set(config_lib.PAIR_LOSSES) == set(kf.losses.names()) - margin
+
+
+def test_every_field_is_checked_and_named_as_its_flag(tmp_path):
+    good = TrainConfig(data=str(tmp_path)).validate()
+    assert good.epochs == 10 and good.loss == "auto"
+    for name, value, message in [
+        ("epochs", -3, "--epochs must be an integer >= 1; got -3"),
+        ("epochs", "1", "--epochs must be an integer >= 1; got '1' (a string)"),
+        ("learning_rate", -1.0, "--learning-rate must be a finite number > 0; got -1.0"),
+        ("learning_rate", float("nan"), "--learning-rate must be a finite number > 0; got nan"),
+        ("label_smoothing", 1.0, "--label-smoothing must be a number in [0, 1); got 1.0"),
+        ("mixup", 2, "--mixup must be a number in [0, 1]; got 2"),
+        ("loss", "arcfase", "--loss must be one of auto, softmax, normface"),
+        ("augment", ["flip", "spin"], "--augment must be 'auto', 'none' or a list of flip, crop"),
+        ("val_pairs", [1], "--val-pairs must be a list of file paths; got [1]"),
+        ("seed", -1, "--seed must be an integer >= 0; got -1"),
+        ("samples_per_class", 1, "--samples-per-class must be an integer >= 2; got 1"),
+        ("tensorboard", "yes", "--tensorboard must be true or false; got 'yes' (a string)"),
+    ]:
+        with pytest.raises(ValueError) as error:
+            dataclasses.replace(good, **{name: value}).validate()
+        assert message in str(error.value), (name, str(error.value))
+    assert "epochs must be" in _error(lambda: dataclasses.replace(good, epochs=0).validate(flags=False))
+
+
+def _error(fn):
+    with pytest.raises(ValueError) as error:
+        fn()
+    return str(error.value)
+
+
+def test_augment_accepts_commas_spaces_and_none(tmp_path):
+    config = TrainConfig(data=str(tmp_path), augment="zoom, flip").validate()
+    assert config.augment == ["flip", "zoom"]
+    assert TrainConfig(data=str(tmp_path), augment="none").validate().augment == []
+
+
+def test_flags_the_loss_does_not_take_are_refused_and_ignored_ones_warned(tmp_path):
+    config = TrainConfig(data=str(tmp_path), loss="triplet", scale=30.0).validate()
+    assert "--scale does not apply to --loss triplet" in _error(lambda: config.check_combination({"scale"}))
+    config = TrainConfig(data=str(tmp_path), loss="triplet", batch_size=64).validate()
+    assert config.check_combination({"batch_size"}) == [
+        "--batch-size is ignored with the pair loss triplet: its batch is --classes-per-batch × "
+        "--samples-per-class"]
+    config = TrainConfig(data=str(tmp_path), loss="circle", mixup=0.2).validate()
+    assert "--mixup/--cutmix need softmax or a margin loss" in _error(lambda: config.check_combination({"mixup"}))
+
+
+def test_auto_values_follow_the_written_rules(tmp_path):
+    small = recipe.resolve(TrainConfig(data=str(tmp_path), image_size=48).validate(), 1000, 4000)
+    assert small.backbone == "small_resnet" and small.embedding_dim == 128
+    assert small.scale == recipe.auto_scale(1000) and small.optimizer == "adamw"
+    assert "flip" not in small.augment
+    faces = recipe.resolve(TrainConfig(data=str(tmp_path), image_size=112).validate(), 85_742, 5_800_000)
+    assert (faces.loss, faces.backbone, faces.embedding_dim, faces.scale) == ("arcface", "iresnet50", 512, 64.0)
+    assert (faces.optimizer, faces.learning_rate, faces.weight_decay) == ("sgd", 0.1, 5e-4)
+    assert faces.augment == ["flip"] and faces.batch_size == 128
+    tiny = recipe.resolve(TrainConfig(data=str(tmp_path), image_size=32).validate(), 5, 55)
+    assert tiny.batch_size == 13
+    assert recipe.auto_scale(1000) == pytest.approx(max(16.0, 2 ** 0.5 * __import__("math").log(999)), abs=0.01)
