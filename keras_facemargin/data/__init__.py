@@ -33,6 +33,7 @@ from keras_facemargin.data.verification_pairs import (
     read_insightface_bin,
     read_lfw_pairs,
     read_pair_list,
+    read_pairs,
 )
 
 __all__ = [
@@ -57,5 +58,6 @@ __all__ = [
     "read_insightface_bin",
     "read_lfw_pairs",
     "read_pair_list",
+    "read_pairs",
     "read_property",
 ]

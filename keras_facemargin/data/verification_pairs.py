@@ -312,3 +312,35 @@ def pair_arrays(pairs, image_size=(112, 112), dtype="float32", batch_size=256):
             batch = batch.numpy()
             out.append(np.clip(batch.round(), 0, 255).astype(np.uint8) if dtype == "uint8" else batch)
     return np.concatenate(images_a), np.concatenate(images_b), pairs.is_same.astype(int)
+
+
+def read_pairs(path, root=None, check_files=True):
+    """Pairs from any of the three formats, told apart by the file itself.
+
+    A `.bin` file is an InsightFace set (`read_insightface_bin`); a file whose first line is one
+    or two integers is LFW's `pairs.txt` (`read_lfw_pairs`, images under `root`); anything else
+    is a `path_a path_b label` list (`read_pair_list`, relative paths under `root` or the list's
+    folder).
+
+    Args:
+        path: the pair file.
+        root: LFW's image folder (needed for a pairs.txt), or the pair list's root.
+        check_files: whether to check that every image file exists.
+
+    Returns:
+        `VerificationPairs`.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"path must be an existing pair file (.bin, pairs.txt or a pair list); "
+                         f"got {path!r}")
+    if path.lower().endswith(".bin"):
+        return read_insightface_bin(path)
+    first = next((fields for _, fields in _lines(path)), [])
+    if 1 <= len(first) <= 2 and all(token.isdigit() for token in first):
+        if root is None:
+            raise ValueError(
+                f"root (the LFW image folder) is needed for the LFW pairs file {path!r}; got None"
+            )
+        return read_lfw_pairs(path, root, check_files=check_files)
+    return read_pair_list(path, root, check_files=check_files)

@@ -30,6 +30,34 @@ def plot_roc(labels, scores, path, greater_is_same=True, title="ROC"):
     return path
 
 
+def plot_roc_curves(curves, path, greater_is_same=True, title="ROC", far_range=None,
+                    precomputed=False):
+    """Several ROC curves in one figure: `curves` maps a name to `(labels, scores)`, or with
+    `precomputed=True` to an already computed `(far, tar)`.
+
+    `far_range` `(low, high)` limits the FAR axis (IJB's plots use `(1e-6, 1e-1)`).
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4.5), dpi=120)
+    for name, (first, second) in curves.items():
+        if precomputed:
+            far, tar = np.asarray(first), np.asarray(second)
+        else:
+            far, tar, _ = roc(first, second, greater_is_same)
+        keep = far > 0
+        ax.plot(far[keep], tar[keep], label=name)
+    ax.set(xscale="log", xlabel="false accept rate (FAR)", ylabel="true accept rate (TAR)",
+           title=title, ylim=(0, 1.01))
+    if far_range is not None:
+        ax.set_xlim(*far_range)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def plot_det(labels, scores, path, greater_is_same=True, title="DET"):
     """False reject against false accept rate on normal-deviate axes (Martin et al. 1997)."""
     from scipy.stats import norm
