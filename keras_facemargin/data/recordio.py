@@ -28,6 +28,8 @@ import tempfile
 
 import numpy as np
 
+from keras_facemargin.data import text_tables
+
 logger = logging.getLogger(__name__)
 
 MAGIC = 0xCED7230A
@@ -167,28 +169,16 @@ def read_idx(idx_path):
 
     Raises a `ValueError` naming the line of the first malformed entry, and for repeated keys.
     """
-    with open(idx_path, "rb") as f:
-        text = f.read()
-    lines = text.count(b"\n") + (0 if text.endswith(b"\n") or not text else 1)
-    values = np.array([], np.int64)
-    if text.strip():
-        try:
-            values = np.array(text.split(), dtype=np.int64)
-        except ValueError:
-            values = None
-    if values is None or len(values) != 2 * lines or (len(values) and values.min() < 0):
-        for number, line in enumerate(text.split(b"\n"), 1):
-            fields = line.split()
-            ok = len(fields) == 2 and all(f.isdigit() for f in fields)
-            if line.strip() and not ok:
-                raise ValueError(
-                    f"{idx_path}, line {number}: expected 'key<TAB>offset' (two integers >= 0); "
-                    f"got {line.decode('utf-8', 'replace')!r}"
-                )
-        raise ValueError(f"{idx_path}: blank lines among its entries; expected 'key<TAB>offset'")
-    keys, offsets = values[0::2], values[1::2]
-    if len(keys) == 0:
+    table = text_tables.read_int_columns(idx_path, 2, "'key<TAB>offset' (two integers >= 0)")
+    if len(table) == 0:
         raise ValueError(f"{idx_path} lists no record; expected 'key<TAB>offset' lines")
+    negative = np.flatnonzero((table < 0).any(axis=1))
+    if len(negative):
+        raise ValueError(
+            f"{idx_path}, line {negative[0] + 1}: expected 'key<TAB>offset' (two integers >= 0); "
+            f"got {table[negative[0]].tolist()}"
+        )
+    keys, offsets = table[:, 0].copy(), table[:, 1].copy()
     unique, counts = np.unique(keys, return_counts=True)
     if len(unique) != len(keys):
         raise ValueError(f"{idx_path}: key {unique[counts > 1][0]} appears more than once")

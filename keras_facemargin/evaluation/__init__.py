@@ -1,7 +1,18 @@
-"""Verification (1:1) and identification (1:N) evaluation of embedding models."""
+"""Verification (1:1) and identification (1:N) evaluation of embedding models: pair sets (one or
+several, each unique image embedded once), IJB-B/C template verification, retrieval metrics."""
 
 from keras_facemargin.evaluation.callback import VerificationCallback, embedding_model
 from keras_facemargin.evaluation.identification import retrieval_metrics
+from keras_facemargin.evaluation.ijb import (
+    IJBProtocol,
+    IJBReport,
+    ijb_report,
+    ijb_verification,
+    plot_ijb_roc,
+    read_ijb,
+    score_template_pairs,
+    template_features,
+)
 from keras_facemargin.evaluation.pair_sets import (
     PairSets,
     PairSetsReport,
@@ -32,6 +43,8 @@ from keras_facemargin.evaluation.verification import (
 )
 
 __all__ = [
+    "IJBProtocol",
+    "IJBReport",
     "PairSets",
     "PairSetsReport",
     "VerificationCallback",
@@ -41,18 +54,24 @@ __all__ = [
     "embed",
     "embedding_model",
     "evaluate_pair_sets",
+    "ijb_report",
+    "ijb_verification",
     "indexed_pair_scores",
     "kfold_accuracy",
     "kfold_accuracy_insightface",
     "normalize_rows",
     "pair_scores",
     "plot_det",
+    "plot_ijb_roc",
     "plot_roc",
     "plot_roc_curves",
     "plot_score_histogram",
+    "read_ijb",
     "read_pair_sets",
     "retrieval_metrics",
     "roc",
+    "score_template_pairs",
     "tar_at_far",
+    "template_features",
     "verification_report",
 ]

@@ -95,10 +95,10 @@ class VerificationCallback(keras.callbacks.Callback):
 
     def _unique_images(self, embedder):
         if self._images is None:
-            from keras_facemargin.evaluation.pair_sets import _image_size
+            from keras_facemargin.evaluation.pair_sets import embedder_image_size
 
             decoded = getattr(self.pair_sets, "decoded", False)
-            size = None if decoded else _image_size(embedder, self.image_size)
+            size = None if decoded else embedder_image_size(embedder, self.image_size)
             self._images = self.pair_sets.images(size, self.batch_size)
         return self._images
 

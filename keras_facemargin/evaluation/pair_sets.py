@@ -169,7 +169,8 @@ def read_pair_sets(paths, root=None, names=None, check_files=True):
     return PairSets([read_pairs(p, root, check_files=check_files) for p in paths], names=names)
 
 
-def _image_size(embedder, image_size):
+def embedder_image_size(embedder, image_size):
+    """`image_size` if given, else the embedder's input `(height, width)`."""
     if image_size is not None:
         return image_size
     size = getattr(embedder, "image_size", None)
@@ -209,7 +210,7 @@ def evaluate_pair_sets(embedder, pair_sets, image_size=None, flip=False,
     """
     if not isinstance(pair_sets, PairSets):
         pair_sets = PairSets(pair_sets)
-    size = _image_size(embedder, image_size)
+    size = embedder_image_size(embedder, image_size)
     images = pair_sets.dataset(size, batch_size, corrupt_files=corrupt_files)
     embeddings = embed(embedder, images, batch_size=batch_size, flip=flip, verbose=0)
     return pair_sets.evaluate(embeddings, far_targets)
