@@ -167,7 +167,7 @@ def encode_parts(record):
 def read_idx(idx_path):
     """`(keys, offsets)` int64 arrays of an `.idx` file, in file order.
 
-    Raises a `ValueError` naming the line of the first malformed entry, and for repeated keys.
+    Raises a `ValueError` naming the line of the first malformed entry.
     """
     table = text_tables.read_int_columns(idx_path, 2, "'key<TAB>offset' (two integers >= 0)")
     if len(table) == 0:
@@ -178,21 +178,23 @@ def read_idx(idx_path):
             f"{idx_path}, line {negative[0] + 1}: expected 'key<TAB>offset' (two integers >= 0); "
             f"got {table[negative[0]].tolist()}"
         )
-    keys, offsets = table[:, 0].copy(), table[:, 1].copy()
-    unique, counts = np.unique(keys, return_counts=True)
-    if len(unique) != len(keys):
-        raise ValueError(f"{idx_path}: key {unique[counts > 1][0]} appears more than once")
-    return keys, offsets
+    return table[:, 0].copy(), table[:, 1].copy()
 
 
 class _KeyTable:
-    """key -> byte offset, vectorised."""
+    """key -> byte offset, vectorised; refuses repeated keys."""
 
     def __init__(self, keys, offsets, idx_path):
         self.idx_path = idx_path
-        self.order = np.argsort(keys, kind="stable")
-        self.keys = keys[self.order]
-        self.offsets = offsets[self.order]
+        if len(keys) > 1 and not np.all(keys[1:] > keys[:-1]):
+            order = np.argsort(keys, kind="stable")
+            keys, offsets = keys[order], offsets[order]
+            repeated = np.flatnonzero(keys[1:] == keys[:-1])
+            if len(repeated):
+                raise ValueError(f"{idx_path}: key {keys[repeated[0]]} appears more than once")
+        self.keys, self.offsets = keys, offsets
+        # The usual .idx lists keys 0..n-1 in order: look them up by position.
+        self.contiguous = keys[0] == 0 and keys[-1] == len(keys) - 1
 
     def __contains__(self, key):
         i = np.searchsorted(self.keys, key)
@@ -200,7 +202,10 @@ class _KeyTable:
 
     def lookup(self, keys, what):
         keys = np.asarray(keys, np.int64)
-        i = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
+        if self.contiguous:
+            i = np.clip(keys, 0, len(self.keys) - 1)
+        else:
+            i = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
         missing = self.keys[i] != keys
         if missing.any():
             raise ValueError(
@@ -406,8 +411,8 @@ def index_arrays(rec_path, label_source="auto"):
         else:
             labels = np.searchsorted(unique, values)
         class_names = [str(u) for u in unique]
-    prefix = f"{rec_path}["
-    names = [prefix + k + "]" for k in map(str, image_keys.tolist())]
+    template = rec_path.replace("{", "{{").replace("}", "}}") + "[{}]"
+    names = list(map(template.format, image_keys.tolist()))  # = record_name(rec_path, key)
     return names, labels, class_names, image_offsets, layout
 
 
