@@ -167,7 +167,7 @@ def write_synthetic_rec(folder, num_images, num_identities, seed=0):
     words.tofile(rec)
     offsets = np.arange(n, dtype=np.int64) * 40
     with open(os.path.join(folder, "train.idx"), "w") as f:
-        f.writelines(f"{k}\t{o}\n" for k, o in zip(range(n), offsets.tolist()))
+        f.writelines(f"{k}\t{o}\n" for k, o in enumerate(offsets.tolist()))
     return rec
 
 

@@ -62,8 +62,9 @@ def main():
     parser.add_argument("--chunk", type=int, default=65_536)
     parser.add_argument("--skip-baseline", action="store_true")
     args = parser.parse_args()
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     print(f"# bench_ijb: {args.pairs:,} pairs of {args.templates:,} templates, dim {args.dim}; "
-          f"{os.cpu_count()} CPUs, {platform.machine()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+          f"{os.cpu_count()} CPUs, {platform.machine()}; {when}")
     rng = np.random.default_rng(0)
     ids = np.sort(rng.choice(10 * args.templates, args.templates, replace=False)) + 1
     people = rng.integers(0, args.templates // 4, args.templates)
@@ -76,7 +77,7 @@ def main():
     if extra > 0:  # make the genuine count IJB-C's
         same = np.flatnonzero(labels == 0)[:extra]
         partner = {}
-        for p, t in zip(people, range(args.templates)):
+        for t, p in enumerate(people):
             partner.setdefault(p, []).append(t)
         b[same] = [partner[people[t]][0] for t in a[same]]
         labels[same] = 1

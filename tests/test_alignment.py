@@ -83,7 +83,11 @@ def test_matrix_matches_the_float64_reference_and_scikit_image(rng):
         expected = reference_similarity(lm, ARCFACE_TEMPLATE)
         np.testing.assert_allclose(matrix, expected, rtol=1e-5, atol=1e-4)
         # What InsightFace's estimate_norm calls (SimilarityTransform().estimate before 0.26).
-        tform = skimage.SimilarityTransform.from_estimate(lm, ARCFACE_TEMPLATE)
+        if hasattr(skimage.SimilarityTransform, "from_estimate"):
+            tform = skimage.SimilarityTransform.from_estimate(lm, ARCFACE_TEMPLATE)
+        else:
+            tform = skimage.SimilarityTransform()
+            tform.estimate(lm, ARCFACE_TEMPLATE)
         np.testing.assert_allclose(matrix, tform.params[:2], rtol=1e-5, atol=1e-4)
 
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from data_helpers import FACES
-from sklearn.metrics import roc_curve
 from PIL import Image
+from sklearn.metrics import roc_curve
 from test_alignment import HAND_MARKED, apply
 
 from keras_facemargin import data

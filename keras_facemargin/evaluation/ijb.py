@@ -108,7 +108,7 @@ def read_ijb(root, target=None, check_files=True):
             f"got {len(faces)} and {len(points)} lines"
         )
     names = []
-    for (number, face), (_, point) in zip(faces, points):
+    for (number, face), (_, point) in zip(faces, points, strict=True):
         if face[0] != point[0]:
             raise ValueError(
                 f"{paths['name_5pts_score']}, line {number}: expected face {face[0]!r} (line "
@@ -124,7 +124,7 @@ def read_ijb(root, target=None, check_files=True):
     try:
         values = np.array([[float(v) for v in f[1:]] for _, f in points], dtype=np.float64)
     except ValueError:
-        raise ValueError(f"{paths['name_5pts_score']}: landmarks and scores must be numbers")
+        raise ValueError(f"{paths['name_5pts_score']}: landmarks and scores must be numbers") from None
     from keras_facemargin.data import text_tables
 
     pairs = text_tables.read_int_columns(paths["template_pair_label"], 3,

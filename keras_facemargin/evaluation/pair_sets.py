@@ -72,7 +72,7 @@ class PairSets:
         self.names = tuple(names)
         tables = {False: {}, True: {}}  # from_bytes -> {source: (position, report name)}
         positions = []
-        for name, item in zip(names, sets):
+        for item in sets:
             table = tables[item.from_bytes]
             slots = []
             for side, column in enumerate((item.images_a, item.images_b)):
@@ -88,7 +88,7 @@ class PairSets:
         self._files = [(k, v[1]) for k, v in tables[False].items()]
         self._encoded = [(k, v[1]) for k, v in tables[True].items()]
         self.sets = {}
-        for name, item, (from_bytes, (a, b)) in zip(names, sets, positions):
+        for name, item, (from_bytes, (a, b)) in zip(names, sets, positions, strict=True):
             shift = len(self._files) if from_bytes else 0
             self.sets[name] = (a + shift, b + shift, item.is_same.copy(), item.folds)
 
@@ -272,7 +272,8 @@ class PairSetsReport:
                         + [f"{report.tar_at_far[f]:.4f}" for f in fars])
         widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
         lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                           for i, (c, w) in enumerate(zip(r, widths))) for r in [header] + rows]
+                           for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+                 for r in [header] + rows]
         return "\n".join(lines)
 
     def __str__(self):
