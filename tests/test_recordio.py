@@ -146,6 +146,8 @@ def test_plain_list_layout_with_multi_labels(tmp_path):
     # Labels 0..C-1 are kept as they are.
     ref.write_list(rec, list(zip([1, 0, 2, 1], faces)))
     assert ImageIndex.from_recordio(rec).labels.tolist() == [1, 0, 2, 1]
+    with pytest.raises(ValueError, match="label_source='identities' needs InsightFace's layout"):
+        ImageIndex.from_recordio(rec, label_source="identities")
 
 
 def test_pack_writes_what_the_reference_reader_reads(tmp_path):
@@ -189,6 +191,10 @@ def test_pack_argument_errors(tmp_path):
         pack_recordio(3, str(tmp_path / "a.rec"))
     with pytest.raises(ValueError, match="rec_path must be in an existing folder"):
         pack_recordio(FACES, str(tmp_path / "missing" / "a.rec"))
+    gone = ImageIndex([os.path.join(FACES, "nobody.jpg")], [0], ["x"])
+    with pytest.raises(ValueError, match="source must list existing image files; 1 do not exist"):
+        pack_recordio(gone, str(tmp_path / "a.rec"))
+    assert not os.path.exists(tmp_path / "a.rec")
     rec = str(tmp_path / "a.rec")
     packed = pack_recordio(FACES, rec)
     with pytest.raises(ValueError, match="source must be an index of image files; got an index of"):
@@ -261,6 +267,21 @@ def test_a_truncated_file_is_reported_not_crashed(tmp_path):
     assert item.reason.startswith(f"record 4 at offset {offsets[4]}: truncated file: the part at "
                                   f"offset {offsets[4]} announces")
     assert f"ends after 192 of them (at byte {cut})" in item.reason
+
+
+def test_a_corrupt_length_reads_nothing_beyond_the_file(tmp_path):
+    faces = face_bytes()
+    rec = str(tmp_path / "train.rec")
+    offsets = ref.write_list(rec, [(0, faces[0][0]), (1, faces[0][1])])
+    data = bytearray(open(rec, "rb").read())
+    data[offsets[0] + 4 : offsets[0] + 8] = struct.pack("<I", (1 << 29) - 1)  # 512 MB announced
+    open(rec, "wb").write(bytes(data))
+    fd = os.open(rec, os.O_RDONLY)
+    try:
+        with pytest.raises(recordio.RecordError, match=f"announces {(1 << 29) - 1} bytes"):
+            recordio.read_record_at(fd, offsets[0], len(data))
+    finally:
+        os.close(fd)
 
 
 # ---- index errors -----------------------------------------------------------------------------

@@ -94,7 +94,8 @@ def read_record_at(fd, offset, file_size):
         if cflag > 3 or (first and cflag not in (0, 1)) or (not first and cflag not in (2, 3)):
             expected = "0 or 1 (a record's first part)" if first else "2 or 3 (a continuation)"
             raise RecordError(f"part flag {cflag} at offset {position}, expected {expected}")
-        data = _pread(fd, length, position + _PART.size)
+        available = max(file_size - position - _PART.size, 0)
+        data = _pread(fd, min(length, available), position + _PART.size)
         if len(data) < length:
             raise RecordError(
                 f"truncated file: the part at offset {position} announces {length} bytes, the "
@@ -363,6 +364,11 @@ def index_arrays(rec_path, label_source="auto"):
                     f"{labels0[:2].tolist()}"
                 )
     if layout == "list":
+        if label_source == "identities":
+            raise ValueError(
+                f"label_source='identities' needs InsightFace's layout (record 0 with flag > 0); "
+                f"{rec_path} is a plain list of images (record 0 has flag 0 or is absent)"
+            )
         image_keys = table.keys
         source = "headers"
     else:
@@ -442,7 +448,7 @@ class RecordReader:
         for i, offset in enumerate(np.asarray(offsets).tolist()):
             try:
                 out[i] = unpack_record(read_record_at(fd, offset, self._size))[3]
-            except RecordError:
+            except (RecordError, OSError):
                 out[i] = b""
         return out
 
@@ -471,10 +477,13 @@ def describe_record(name):
     except (OSError, ValueError) as error:
         return f"record {key}: its offset cannot be looked up in {idx_path}: {error}"
     where = f"record {key} at offset {offset}"
-    fd = os.open(rec_path, os.O_RDONLY)
+    try:
+        fd = os.open(rec_path, os.O_RDONLY)
+    except OSError as error:
+        return f"{where}: {error}"
     try:
         image = unpack_record(read_record_at(fd, offset, os.fstat(fd).st_size))[3]
-    except RecordError as error:
+    except (RecordError, OSError) as error:
         return f"{where}: {error}"
     finally:
         os.close(fd)
@@ -562,6 +571,12 @@ def pack_recordio(source, rec_path, layout="insightface"):
     folder = os.path.dirname(os.path.abspath(rec_path))
     if not os.path.isdir(folder):
         raise ValueError(f"rec_path must be in an existing folder; got {rec_path!r}")
+    missing = [p for p in index.paths if not os.path.isfile(p)]
+    if missing:
+        raise ValueError(
+            f"source must list existing image files; {len(missing)} do not exist, the first "
+            f"{missing[0]!r}"
+        )
     order = np.argsort(index.labels, kind="stable")
     counts = index.class_counts()
     num_images, num_classes = len(index), index.num_classes
