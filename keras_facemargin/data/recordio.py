@@ -25,6 +25,7 @@ import os
 import re
 import struct
 import tempfile
+import weakref
 
 import numpy as np
 
@@ -440,6 +441,7 @@ class RecordReader:
         if self._fd is None:
             self._fd = os.open(self.rec_path, os.O_RDONLY)
             self._size = os.fstat(self._fd).st_size
+            weakref.finalize(self, os.close, self._fd)
         return self._fd
 
     def images(self, offsets):
@@ -451,10 +453,6 @@ class RecordReader:
             except (RecordError, OSError):
                 out[i] = b""
         return out
-
-    def __del__(self):
-        if self._fd is not None:
-            os.close(self._fd)
 
 
 @functools.lru_cache(maxsize=4)
