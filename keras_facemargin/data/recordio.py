@@ -464,10 +464,12 @@ def describe_record(name):
     """Why the record called `name` (`path.rec[key]`) does not give an image, or None when
     `name` is not a record's name."""
     match = _NAME.match(name)
-    if match is None or not os.path.isfile(match["rec"]):
+    if match is None:
         return None
     rec_path, key = match["rec"], int(match["key"])
     idx_path = idx_path_for(rec_path)
+    if not (os.path.isfile(rec_path) and os.path.isfile(idx_path)):
+        return None
     try:
         stat = os.stat(idx_path)
         table = _cached_table(idx_path, stat.st_mtime_ns, stat.st_size)
