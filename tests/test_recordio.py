@@ -10,6 +10,7 @@ from data_helpers import FACES
 from keras_facemargin.data import (
     CorruptFileLog,
     ImageIndex,
+    align_face,
     classification_dataset,
     pack_recordio,
     pk_dataset,
@@ -82,7 +83,7 @@ def test_split_records_and_multi_label_headers_read_back(tmp_path):
     assert flag == 0 and labels.tolist() == [7.0] and body == jpeg
 
 
-def test_insightface_layout_reads_as_the_folder(tmp_path):
+def test_insightface_layout_reads_as_the_folder(tmp_path, caplog):
     faces = face_bytes()
     rec = str(tmp_path / "train.rec")
     offsets = ref.write_insightface(rec, faces)
@@ -98,6 +99,11 @@ def test_insightface_layout_reads_as_the_folder(tmp_path):
     folder_images, folder_labels = decoded(folder)
     np.testing.assert_array_equal(rec_labels, folder_labels)
     np.testing.assert_array_equal(rec_images, folder_images)
+    # A property file that disagrees is reported.
+    (tmp_path / "property").write_text("6,112,112\n")
+    with caplog.at_level("WARNING"):
+        ImageIndex.from_recordio(rec)
+    assert "property file beside it declares 6 classes; the records hold 5" in caplog.text
     # The labels of the image headers agree with the identity ranges.
     by_headers = ImageIndex.from_recordio(rec, label_source="headers")
     np.testing.assert_array_equal(by_headers.labels, index.labels)
@@ -115,6 +121,25 @@ def test_training_pipelines_over_a_rec_equal_those_over_the_folder(tmp_path):
         for (xa, ya), (xb, yb) in zip(make(index), make(folder), strict=True):
             np.testing.assert_array_equal(ya, yb)
             np.testing.assert_array_equal(xa, xb)
+
+
+def test_a_rec_with_landmarks_aligns_as_the_folder(tmp_path):
+    rec = str(tmp_path / "train.rec")
+    ref.write_insightface(rec, face_bytes())
+    rng = np.random.default_rng(3)
+    marks = np.array([[44, 47], [102, 47], [74, 75], [49, 104], [99, 103]], np.float32)
+    landmarks = marks + rng.uniform(-4, 4, size=(55, 5, 2)).astype(np.float32)
+    index = ImageIndex.from_recordio(rec).with_landmarks(landmarks)
+    folder = ImageIndex.from_directory(FACES).with_landmarks(landmarks)
+    for (xa, ya), (xb, yb) in zip(classification_dataset(index, 11, image_size=56, seed=1),
+                                  classification_dataset(folder, 11, image_size=56, seed=1),
+                                  strict=True):
+        np.testing.assert_array_equal(ya, yb)
+        np.testing.assert_array_equal(xa, xb)
+    first = next(iter(classification_dataset(index, 5, image_size=56, training=False)))[0][0]
+    image = tf.io.decode_jpeg(face_bytes()[0][0], channels=3)
+    np.testing.assert_allclose(first, align_face(image, landmarks[0], 56), atol=1e-3)
+    assert index.subset([4, 2]).landmarks.tolist() == landmarks[[4, 2]].tolist()
 
 
 def test_sharded_pipelines_split_a_rec_as_a_folder(tmp_path):

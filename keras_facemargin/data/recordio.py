@@ -418,6 +418,12 @@ def index_arrays(rec_path, label_source="auto"):
         else:
             labels = np.searchsorted(unique, values)
         class_names = [str(u) for u in unique]
+    declared = read_property(os.path.dirname(os.path.abspath(rec_path)))
+    if declared is not None and declared[0] != len(class_names):
+        logger.warning(
+            "%s: the property file beside it declares %d classes; the records hold %d",
+            rec_path, declared[0], len(class_names),
+        )
     template = rec_path.replace("{", "{{").replace("}", "}}") + "[{}]"
     names = list(map(template.format, image_keys.tolist()))  # = record_name(rec_path, key)
     return names, labels, class_names, image_offsets, layout
