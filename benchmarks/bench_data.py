@@ -5,7 +5,13 @@
     positions, and stream the undecoded batches through `tf.data`.
 (2) Decoding, same folder, same process: images per second of `pk_dataset` P×K batches
     (no augmentation, like Keras) against `keras.utils.image_dataset_from_directory` with the
-    same image size and batch size. Runs alternate; the median of `--repeats` is reported.
+    same image size and batch size, and of the same `pk_dataset` over the same images packed
+    into a RecordIO file (`pack_recordio`, read by byte offset). Runs alternate; the median of
+    `--repeats` is reported.
+(3) RecordIO indexing: `ImageIndex.from_recordio` on a synthetic InsightFace-layout set of
+    `--rec-images` records (5M) and `--rec-identities` identities, against the same reading done
+    as MXNet's `MXIndexedRecordIO` and InsightFace's `FaceImageIter` do it in Python (an `.idx`
+    dict line by line, then every identity record read and unpacked).
 
     python benchmarks/bench_data.py --data ../shared/data/emoji-4vendor
 """
@@ -13,6 +19,7 @@
 import argparse
 import os
 import platform
+import struct
 import tempfile
 import time
 
@@ -22,7 +29,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from keras_facemargin.data import ImageIndex, PKSampler, pk_dataset  # noqa: E402
+from keras_facemargin.data import ImageIndex, PKSampler, pack_recordio, pk_dataset  # noqa: E402
 
 
 def timed(fn):
@@ -85,6 +92,13 @@ def bench_decode(data, p, k, image_size, repeats, max_images):
     def ours():
         return pk_dataset(index, p, k, image_size=image_size, augment=False, seed=0)
 
+    tmp = tempfile.TemporaryDirectory()
+    rec_index = pack_recordio(index, os.path.join(tmp.name, "train.rec"))
+    print(f"    packed into {rec_index.record_file} ({os.path.getsize(rec_index.record_file):,} bytes)")
+
+    def ours_rec():
+        return pk_dataset(rec_index, p, k, image_size=image_size, augment=False, seed=0)
+
     def ours_augmented():
         return pk_dataset(index, p, k, image_size=image_size, augment=True, seed=0)
 
@@ -94,14 +108,15 @@ def bench_decode(data, p, k, image_size, repeats, max_images):
         )
 
     # One warm-up pass each (page cache, tracing).
-    for make in (ours, theirs):
+    for make in (ours, theirs, ours_rec):
         count_images(make(), max_images)
     # Wall-clock rates swing on a shared machine; the CPU time this process spends per image
     # (all its threads) is the steadier measure of the pipelines' cost.
-    rates = {"ours": [], "ours+augment": [], "keras": []}
+    rates = {"ours": [], "ours+augment": [], "keras": [], "ours .rec": []}
     cpu = {name: [] for name in rates}
     for _ in range(repeats):
-        for name, make in (("ours", ours), ("keras", theirs), ("ours+augment", ours_augmented)):
+        for name, make in (("ours", ours), ("keras", theirs), ("ours .rec", ours_rec),
+                           ("ours+augment", ours_augmented)):
             ds = make()
             start_cpu = time.process_time()
             n, t = timed(lambda ds=ds: count_images(ds, max_images))
@@ -121,6 +136,80 @@ def bench_decode(data, p, k, image_size, repeats, max_images):
     )
     cost = med_cpu["keras"] / med_cpu["ours"]
     print(f"    CPU-cost ratio keras / ours:   {cost:.2f} (1.0 = the same CPU time per image)")
+    rec = med["ours .rec"] / med["ours"]
+    rec_cost = med_cpu["ours"] / med_cpu["ours .rec"]
+    print(f"    throughput ratio .rec / folder: {rec:.2f} (target >= 1.0); CPU-cost ratio "
+          f"folder / .rec: {rec_cost:.2f}")
+    tmp.cleanup()
+
+
+def write_synthetic_rec(folder, num_images, num_identities, seed=0):
+    """An InsightFace-layout .rec/.idx of tiny records (a 24-byte IRHeader and 8 payload bytes
+    each), written as uint32 words: what indexing reads is the same as for real images."""
+    rng = np.random.default_rng(seed)
+    counts = np.bincount(rng.integers(0, num_identities, num_images), minlength=num_identities)
+    starts = 1 + np.concatenate([[0], np.cumsum(counts)[:-1]])
+    first_identity = num_images + 1
+    n = 1 + num_images + num_identities
+    words = np.zeros((n, 10), "<u4")
+    words[:, 0] = 0xCED7230A
+    words[:, 1] = 32  # cflag 0, 24-byte header + 8 bytes
+    f32 = lambda v: np.asarray(v, "<f4").view("<u4")  # noqa: E731
+    words[0, 2], words[0, 8:] = 2, f32([first_identity, first_identity + num_identities])
+    labels = np.repeat(np.arange(num_identities), counts)
+    words[1 : 1 + num_images, 3] = f32(labels)
+    words[1 : 1 + num_images, 4] = np.arange(1, num_images + 1)
+    ident = slice(1 + num_images, n)
+    words[ident, 2] = 2
+    words[ident, 8] = f32(starts)
+    words[ident, 9] = f32(starts + counts)
+    rec = os.path.join(folder, "train.rec")
+    words.tofile(rec)
+    offsets = np.arange(n, dtype=np.int64) * 40
+    with open(os.path.join(folder, "train.idx"), "w") as f:
+        f.writelines(f"{k}\t{o}\n" for k, o in enumerate(offsets.tolist()))
+    return rec
+
+
+def mxnet_style_index(rec):
+    """What MXIndexedRecordIO + FaceImageIter do in Python, without MXNet: the .idx into a dict,
+    then each identity record read, unpacked, and its range appended."""
+    idx = {}
+    with open(rec[:-4] + ".idx") as f:
+        for line in iter(f.readline, ""):
+            key, offset = line.strip().split("\t")
+            idx[int(key)] = int(offset)
+    with open(rec, "rb") as f:
+
+        def read(key):
+            f.seek(idx[key])
+            _, lrec = struct.unpack("<II", f.read(8))
+            return f.read(lrec & ((1 << 29) - 1))
+
+        flag, label = struct.unpack("<If", read(0)[:8])
+        header = read(0)
+        first, end = (int(v) for v in struct.unpack("<2f", header[24:32]))
+        imgidx, labels = [], []
+        for identity in range(first, end):
+            a, b = (int(v) for v in struct.unpack("<2f", read(identity)[24:32]))
+            imgidx += range(a, b)
+            labels += [identity - first] * (b - a)
+    return imgidx, labels
+
+
+def bench_recordio_index(num_images, num_identities):
+    print(f"(3) RecordIO indexing: {num_images:,} image records, {num_identities:,} identities")
+    with tempfile.TemporaryDirectory() as tmp:
+        rec, t = timed(lambda: write_synthetic_rec(tmp, num_images, num_identities))
+        print(f"    (writing the synthetic set: {t:.1f} s, {os.path.getsize(rec):,} bytes)")
+        timed(lambda: open(rec, "rb").read())  # page cache, for both
+        index, ours = timed(lambda: ImageIndex.from_recordio(rec))
+        (imgidx, labels), theirs = timed(lambda: mxnet_style_index(rec))
+        assert len(index) == len(imgidx) == num_images
+        assert np.array_equal(index.labels, labels)
+        print(f"    ImageIndex.from_recordio        {ours:7.2f} s   (target <= 5 s)")
+        print(f"    MXNet/InsightFace-style Python  {theirs:7.2f} s   ratio ours / theirs "
+              f"{ours / theirs:.2f}")
 
 
 def main():
@@ -133,13 +222,18 @@ def main():
     parser.add_argument("--image-size", type=int, default=112)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--max-images", type=int, default=5_600)
+    parser.add_argument("--rec-images", type=int, default=5_000_000)
+    parser.add_argument("--rec-identities", type=int, default=85_000)
+    parser.add_argument("--skip-index", action="store_true", help="skip parts (1) and (3)")
     args = parser.parse_args()
     print(
         f"bench_data.py  {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  "
         f"{platform.machine()}, {os.cpu_count()} CPUs, TF {tf.__version__}, Keras "
         f"{keras.__version__}"
     )
-    bench_index(args.classes, args.images, args.P, args.K)
+    if not args.skip_index:
+        bench_index(args.classes, args.images, args.P, args.K)
+        bench_recordio_index(args.rec_images, args.rec_identities)
     if args.data:
         size = (args.image_size, args.image_size)
         bench_decode(args.data, args.P, args.K, size, args.repeats, args.max_images)

@@ -71,7 +71,8 @@ def folder_task(root, val_pairs, size, seed, num_pairs=6000):
 
     split = experiments.open_set_split(data.ImageIndex.from_directory(root), unseen_fraction=0.3,
                                        num_pairs=num_pairs, seed=seed)
-    pairs = data.read_pairs(val_pairs, root, argument="--val-pairs") if val_pairs else split.verification_pairs()
+    pairs = (data.read_pairs(val_pairs, root, argument="--val-pairs") if val_pairs
+             else split.verification_pairs())
     train_index = split.train
     return {
         "size": size,

@@ -177,8 +177,6 @@ def _images_once(pairs):
 
 
 def evaluate(args):
-    import numpy as np
-
     from keras_facemargin import data
     from keras_facemargin import evaluation as ev
 
@@ -283,7 +281,7 @@ def pairs(args):
     a, b, same = index.sample_pairs(args.num_pairs, seed=args.seed)
     root = os.path.abspath(args.images)
     with open(args.out, "w", encoding="utf-8") as f:
-        for i, j, s in zip(a, b, same):
+        for i, j, s in zip(a, b, same, strict=True):
             cells = [os.path.relpath(index.paths[k], root) for k in (i, j)]
             f.write("\t".join([*cells, "1" if s else "0"]) + "\n")
     print(f"wrote {len(same)} pairs ({int(same.sum())} genuine) of {index.num_classes} identities to "

@@ -94,7 +94,7 @@ def resolve(config, num_classes, num_images):
     if not margin:
         config.scale = None if config.scale == AUTO else config.scale
     auto("batch_size", 128 if num_images >= 512 else max(2, num_images // 4))
-    auto("classes_per_batch", max(2, 128 // config.samples_per_class))
+    auto("classes_per_batch", max(2, min(128 // config.samples_per_class, num_classes)))
     auto("optimizer", "sgd" if faces else "adamw")
     auto("learning_rate", 0.1 if config.optimizer == "sgd" else 1e-3)
     auto("weight_decay", {"sgd": 5e-4, "adamw": 5e-2, "adam": 0.0}[config.optimizer])

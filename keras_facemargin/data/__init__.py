@@ -4,9 +4,17 @@ Everything here builds `tf.data` pipelines (TensorFlow is required, whatever the
 an `ImageIndex` of paths and labels, then `pk_dataset` (P identities × K images per batch, for
 pair losses) or `classification_dataset` (shuffled batches, optionally mixed by a `BatchMix`, for
 margin-softmax losses), and `pair_dataset` over `VerificationPairs` for evaluation. Files that do
-not decode are replaced by blank images and reported through a `CorruptFileLog`.
+not decode are replaced by blank images and reported through a `CorruptFileLog`. An index may read
+an InsightFace/MXNet RecordIO set (`ImageIndex.from_recordio`, `pack_recordio` writes one) and
+may carry five face landmarks per image, aligned to ArcFace's template by `align_face`.
 """
 
+from keras_facemargin.data.alignment import (
+    ARCFACE_TEMPLATE,
+    align_face,
+    alignment_matrix,
+    arcface_template,
+)
 from keras_facemargin.data.batch_mix import BatchMix
 from keras_facemargin.data.classification import classification_dataset
 from keras_facemargin.data.decoding import (
@@ -18,6 +26,7 @@ from keras_facemargin.data.decoding import (
 )
 from keras_facemargin.data.image_index import IMAGE_EXTENSIONS, ImageIndex
 from keras_facemargin.data.pk_sampler import PKSampler, pk_dataset
+from keras_facemargin.data.recordio import pack_recordio, read_property
 from keras_facemargin.data.verification_pairs import (
     VerificationPairs,
     pair_arrays,
@@ -29,6 +38,7 @@ from keras_facemargin.data.verification_pairs import (
 )
 
 __all__ = [
+    "ARCFACE_TEMPLATE",
     "IMAGE_EXTENSIONS",
     "Augmentation",
     "BatchMix",
@@ -37,9 +47,13 @@ __all__ = [
     "ImageIndex",
     "PKSampler",
     "VerificationPairs",
+    "align_face",
+    "alignment_matrix",
+    "arcface_template",
     "classification_dataset",
     "find_corrupt_files",
     "image_dataset",
+    "pack_recordio",
     "pair_arrays",
     "pair_dataset",
     "pk_dataset",
@@ -47,4 +61,5 @@ __all__ = [
     "read_lfw_pairs",
     "read_pair_list",
     "read_pairs",
+    "read_property",
 ]

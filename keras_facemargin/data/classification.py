@@ -33,7 +33,9 @@ def classification_dataset(
     both of which the margin-softmax losses take as `y_true`.
 
     A file that does not decode becomes a blank image with its label and is recorded in
-    `corrupt_files` (a `CorruptFileLog`).
+    `corrupt_files` (a `CorruptFileLog`); so does a record of a RecordIO index
+    (`ImageIndex.from_recordio`) that cannot be read. An index with landmarks
+    (`ImageIndex.with_landmarks`) has every face aligned to ArcFace's template as it is decoded.
 
     Distributed training: with `tf.distribute`, call this inside
     `strategy.distribute_datasets_from_function(lambda ctx: classification_dataset(...,
@@ -94,7 +96,8 @@ def classification_dataset(
     # This pipeline feeds `local_replicas` replicas, one per-replica batch each per step.
     per_replica = batch_size // replicas
     local, first = local_replicas * per_replica, first_replica * per_replica
-    paths, labels = index.paths, index.labels.astype(np.int32)
+    source = decoding.IndexSource(index)
+    labels = index.labels.astype(np.int32)
     state = {"epoch": 0}
 
     def generate():
@@ -111,21 +114,19 @@ def classification_dataset(
             part = (slice(None), slice(first, first + local))
             order = order.reshape(steps, batch_size)[part].reshape(-1)
             ids = ids.reshape(steps, batch_size)[part].reshape(-1)
-        yield paths[order].astype(str), labels[order], ids
+        yield source.values(order), labels[order], ids
 
     ds = tf.data.Dataset.from_generator(
         generate,
         output_signature=(
-            tf.TensorSpec([None], tf.string),
+            source.spec([None]),
             tf.TensorSpec([None], tf.int32),
             tf.TensorSpec([None], tf.int64),
         ),
     )
     ds = ds.unbatch().batch(per_replica, drop_remainder=drop_remainder)
-    ds = ds.map(lambda s, y, i: (s, s, i, y))
-    preprocess = decoding.make_preprocess(
-        image_size, resize_mode, decoding.as_augmentation(augment), seed
-    )
+    ds = ds.map(lambda s, y, i: (*source.read(s), i, y))
+    preprocess = source.preprocess(image_size, resize_mode, decoding.as_augmentation(augment), seed)
     ds = decoding.decode_batches(ds, preprocess, corrupt_files)
     if one_hot and mix is None:
         ds = ds.map(lambda images, labels: (images, tf.one_hot(labels, index.num_classes)))

@@ -23,6 +23,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_facemargin.data import alignment, recordio
+
 logger = logging.getLogger(__name__)
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -236,32 +238,101 @@ def augment_image(image, image_size, augmentation, seed):
     return image
 
 
-def make_preprocess(image_size, resize_mode="resize", augmentation=None, seed=0, from_bytes=False):
+def make_preprocess(
+    image_size, resize_mode="resize", augmentation=None, seed=0, from_bytes=False, align=False
+):
     """`fn(source, sample_id)` → float32 image `[height, width, 3]` in [0, 255].
 
-    `source` is a file path (or encoded bytes when `from_bytes`); `sample_id` (int64) makes the
+    `source` is a file path (or encoded bytes when `from_bytes`); with `align`, it is a pair
+    `(path or bytes, landmarks [5, 2])` and the face is aligned to ArcFace's template
+    (`align_face`) instead of resized, before any augmentation. `sample_id` (int64) makes the
     augmentation of every sample a function of `(seed, sample_id)` only, so that a pipeline is
     deterministic whatever its parallelism.
     """
     image_size = check_image_size(image_size)
     resize_mode = check_resize_mode(resize_mode)
     augmentation = as_augmentation(augmentation)
+    if align and image_size[0] != image_size[1]:
+        raise ValueError(
+            f"image_size must be square to align faces to ArcFace's template; got {image_size}"
+        )
 
     def preprocess(source, sample_id):
+        if align:
+            source, landmarks = source
         image = decode_rgb(source if from_bytes else tf.io.read_file(source))
+        if align:
+            image = alignment.align_face(image, landmarks, image_size[0])
         if augmentation is None:
-            return resize(image, image_size, resize_mode)
+            return image if align else resize(image, image_size, resize_mode)
         pair = tf.stack([tf.constant(seed, tf.int64), tf.cast(sample_id, tf.int64)])
         return augment_image(image, image_size, augmentation, pair)
 
     return preprocess
 
 
+class IndexSource:
+    """How the pipelines read the images of an `ImageIndex`, one batch at a time.
+
+    An index of image files without landmarks goes through a pipeline as file paths (read by
+    `tf.io.read_file`). Otherwise (a RecordIO index, or one with landmarks) it goes as int64
+    positions into the index, and `read` turns a batch of positions into the record bytes or
+    paths, the landmarks and the names, through one `tf.numpy_function` per batch.
+    """
+
+    def __init__(self, index):
+        self.index = index
+        self.from_bytes = index.record_file is not None
+        self.align = index.landmarks is not None
+        self.by_position = self.from_bytes or self.align
+        self._reader = recordio.RecordReader(index.record_file) if self.from_bytes else None
+
+    def values(self, positions):
+        """What a generator yields for `positions` (any shape)."""
+        if self.by_position:
+            return np.asarray(positions, np.int64)
+        return self.index.paths[positions].astype(str)
+
+    def spec(self, shape):
+        return tf.TensorSpec(shape, tf.int64 if self.by_position else tf.string)
+
+    def _read(self, positions):
+        names = self.index.paths[positions]
+        if self.from_bytes:
+            contents = self._reader.images(self.index.offsets[positions])
+        else:
+            contents = names
+        out = [contents, names]
+        if self.align:
+            out.append(self.index.landmarks[positions])
+        return tuple(out)
+
+    def read(self, values):
+        """In a pipeline: a batch of `values` `[n]` → `(sources, names)` for `decode_batches`."""
+        if not self.by_position:
+            return values, values
+        types = [tf.string, tf.string] + ([tf.float32] if self.align else [])
+        out = tf.numpy_function(self._read, [values], types, stateful=False)
+        n = values.shape[0]
+        out[0].set_shape([n])
+        out[1].set_shape([n])
+        if self.align:
+            out[2].set_shape([n, 5, 2])
+            return (out[0], out[2]), out[1]
+        return out[0], out[1]
+
+    def preprocess(self, image_size, resize_mode="resize", augmentation=None, seed=0):
+        return make_preprocess(
+            image_size, resize_mode, augmentation, seed, from_bytes=self.from_bytes,
+            align=self.align,
+        )
+
+
 def _decode_one_batch(preprocess, spec):
     def decode(sources, names, sample_ids, *rest):
-        n = tf.shape(sources)[0]
+        n = tf.shape(names)[0]
         size = tf.cast(n, tf.int64)
-        static = [sources.shape[0], *spec.shape]
+        static = [names.shape[0], *spec.shape]
         # Fast path: the whole batch decodes, or one error drops it (and the slow path runs).
         fast = (
             tf.data.Dataset.from_tensor_slices((sources, sample_ids))
@@ -306,16 +377,23 @@ def decode_batches(dataset, preprocess, log=None, cycle_length=AUTOTUNE):
 
     Args:
         dataset: elements `(sources [n], names [n], sample_ids [n], *rest)`: `sources` the paths
-            or encoded bytes that `preprocess` takes, `names` what a failure is reported as.
+            or encoded bytes that `preprocess` takes (or a tuple of such batches, such as
+            `(bytes, landmarks)`), `names` what a failure is reported as.
         preprocess: `fn(source, sample_id)` → a tensor of fully known shape.
         log: a `CorruptFileLog` that records the failures; None: they are printed to stderr.
 
     Returns:
         A dataset of `(images [n, ...], *rest)` with a zero image for every sample that failed.
     """
-    probe = tf.data.Dataset.from_tensors((tf.constant(""), tf.constant(0, tf.int64))).map(
-        preprocess
-    )
+    source_spec = dataset.element_spec[0]
+    probe = tf.data.Dataset.from_tensors(
+        (
+            tf.nest.map_structure(
+                lambda s: tf.zeros([d or 1 for d in s.shape[1:]], s.dtype), source_spec
+            ),
+            tf.constant(0, tf.int64),
+        )
+    ).map(preprocess)
     spec = probe.element_spec
     if not spec.shape.is_fully_defined():
         raise ValueError(f"preprocess must return a tensor of known shape; got {spec.shape}")
@@ -436,8 +514,8 @@ class CorruptFileLog(keras.callbacks.Callback):
         start = len(self.records)
         names = [n.decode("utf-8", "replace") for n in self._names.numpy()[start:]]
         sources = list(self._sources.numpy()[start:])
-        new = [CorruptFile(name, diagnose_bytes(source) if source else diagnose(name))
-               for name, source in zip(names, sources)]
+        new = [CorruptFile(name, diagnose(name, source or None))
+               for name, source in zip(names, sources, strict=True)]
         for item in new:
             logger.warning(
                 "corrupt or unreadable image replaced by a blank: %s (%s)", item.path, item.reason
@@ -485,24 +563,40 @@ class _StderrLog:
 _STDERR_LOG = _StderrLog()
 
 
-def diagnose(path):
-    """Why `path` does not decode (TensorFlow's error), decoded eagerly; for reports only."""
-    try:
-        contents = tf.io.read_file(path)
-    except tf.errors.OpError as error:
-        return f"{type(error).__name__}: {error.message}"
-    return diagnose_bytes(contents)
-
-
-def diagnose_bytes(contents):
-    """Why encoded image bytes do not decode (TensorFlow's error); for reports only."""
+def decode_error(contents):
+    """TensorFlow's error for encoded image bytes that do not decode, or None if they do."""
     try:
         decode_rgb(contents)
     except tf.errors.OpError as error:
         return f"{type(error).__name__}: {error.message}"
     except (ValueError, TypeError) as error:
         return f"{type(error).__name__}: {error}"
-    return "failed in the pipeline but decodes now (was the file replaced?)"
+    return None
+
+
+def diagnose_bytes(contents):
+    """Why encoded image bytes do not decode (TensorFlow's error); for reports only."""
+    reason = decode_error(contents)
+    return reason or "failed in the pipeline but decodes now"
+
+
+def diagnose(path, contents=None):
+    """Why `path` (a file, or a record `file.rec[key]`) does not decode, found eagerly; for
+    reports only. `contents`: the encoded image the pipeline had, where it is not a file (an
+    InsightFace `.bin`'s images)."""
+    record = recordio.describe_record(path)
+    if record is not None:
+        return record
+    if contents is not None:
+        return diagnose_bytes(contents)
+    try:
+        contents = tf.io.read_file(path)
+    except tf.errors.OpError as error:
+        return f"{type(error).__name__}: {error.message}"
+    reason = decode_error(contents)
+    if reason is None:
+        return "failed in the pipeline but decodes now (was the file replaced?)"
+    return reason
 
 
 def find_corrupt_files(paths, batch_size=256, num_parallel_calls=None):
@@ -521,3 +615,27 @@ def find_corrupt_files(paths, batch_size=256, num_parallel_calls=None):
     for _ in decode_batches(ds, shape_only, log, cycle_length=cycle):
         pass
     return log.collect()
+
+
+def find_corrupt_records(index, batch_size=256, num_parallel_calls=None):
+    """The images of a RecordIO `index` that cannot be read or decoded, as `CorruptFile`s
+    `(name, reason)` with each record's key and byte offset in the reason, each logged."""
+    if len(index) == 0:
+        return []
+    source = IndexSource(index)
+    log = CorruptFileLog(max_paths=len(index))
+
+    def shape_only(contents, sample_id):
+        return tf.shape(decode_rgb(contents))
+
+    ds = tf.data.Dataset.from_tensor_slices(np.arange(len(index), dtype=np.int64)).batch(batch_size)
+    ds = ds.map(lambda p: (*_contents_only(source.read(p)), tf.zeros_like(p)))
+    cycle = AUTOTUNE if num_parallel_calls is None else num_parallel_calls
+    for _ in decode_batches(ds, shape_only, log, cycle_length=cycle):
+        pass
+    return log.collect()
+
+
+def _contents_only(read):
+    sources, names = read
+    return (sources[0] if isinstance(sources, tuple) else sources), names

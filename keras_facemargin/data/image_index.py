@@ -71,6 +71,27 @@ def _walk_images(top, extensions, follow_links, seen, repeated, links):
         subfolders[:] = kept
         found.extend(os.path.join(folder, f) for f in sorted(files) if f.lower().endswith(extensions))
     return found
+def _check_landmarks(landmarks, num_images):
+    landmarks = np.asarray(landmarks)
+    ok = landmarks.shape == (num_images, 5, 2) and np.issubdtype(landmarks.dtype, np.number)
+    if not ok:
+        raise ValueError(
+            f"landmarks must be numbers of shape [num_images={num_images}, 5, 2] (x, y of the "
+            f"eyes, nose and mouth corners); got shape {landmarks.shape} and dtype "
+            f"{landmarks.dtype}"
+        )
+    landmarks = landmarks.astype(np.float32)
+    if num_images == 0:
+        return landmarks
+    finite = np.isfinite(landmarks).all(axis=(1, 2))
+    spread = np.ptp(landmarks, axis=1).max(axis=1) > 0
+    bad = np.flatnonzero(~finite | ~spread)
+    if len(bad):
+        raise ValueError(
+            f"landmarks must be finite and not all at one point; got {len(bad)} such image(s), "
+            f"the first at position {bad[0]}: {landmarks[bad[0]].tolist()}"
+        )
+    return landmarks
 
 
 class ImageIndex:
@@ -82,10 +103,19 @@ class ImageIndex:
     files with `verify`. Labels are always contiguous: a method that drops classes relabels the
     rest in their previous order.
 
+    An index may also read its images from a RecordIO file (`from_recordio`: then `paths` are
+    the records' names, `path.rec[key]`, and `offsets` their byte offsets) and may carry five
+    face landmarks per image (`with_landmarks`), which the pipelines use to align each face as
+    they decode it (`align_face`).
+
     Args:
         paths: sequence of file paths (or encoded images' names); `[num_images]`.
         labels: integer labels in `[0, len(class_names))`; `[num_images]`.
         class_names: one name per label.
+        landmarks: optional `[num_images, 5, 2]` (x, y) pixel positions of the eyes, the nose
+            and the mouth corners, as `align_face` takes them.
+        record_file: the `.rec` file the images are read from, or None for image files.
+        offsets: with `record_file`, each image record's byte offset; `[num_images]`.
 
     Example:
 
@@ -95,7 +125,7 @@ class ImageIndex:
     ```
     """
 
-    def __init__(self, paths, labels, class_names):
+    def __init__(self, paths, labels, class_names, landmarks=None, record_file=None, offsets=None):
         self.paths = np.asarray(paths, dtype=object)
         self.labels = np.asarray(labels)
         self.class_names = tuple(str(name) for name in class_names)
@@ -114,6 +144,35 @@ class ImageIndex:
                 f"labels must be in [0, len(class_names)={len(self.class_names)}); got min label "
                 f"{self.labels.min()}, max label {self.labels.max()}"
             )
+        self.landmarks = None if landmarks is None else _check_landmarks(landmarks, len(self))
+        if (record_file is None) != (offsets is None):
+            raise ValueError(
+                "record_file and offsets must be given together; got "
+                f"record_file={record_file!r} and offsets={'None' if offsets is None else '...'}"
+            )
+        self.record_file = None if record_file is None else os.fspath(record_file)
+        self.offsets = None
+        if offsets is not None:
+            self.offsets = np.asarray(offsets)
+            if self.offsets.shape != self.paths.shape or (
+                self.offsets.size and not np.issubdtype(self.offsets.dtype, np.integer)
+            ):
+                raise ValueError(
+                    f"offsets must be integers, one per image ({len(self)}); got shape "
+                    f"{self.offsets.shape} and dtype {self.offsets.dtype}"
+                )
+            self.offsets = self.offsets.astype(np.int64)
+
+    def _derived(self, positions, labels, class_names):
+        """A new index of the images at `positions`, with their landmarks and offsets."""
+        return ImageIndex(
+            self.paths[positions],
+            labels,
+            class_names,
+            landmarks=None if self.landmarks is None else self.landmarks[positions],
+            record_file=self.record_file,
+            offsets=None if self.offsets is None else self.offsets[positions],
+        )
 
     # -- construction -------------------------------------------------------------------------
 
@@ -234,6 +293,50 @@ class ImageIndex:
         names, labels = np.unique(np.asarray(raw_labels, dtype=object), return_inverse=True)
         return cls(paths, labels, names)
 
+    @classmethod
+    def from_recordio(cls, rec_path, label_source="auto"):
+        """An index of an MXNet RecordIO training set (InsightFace's `train.rec` + `train.idx`).
+
+        The `.idx` beside the `.rec` gives every record's byte offset, so the pipelines read any
+        image directly (and decode it inside `tf.data`). In InsightFace's layout (record 0's
+        header flag > 0) the identity records give each identity's image range and the labels
+        are the identities' numbers, `0..C-1`, as InsightFace trains with them; when record 0
+        has flag 0, every record is an image and its header's label (the first one when it has
+        several) is its class, numbered as in `from_list`. `paths` are the records' names,
+        `path.rec[key]`. Reading is by byte offset, without MXNet (format notes:
+        `keras_facemargin.data.recordio`).
+
+        Args:
+            rec_path: the `.rec` file; its `.idx` must be beside it.
+            label_source: `"identities"` (InsightFace's identity records), `"headers"` (each
+                image record's own label), or `"auto"`: identities, unless the set has more
+                than 2^24 records, which float32 record ranges cannot address exactly.
+
+        Example:
+
+        ```python
+        index = ImageIndex.from_recordio("faces_emore/train.rec")  # MS1MV2: 85,742 identities
+        model.fit(classification_dataset(index, 512), epochs=20)
+        ```
+        """
+        from keras_facemargin.data import recordio
+
+        names, labels, class_names, offsets, _ = recordio.index_arrays(rec_path, label_source)
+        return cls(names, labels, class_names, record_file=rec_path, offsets=offsets)
+
+    def with_landmarks(self, landmarks):
+        """The same index carrying five face landmarks per image, `[num_images, 5, 2]` (x, y)
+        pixels: left eye, right eye, nose tip, left and right mouth corner as they appear in the
+        image (InsightFace's order); the pipelines then align every face as they decode it."""
+        return ImageIndex(
+            self.paths,
+            self.labels,
+            self.class_names,
+            landmarks=landmarks,
+            record_file=self.record_file,
+            offsets=self.offsets,
+        )
+
     # -- queries ------------------------------------------------------------------------------
 
     def __len__(self):
@@ -256,11 +359,13 @@ class ImageIndex:
         """The images at `positions` (indices or a boolean mask); empty classes are dropped when
         `relabel` (the default), and the remaining classes keep their order."""
         positions = np.asarray(positions)
-        paths, labels = self.paths[positions], self.labels[positions]
+        labels = self.labels[positions]
         if not relabel:
-            return ImageIndex(paths, labels, self.class_names)
+            return self._derived(positions, labels, self.class_names)
         kept = np.unique(labels)
-        return ImageIndex(paths, np.searchsorted(kept, labels), [self.class_names[k] for k in kept])
+        return self._derived(
+            positions, np.searchsorted(kept, labels), [self.class_names[k] for k in kept]
+        )
 
     def filter_min_images(self, min_images):
         """Only the classes with at least `min_images` images, relabelled `0..C'-1`."""
@@ -421,4 +526,6 @@ class ImageIndex:
         """
         from keras_facemargin.data import decoding
 
+        if self.record_file is not None:
+            return decoding.find_corrupt_records(self, num_parallel_calls=num_parallel_calls)
         return decoding.find_corrupt_files(self.paths, num_parallel_calls=num_parallel_calls)

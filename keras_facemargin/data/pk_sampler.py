@@ -107,6 +107,7 @@ class PKSampler:
     def as_dataset(self, input_context=None):
         """The epochs as a `tf.data.Dataset` of undecoded batches `(paths, labels, sample_ids)`,
         each `[P·K]` (or `[P/R·K]` per replica with an `input_context`, see `pk_dataset`).
+        For a RecordIO index or one with landmarks, `paths` are int64 positions into the index.
 
         The dataset is one epoch long; each new iteration draws the next epoch. `sample_ids`
         number the samples of all epochs (the augmentation seeds of `pk_dataset`).
@@ -114,7 +115,7 @@ class PKSampler:
         p, k = self.classes_per_batch, self.samples_per_class
         replicas, local, first = _replica_share(input_context, "classes_per_batch", p)
         per_replica = p // replicas
-        paths = self.index.paths
+        source = decoding.IndexSource(self.index)
         labels = self.index.labels.astype(np.int32)
         steps = self.steps_per_epoch
         state = {"epoch": 0}
@@ -134,13 +135,13 @@ class PKSampler:
                 )
                 positions = positions[cut].reshape(steps * local, per_replica * k)
                 ids = ids[cut].reshape(steps * local, per_replica * k)
-            yield paths[positions].astype(str), labels[positions], ids
+            yield source.values(positions), labels[positions], ids
 
         n = per_replica * k
         ds = tf.data.Dataset.from_generator(
             generate,
             output_signature=(
-                tf.TensorSpec([None, n], tf.string),
+                source.spec([None, n]),
                 tf.TensorSpec([None, n], tf.int32),
                 tf.TensorSpec([None, n], tf.int64),
             ),
@@ -174,7 +175,9 @@ def pk_dataset(
     `PKSampler(index, P, K).num_small_classes`.
 
     A file that does not decode becomes a blank image with its label and is recorded in
-    `corrupt_files` (a `CorruptFileLog`; also pass it to `fit(callbacks=...)` to have it logged).
+    `corrupt_files` (a `CorruptFileLog`; also pass it to `fit(callbacks=...)` to have it logged);
+    so does an unreadable record of a RecordIO index. An index with landmarks has every face
+    aligned to ArcFace's template as it is decoded.
 
     Distributed training: with `tf.distribute`, call this inside
     `strategy.distribute_datasets_from_function(lambda ctx: pk_dataset(..., input_context=ctx))`.
@@ -216,10 +219,9 @@ def pk_dataset(
     )
     sources = sampler.as_dataset(input_context)
     steps = int(sources.cardinality())
-    ds = sources.map(lambda s, y, i: (s, s, i, y))
-    preprocess = decoding.make_preprocess(
-        image_size, resize_mode, decoding.as_augmentation(augment), seed
-    )
+    source = decoding.IndexSource(index)
+    ds = sources.map(lambda s, y, i: (*source.read(s), i, y))
+    preprocess = source.preprocess(image_size, resize_mode, decoding.as_augmentation(augment), seed)
     ds = decoding.decode_batches(ds, preprocess, corrupt_files)
     ds = ds.apply(tf.data.experimental.assert_cardinality(steps))
     return ds.prefetch(decoding.AUTOTUNE) if prefetch else ds

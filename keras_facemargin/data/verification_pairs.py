@@ -260,7 +260,7 @@ def read_insightface_bin(bin_path):
     )
 
 
-def read_pairs(path, root=None, argument="pairs"):
+def read_pairs(path, root=None, argument="pairs", check_files=True):
     """Verification pairs from any of the three formats, told apart by their content.
 
     An InsightFace `.bin` (by its extension), an LFW `pairs.txt` (its first line is a pair count
@@ -271,24 +271,26 @@ def read_pairs(path, root=None, argument="pairs"):
         path: the pair file.
         root: the image folder (see above).
         argument: what the file is called in error messages (a flag, say `--val-pairs`).
+        check_files: whether to check that every image file of a list exists.
 
     Returns:
         `VerificationPairs`.
     """
+    path = os.fspath(path) if isinstance(path, os.PathLike) else path
     if not isinstance(path, str) or not os.path.isfile(path):
         reason = "a folder" if isinstance(path, str) and os.path.isdir(path) else "no such file"
         raise ValueError(f"{argument} must be an existing pair file (.bin, LFW pairs.txt or a "
                          f"'path_a path_b label' list); got {path!r} ({reason})")
     try:
-        if path.endswith(".bin"):
+        if path.lower().endswith(".bin"):
             return read_insightface_bin(path)
         first = next(iter(_lines(path)), (0, []))[1]
         if len(first) in (1, 2) and all(token.isdigit() for token in first):
             if root is None:
                 raise ValueError("the LFW image folder (--root / --val-root) is needed for an "
                                  "LFW pairs file")
-            return read_lfw_pairs(path, root)
-        return read_pair_list(path, root)
+            return read_lfw_pairs(path, root, check_files=check_files)
+        return read_pair_list(path, root, check_files=check_files)
     except ValueError as error:
         text = str(error)
         raise ValueError(text if text.startswith(path) else f"{argument} {path!r}: {text}") from None
@@ -372,3 +374,4 @@ def pair_arrays(pairs, image_size=(112, 112), dtype="float32", batch_size=256):
             batch = batch.numpy()
             out.append(np.clip(batch.round(), 0, 255).astype(np.uint8) if dtype == "uint8" else batch)
     return np.concatenate(images_a), np.concatenate(images_b), pairs.is_same.astype(int)
+

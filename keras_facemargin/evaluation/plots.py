@@ -55,24 +55,42 @@ def plot_roc(labels_or_curves, scores_or_path, path=None, greater_is_same=True, 
     ```
     """
     curves, path = _curves(labels_or_curves, scores_or_path, path)
+    if len(curves) == 1 and None in curves:
+        labels, scores = curves[None]
+        title = f"{title} (AUC {_auc(labels, scores, greater_is_same):.4f})"
+        curves = {"": (labels, scores)}
+    return plot_roc_curves(curves, path, greater_is_same, title)
+
+
+def _auc(labels, scores, greater_is_same):
+    same, similarities = _check(labels, scores, greater_is_same)
+    return sk_metrics.roc_auc_score(same, similarities)
+
+
+def plot_roc_curves(curves, path, greater_is_same=True, title="ROC", far_range=None, precomputed=False):
+    """Several ROC curves in one figure, with the chance line: `curves` maps a name to
+    `(labels, scores)` (the legend adds each AUC), or with `precomputed=True` to an already
+    computed `(far, tar)`. `far_range` `(low, high)` limits the FAR axis (IJB's plots use
+    `(1e-6, 1e-1)`)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4.2), dpi=120)
     smallest = 1.0
-    for name, (labels, scores) in curves.items():
-        far, tar, _ = roc(labels, scores, greater_is_same)
-        same, similarities = _check(labels, scores, greater_is_same)
-        auc = sk_metrics.roc_auc_score(same, similarities)
+    for name, (first, second) in curves.items():
+        if precomputed:
+            far, tar = np.asarray(first), np.asarray(second)
+            label = name
+        else:
+            far, tar, _ = roc(first, second, greater_is_same)
+            auc = _auc(first, second, greater_is_same)
+            label = f"{name} (AUC {auc:.4f})" if name else f"AUC {auc:.4f}"
         keep = far > 0
         smallest = min(smallest, far[keep].min() if keep.any() else 1.0)
-        label = f"AUC {auc:.4f}" if name is None else f"{name} (AUC {auc:.4f})"
         ax.plot(far[keep], tar[keep], label=label)
-    smallest = min(smallest, 1e-2)
-    chance = np.logspace(np.log10(smallest), 0, 50)
+    low, high = far_range if far_range is not None else (min(smallest, 1e-2), 1.0)
+    chance = np.logspace(np.log10(low), np.log10(high), 50)
     ax.plot(chance, chance, color="grey", linestyle=":", label="chance")
-    if len(curves) == 1 and None in curves:
-        title = f"{title} (AUC {sk_metrics.roc_auc_score(*_check(*curves[None], greater_is_same)):.4f})"
     ax.set(xscale="log", xlabel="false accept rate (FAR)", ylabel="true accept rate (TAR)",
-           title=title, ylim=(0, 1.01), xlim=(smallest, 1.0))
+           title=title, ylim=(0, 1.01), xlim=(low, high))
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right", fontsize="small")
     fig.tight_layout()

@@ -83,7 +83,9 @@ def embed(model, images, batch_size=256, flip=False, normalize=True, verbose="au
 
     With `flip=True` each embedding is the sum of the image's and its horizontal mirror's, the
     "flip test" of face verification. Rows are L2-normalised unless `normalize=False`. Keras's
-    progress bar shows for long runs (`verbose`, as in `model.predict`).
+    progress bar shows for long runs (`verbose`, as in `model.predict`). `model` is a Keras model
+    or any function from an image batch to its embeddings `[batch, dim]` (an exported
+    SavedModel's signature, wrapped), called batch by batch.
     """
     out = _predict(model, images, batch_size, verbose)
     if flip:
@@ -100,6 +102,18 @@ def embed(model, images, batch_size=256, flip=False, normalize=True, verbose="au
 
 
 def _predict(model, images, batch_size, verbose):
+    if not isinstance(model, keras.Model):
+        if not callable(model):
+            raise ValueError(
+                f"model must be a Keras model or a function of an image batch; got "
+                f"{type(model).__name__}"
+            )
+        if isinstance(images, np.ndarray):
+            batches = (images[i:i + batch_size] for i in range(0, len(images), batch_size))
+        else:
+            batches = (b[0] if isinstance(b, tuple) else b for b in images)
+        out = [np.asarray(model(batch), dtype=np.float32) for batch in batches]
+        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
     if keras.backend.backend() == "tensorflow" and isinstance(images, np.ndarray):
         import tensorflow as tf
 

@@ -1,0 +1,245 @@
+"""The quality benchmark: verification on identities training never saw, against a plain Keras script.
+
+A fixed open-set protocol on an image folder (one sub-folder per identity; made for
+`../shared/data/emoji-4vendor`, 1,400 emoji × 4 vendor drawings): the identities are split with
+`--split-seed` into `--train-identities` for training and `--unseen` others, all images of each;
+the verification pairs are every genuine pair among the unseen identities plus ten times as many
+random impostor pairs. Each row is a command a user runs, in its own process, for every seed:
+
+- `plain_softmax`, `plain_arcface`: benchmarks/plain_keras.py, the anchor (keras.layers only);
+- `default`: `facemargin train --data TRAIN --image-size 48 --epochs 15` (nothing else);
+- `softmax`, `arcface`, `cosface`, `circle`, ...: the same with `--loss NAME`;
+- `best`: the same with `--best FLAGS`;
+
+and the embeddings of the unseen images come from the row's own export (`facemargin embed` on
+the SavedModel; the plain script embeds in its own process). Reported per row: AUC, EER,
+TAR@FAR=1e-2 and 1e-3, 10-fold accuracy (mean ± std over the seeds), the training command's wall
+seconds and its peak memory (`wait4`'s ru_maxrss).
+
+    python benchmarks/quality.py --data ../shared/data/emoji-4vendor --out runs/quality
+    python benchmarks/quality.py --data DIR --rows plain_softmax,default --seeds 0 --epochs 2 ...
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PLAIN = os.path.join(HERE, "plain_keras.py")
+FACEMARGIN = os.path.join(os.path.dirname(sys.executable), "facemargin")
+DEFAULT_ROWS = ("plain_softmax", "plain_arcface", "default", "softmax", "arcface", "cosface", "circle",
+                "best")
+FARS = (1e-2, 1e-3)
+
+
+def split_identities(root, train_identities, unseen, seed):
+    """`(training identity folders, unseen identity folders)`, drawn with `seed`."""
+    names = sorted(n for n in os.listdir(root) if os.path.isdir(os.path.join(root, n)) and
+                   not n.startswith("."))
+    if train_identities + unseen > len(names):
+        raise SystemExit(f"quality.py: error: --train-identities {train_identities} + --unseen {unseen} "
+                         f"exceed the {len(names)} identities of {root}")
+    order = np.random.default_rng(seed).permutation(len(names))
+    pick = [names[i] for i in order]
+    return sorted(pick[:train_identities]), sorted(pick[train_identities:train_identities + unseen])
+
+
+def link_folder(root, identities, dest):
+    """`dest/<identity>/<file>` as symbolic links to the images of `root` (a folder per identity)."""
+    if os.path.isdir(dest):
+        return dest
+    tmp = dest + ".tmp"
+    for name in identities:
+        os.makedirs(os.path.join(tmp, name), exist_ok=True)
+        for f in sorted(os.listdir(os.path.join(root, name))):
+            os.symlink(os.path.abspath(os.path.join(root, name, f)), os.path.join(tmp, name, f))
+    os.replace(tmp, dest)
+    return dest
+
+
+def verification_pairs(paths, seed):
+    """Every genuine pair of the unseen images, plus 10× as many random impostor pairs (all of
+    them where there are fewer)."""
+    identity = np.array([os.path.basename(os.path.dirname(p)) for p in paths])
+    a, b = [], []
+    for name in np.unique(identity):
+        members = np.flatnonzero(identity == name)
+        for i, x in enumerate(members):
+            for y in members[i + 1:]:
+                a.append(x)
+                b.append(y)
+    genuine = len(a)
+    counts = np.unique(identity, return_counts=True)[1]
+    available = (len(paths) ** 2 - int((counts ** 2).sum())) // 2  # distinct cross-identity pairs
+    wanted = min(10 * genuine, available)
+    rng = np.random.default_rng(seed)
+    seen = set()
+    while len(a) < genuine + wanted:
+        x, y = (int(v) for v in rng.integers(0, len(paths), 2))
+        key = (min(x, y), max(x, y))
+        if identity[x] != identity[y] and key not in seen:
+            seen.add(key)
+            a.append(x)
+            b.append(y)
+    return np.array(a), np.array(b), np.arange(len(a)) < genuine
+
+
+def timed(command, log_path):
+    """Runs `command`; returns (exit status, wall seconds, peak RSS in MiB of that process)."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
+    start = time.perf_counter()
+    with open(log_path, "w") as log:
+        log.write(" ".join(shlex.quote(c) for c in command) + "\n")
+        log.flush()
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - start
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return process.returncode, seconds, usage.ru_maxrss / 1024
+
+
+def row_command(row, train_dir, run_dir, args, seed):
+    common = ["--data", train_dir, "--image-size", str(args.image_size), "--epochs", str(args.epochs),
+              "--seed", str(seed), "--run-dir", run_dir]
+    if row == "default":
+        return [FACEMARGIN, "train", *common]
+    if row == "best":
+        return [FACEMARGIN, "train", *common, *shlex.split(args.best)]
+    return [FACEMARGIN, "train", *common, "--loss", row]
+
+
+def evaluate(npz, unseen_paths, pairs):
+    from keras_facemargin import evaluation as ev
+
+    data = np.load(npz)
+    position = {os.path.realpath(p): i for i, p in enumerate(data["paths"])}
+    order = np.array([position[os.path.realpath(p)] for p in unseen_paths])
+    embeddings = data["embeddings"][order].astype(np.float64)
+    if not np.isfinite(embeddings).all():
+        return None
+    a, b, same = pairs
+    scores = ev.indexed_pair_scores(ev.normalize_rows(embeddings), a, b)
+    return ev.verification_report(same.astype(int), scores, far_targets=FARS)
+
+
+def run_row(row, seed, args, train_dir, unseen_dir, unseen_paths, pairs):
+    work = os.path.join(args.out, "runs", f"{row}-seed{seed}")
+    os.makedirs(work, exist_ok=True)
+    npz = os.path.join(work, "embeddings.npz")
+    if row.startswith("plain_"):
+        command = [sys.executable, PLAIN, "--train", train_dir, "--unseen", unseen_dir, "--head",
+                   row.split("_", 1)[1], "--image-size", str(args.image_size), "--epochs",
+                   str(args.epochs), "--seed", str(seed), "--out", npz]
+        code, seconds, peak = timed(command, os.path.join(work, "train.log"))
+    else:
+        run_dir = os.path.join(work, "run")
+        code, seconds, peak = timed(row_command(row, train_dir, run_dir, args, seed),
+                                    os.path.join(work, "train.log"))
+        if code == 0:
+            embed = [FACEMARGIN, "embed", "--model", os.path.join(run_dir, "saved_model"), "--images",
+                     unseen_dir, "--out", npz, "--batch-size", "256"]
+            code, _, _ = timed(embed, os.path.join(work, "embed.log"))
+    report = evaluate(npz, unseen_paths, pairs) if code == 0 else None
+    result = {"row": row, "seed": seed, "exit": code, "seconds": seconds, "peak_mib": peak}
+    if report is not None:
+        result.update(auc=report.auc, eer=report.eer, tar_1e2=report.tar_at_far[1e-2],
+                      tar_1e3=report.tar_at_far[1e-3], accuracy_10fold=report.accuracy_10fold)
+    with open(os.path.join(work, "result.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    return result
+
+
+COLUMNS = (("auc", "AUC"), ("eer", "EER"), ("tar_1e2", "TAR@FAR=1e-2"), ("tar_1e3", "TAR@FAR=1e-3"),
+           ("accuracy_10fold", "10-fold acc."))
+
+
+def table(results, rows, commands):
+    header = ["row", *(title for _, title in COLUMNS), "train s", "peak MiB", "command"]
+    lines = []
+    for row in rows:
+        done = [r for r in results if r["row"] == row and "auc" in r]
+        failed = [r for r in results if r["row"] == row and "auc" not in r]
+        cells = [row]
+        for key, _ in COLUMNS:
+            values = np.array([r[key] for r in done])
+            cells.append(f"{values.mean():.3f} ± {values.std():.3f}" if len(values) else "failed")
+        seconds = np.array([r["seconds"] for r in done])
+        cells.append(f"{seconds.mean():.0f}" if len(seconds) else "-")
+        cells.append(f"{max(r['peak_mib'] for r in done):.0f}" if done else "-")
+        cells.append(commands[row] + (f" ({len(failed)} failed)" if failed else ""))
+        lines.append(cells)
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *lines, strict=True)]
+
+    def join(values):
+        return "| " + " | ".join(str(x).ljust(w) for x, w in zip(values, widths, strict=True)) + " |"
+
+    return "\n".join([join(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+                      *(join(line) for line in lines)])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, help="image folder, one sub-folder per identity")
+    parser.add_argument("--rows", default=",".join(DEFAULT_ROWS),
+                        help="comma-separated: plain_softmax, plain_arcface, default, best, or a --loss name")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--image-size", type=int, default=48)
+    parser.add_argument("--train-identities", type=int, default=1000)
+    parser.add_argument("--unseen", type=int, default=400)
+    parser.add_argument("--split-seed", type=int, default=0)
+    parser.add_argument("--best", default="", help="the flags of the 'best' row")
+    parser.add_argument("--out", default="runs/quality")
+    args = parser.parse_args(argv)
+    rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    if not os.path.isdir(args.data):
+        parser.error(f"argument --data: expected an image folder; got {args.data!r}")
+    if "best" in rows and not args.best:
+        parser.error("the 'best' row needs --best FLAGS")
+    os.makedirs(args.out, exist_ok=True)
+    train_ids, unseen_ids = split_identities(args.data, args.train_identities, args.unseen, args.split_seed)
+    train_dir = link_folder(args.data, train_ids, os.path.join(args.out, "train"))
+    unseen_dir = link_folder(args.data, unseen_ids, os.path.join(args.out, "unseen"))
+    unseen_paths = sorted(os.path.join(unseen_dir, n, f) for n in unseen_ids
+                          for f in os.listdir(os.path.join(unseen_dir, n)))
+    pairs = verification_pairs(unseen_paths, args.split_seed)
+    started = datetime.datetime.now(datetime.timezone.utc)
+    print(f"# quality: {args.data}; {len(train_ids)} training identities, {len(unseen_ids)} unseen "
+          f"({len(unseen_paths)} images); {int(pairs[2].sum())} genuine + {int((~pairs[2]).sum())} impostor "
+          f"pairs; {args.image_size} px, {args.epochs} epochs, seeds {args.seeds}; {started:%Y-%m-%d %H:%M} "
+          f"UTC, {os.cpu_count()} CPUs {platform.machine()}", flush=True)
+    commands = {}
+    for row in rows:
+        if row.startswith("plain_"):
+            commands[row] = f"plain_keras.py --head {row.split('_', 1)[1]}"
+        else:
+            command = row_command(row, "TRAIN", "RUN", args, 0)
+            commands[row] = " ".join(["facemargin", *command[1:]]).replace(" --seed 0 --run-dir RUN", "")
+    results = []
+    for seed in args.seeds:
+        for row in rows:
+            result = run_row(row, seed, args, train_dir, unseen_dir, unseen_paths, pairs)
+            results.append(result)
+            summary = ", ".join(f"{k} {result[k]:.4f}" for k, _ in COLUMNS if k in result)
+            print(f"{row} seed {seed}: {summary or 'FAILED (exit %d)' % result['exit']}; "
+                  f"{result['seconds']:.0f} s, {result['peak_mib']:.0f} MiB", flush=True)
+    text = table(results, rows, commands)
+    print("\n" + text)
+    with open(os.path.join(args.out, "table.md"), "w") as f:
+        f.write(text + "\n")
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump({"started_utc": started.isoformat(), "settings": vars(args), "results": results}, f,
+                  indent=2)
+    return results
+
+
+if __name__ == "__main__":
+    main()
