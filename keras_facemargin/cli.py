@@ -1,7 +1,9 @@
 """`facemargin`: train, evaluate, embed and export face (and other identity) recognizers.
 
     facemargin train --data DIR [--loss arcface] [--image-size 112] [--epochs 10] ...
-    facemargin evaluate --model PATH --pairs FILE [--root DIR] [--flip] [--out DIR]
+    facemargin evaluate --model PATH --pairs FILE [FILE ...] [--root DIR] [--flip] [--out DIR]
+    facemargin evaluate-ijb --model PATH --root IJBC [--out DIR]
+    facemargin pack FOLDER OUT.rec
     facemargin embed --model PATH --images DIR --out embeddings.npz [--flip]
     facemargin export --model RUN/model.keras --format saved_model|onnx --out DIR
     facemargin pairs --images DIR --out pairs.txt [--num-pairs 6000]
@@ -17,6 +19,7 @@ import logging
 import os
 import sys
 
+from keras_facemargin import _validate
 from keras_facemargin import config as config_lib
 
 logger = logging.getLogger("keras_facemargin")
@@ -161,58 +164,68 @@ def _progress(total):
 # ---- evaluate ---------------------------------------------------------------------------------
 
 
-def _images_once(pairs):
-    """`(unique sources, index of a, index of b)`: each image of the pairs once."""
-    import numpy as np
-
-    if pairs.from_bytes:
-        n = len(pairs)
-        sources = np.empty(2 * n, dtype=object)
-        sources[0::2], sources[1::2] = pairs.images_a, pairs.images_b
-        return sources, np.arange(0, 2 * n, 2), np.arange(1, 2 * n, 2)
-    both = np.concatenate([pairs.images_a, pairs.images_b]).astype(str)
-    unique, inverse = np.unique(both, return_inverse=True)
-    n = len(pairs)
-    return unique.astype(object), inverse[:n], inverse[n:]
-
-
 def evaluate(args):
     from keras_facemargin import data
     from keras_facemargin import evaluation as ev
 
     embedder = load_embedder(args.model)
-    pairs = data.read_pairs(args.pairs, args.root, argument="--pairs")
-    folds = pairs.folds if pairs.folds is not None else min(args.folds, len(pairs))
-    if pairs.folds is None and folds < args.folds:
-        print(f"note: {len(pairs)} pairs are too few for {args.folds} folds; the k-fold accuracy uses "
-              f"{folds}", file=sys.stderr)
-    sources, index_a, index_b = _images_once(pairs)
+    sets = ev.read_pair_sets(args.pairs, root=args.root, argument="--pairs")
     log = data.CorruptFileLog()
-    names = [f"{pairs.name}[{i}]" for i in range(len(sources))] if pairs.from_bytes else None
-    dataset = data.image_dataset(sources, args.batch_size, embedder.image_size,
-                                 from_bytes=pairs.from_bytes, names=names, corrupt_files=log)
-    progress = _progress(len(sources))
-    embeddings = _embed_batches(embedder, (images.numpy() for images in dataset), args.flip, progress)
-    scores = ev.indexed_pair_scores(embeddings, index_a, index_b)
-    labels = pairs.is_same.astype(int)
-    report = ev.verification_report(labels, scores, folds=folds)
-    print(report)
-    for far in report.unresolved_fars():
-        print(f"warning: TAR@FAR={far:g} needs at least {round(1 / far)} impostor pairs; got "
-              f"{report.num_impostors}, so it is the TAR at FAR=0", file=sys.stderr)
+    result = ev.evaluate_pair_sets(embedder, sets, flip=args.flip, batch_size=args.batch_size,
+                                   corrupt_files=log, folds=args.folds,
+                                   verbose=1 if sys.stderr.isatty() else 0)
+    if len(result.reports) == 1:
+        print(next(iter(result.reports.values())))
+        print()
+    print(result.table())
+    for name, report in result.reports.items():
+        pairs = len(sets.sets[name][2])
+        if sets.sets[name][3] is None and pairs < args.folds:
+            print(f"note: {name}: {pairs} pairs are too few for {args.folds} folds; the k-fold accuracy "
+                  f"uses {pairs}", file=sys.stderr)
+        for far in report.unresolved_fars():
+            print(f"warning: {name}: TAR@FAR={far:g} needs at least {round(1 / far)} impostor pairs; got "
+                  f"{report.num_impostors}, so it is the TAR at FAR=0", file=sys.stderr)
     if log.count:
         bad = log.collect()
         print(f"warning: {log.count} image(s) could not be decoded and were scored as blank images: "
               + "; ".join(f"{f.path} ({f.reason})" for f in bad[:5]), file=sys.stderr)
-    os.makedirs(args.out, exist_ok=True)
-    report.to_json(os.path.join(args.out, "report.json"))
-    name = os.path.basename(os.path.normpath(args.model))
-    ev.plot_roc({name: (labels, scores)}, os.path.join(args.out, "roc.png"))
-    ev.plot_det({name: (labels, scores)}, os.path.join(args.out, "det.png"))
-    ev.plot_score_histogram(labels, scores, os.path.join(args.out, "scores.png"),
-                            threshold=report.best_threshold, threshold_label="best-accuracy threshold")
-    print(f"\nwrote {args.out}/report.json, roc.png, det.png, scores.png")
+    written = result.save(args.out)
+    print(f"\nwrote {', '.join(os.path.relpath(p, args.out) for p in written)} to {args.out}")
+    return result
+
+
+def evaluate_ijb(args):
+    from keras_facemargin import data
+    from keras_facemargin import evaluation as ev
+
+    embedder = load_embedder(args.model)
+    log = data.CorruptFileLog()
+    report = ev.ijb_verification(embedder, args.root, target=args.target, flip=not args.no_flip,
+                                 detector_scores=not args.no_detector_scores, batch_size=args.batch_size,
+                                 corrupt_files=log, out_dir=args.out)
+    print(report)
+    if log.count:
+        print(f"warning: {log.count} face image(s) could not be decoded and were scored as blank images",
+              file=sys.stderr)
+    print(f"\nwrote report.json, scores.npy and roc.png to {args.out}")
     return report
+
+
+def pack(args):
+    from keras_facemargin import data
+
+    if not args.out.endswith(".rec"):
+        raise UsageError(f"OUT must be a .rec file (the .idx and property are written beside it); got "
+                         f"{args.out!r}")
+    if not os.path.isdir(args.folder):
+        raise UsageError(f"FOLDER must be an image folder with one sub-folder per identity; got "
+                         f"{args.folder!r} (no such folder)")
+    _validate.check_writable_dir("OUT.rec's folder", os.path.dirname(os.path.abspath(args.out)))
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    index = data.pack_recordio(args.folder, args.out, layout=args.layout)
+    print(f"packed {len(index)} images of {index.num_classes} identities into {args.out} "
+          f"(and {os.path.splitext(args.out)[0]}.idx, property)")
 
 
 # ---- embed ------------------------------------------------------------------------------------
@@ -393,15 +406,34 @@ def _parser():
     _add_train_flags(p)
 
     p = sub.add_parser("evaluate", formatter_class=_Formatter,
-                       help="verification report, JSON and plots for a pair file")
+                       help="verification report, JSON and plots for one or several pair files")
     p.add_argument("--model", required=True, help="SavedModel folder or .keras file")
-    p.add_argument("--pairs", required=True, help="pair list, LFW pairs.txt or InsightFace .bin")
+    p.add_argument("--pairs", required=True, nargs="+",
+                   help="pair files: lists, LFW pairs.txt or InsightFace .bin (lfw.bin cfp_fp.bin ...)"),
     p.add_argument("--root", help="folder the pair list's paths are relative to (LFW: the image folder)")
     p.add_argument("--flip", action="store_true", help="flip test: add each image's mirror's embedding")
     p.add_argument("--out", default="runs/evaluate", help="folder of report.json and the plots")
     p.add_argument("--batch-size", type=_positive_int, default=64, help="images embedded at a time")
     p.add_argument("--folds", type=_positive_int, default=10,
                    help="folds of the k-fold accuracy (LFW's pairs.txt brings its own)")
+
+    p = sub.add_parser("evaluate-ijb", formatter_class=_Formatter,
+                       help="IJB-B/IJB-C 1:1 template verification (TAR at FAR 1e-6 ... 1e-1)")
+    p.add_argument("--model", required=True, help="SavedModel folder or .keras file")
+    p.add_argument("--root", required=True, help="the release folder (meta/ and loose_crop/)")
+    p.add_argument("--target", choices=("IJBB", "IJBC"), help="default: found from the meta files")
+    p.add_argument("--no-flip", action="store_true", help="without the flip test")
+    p.add_argument("--no-detector-scores", action="store_true",
+                   help="pool images unweighted (default: weighted by detector score)")
+    p.add_argument("--batch-size", type=_positive_int, default=128, help="faces embedded at a time")
+    p.add_argument("--out", default="runs/evaluate-ijb", help="folder of report.json, scores and roc.png")
+
+    p = sub.add_parser("pack", formatter_class=_Formatter,
+                       help="pack an image folder into an InsightFace RecordIO training set")
+    p.add_argument("folder", metavar="FOLDER", help="one sub-folder per identity")
+    p.add_argument("out", metavar="OUT.rec", help="the .rec to write (.idx and property beside it)")
+    p.add_argument("--layout", choices=("insightface", "list"), default="insightface",
+                   help="insightface: identity records after the images; list: labelled images")
 
     p = sub.add_parser("embed", formatter_class=_Formatter,
                        help="embed every image under a folder into an .npz")
@@ -455,7 +487,9 @@ def main(argv=None):
             train(config, given, verbose=1 if sys.stdout.isatty() else 2)
         else:
             _load_tensorflow(args.verbose)
-            {"evaluate": evaluate, "embed": embed, "export": export, "pairs": pairs}[args.command](args)
+            commands = {"evaluate": evaluate, "evaluate-ijb": evaluate_ijb, "embed": embed,
+                        "export": export, "pairs": pairs, "pack": pack}
+            commands[args.command](args)
     except ValueError as error:
         print(f"facemargin {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -101,7 +101,8 @@ class TrainConfig:
     flags with `-` for `_`.
     """
 
-    data: str = _field("", "training images: a folder with one sub-folder per identity")
+    data: str = _field("", "training images: a folder with one sub-folder per identity, or an "
+                       "InsightFace RecordIO train.rec (train.idx beside it)")
     loss: str = _field(AUTO, "training objective: softmax (Dense + cross-entropy), a margin loss "
                        "(CosineHead) or a pair loss (P×K batches); auto: see the README",
                        _choice((AUTO, *LOSSES)), choices=(AUTO, *LOSSES))
@@ -221,8 +222,8 @@ class TrainConfig:
             raise ValueError(f"{source}--data (an image folder with one sub-folder per identity) is "
                              "required")
         if not os.path.exists(self.data):
-            raise ValueError(f"{source}--data must be an image folder with one sub-folder per identity; "
-                             f"got {self.data!r} (no such folder)")
+            raise ValueError(f"{source}--data must be an image folder with one sub-folder per identity, "
+                             f"or a .rec file; got {self.data!r} (no such file or folder)")
         for path in self.val_pairs or ():
             if not os.path.isfile(path):
                 raise ValueError(f"{source}--val-pairs must be existing pair files (.bin, LFW pairs.txt or "

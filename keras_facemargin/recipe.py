@@ -112,7 +112,10 @@ def _load_index(config):
     from keras_facemargin.data import ImageIndex
 
     try:
-        index = ImageIndex.from_directory(config.data)
+        if config.data.endswith(".rec"):
+            index = ImageIndex.from_recordio(config.data)
+        else:
+            index = ImageIndex.from_directory(config.data)
     except ValueError as error:
         raise ValueError(f"--data {config.data!r}: {error}") from None
     if config.min_images > 1:
@@ -123,14 +126,12 @@ def _load_index(config):
 
 
 def _read_validation(config, index):
-    """`(training index, validation VerificationPairs or None)`."""
+    """`(training index, validation pairs or None)`: a `PairSets` of the --val-pairs files, or
+    `VerificationPairs` of held-out identities."""
     if config.val_pairs:
-        from keras_facemargin.data import read_pairs
+        from keras_facemargin.evaluation import read_pair_sets
 
-        sets = [read_pairs(path, config.val_root, argument="--val-pairs") for path in config.val_pairs]
-        if len(sets) > 1:
-            raise ValueError(f"--val-pairs takes one file for now; got {len(sets)}")
-        return index, sets[0]
+        return index, read_pair_sets(config.val_pairs, root=config.val_root, argument="--val-pairs")
     if not config.val_fraction:
         return index, None
     from keras_facemargin.data import VerificationPairs
@@ -370,9 +371,10 @@ def train(config, given=(), callbacks=(), verbose="auto", export=True):
     all_callbacks = [log]
     if validation is not None:
         size = (config.image_size, config.image_size)
+        if isinstance(validation, data.VerificationPairs):  # held-out identities: keys val_auc, ...
+            validation = data.pair_arrays(validation, image_size=size)
         all_callbacks.append(evaluation.VerificationCallback(
-            data.pair_arrays(validation, image_size=size), far_targets=(1e-3, 1e-2),
-            embedding_model=embedder))
+            validation, far_targets=(1e-3, 1e-2), embedding_model=embedder, image_size=size))
     if config.tensorboard:
         all_callbacks.append(keras.callbacks.TensorBoard(os.path.join(config.run_dir, "tensorboard")))
     all_callbacks += list(callbacks)

@@ -66,9 +66,9 @@ def test_evaluate_prints_the_report_and_writes_json_and_plots(trained, which, ca
                      "--out", str(out), "--flip"]) == 0
     printed = capsys.readouterr().out
     assert "AUC" in printed and "10-fold accuracy" in printed
-    report = json.load(open(out / "report.json"))
+    report = json.load(open(out / "report.json"))["pairs"]
     assert report["num_pairs"] == 50 and report["num_genuine"] == 30 and 0 <= report["auc"] <= 1
-    for name in ("roc.png", "det.png", "scores.png"):
+    for name in ("roc.png", "pairs_det.png", "pairs_scores.png"):
         assert (out / name).stat().st_size > 1000
 
 

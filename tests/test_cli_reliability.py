@@ -283,9 +283,9 @@ def test_evaluate_with_fewer_pairs_than_folds_adapts(tmp_path, capsys, trained):
     assert cli.main(["evaluate", "--model", os.path.join(trained, "saved_model"), "--pairs", str(pairs),
                      "--root", FACES, "--out", str(out)]) == 0
     captured = capsys.readouterr()
-    assert "4 pairs are too few for 10 folds; the k-fold accuracy uses 4" in captured.err
-    assert "TAR@FAR=0.0001 needs at least 10000 impostor pairs; got 2" in captured.err
-    report = json.load(open(out / "report.json"))
+    assert "pairs: 4 pairs are too few for 10 folds; the k-fold accuracy uses 4" in captured.err
+    assert "pairs: TAR@FAR=0.0001 needs at least 10000 impostor pairs; got 2" in captured.err
+    report = json.load(open(out / "report.json"))["pairs"]
     assert report["num_pairs"] == 4 and "1e-4" in report["unresolved_fars"]
 
 
@@ -323,3 +323,63 @@ def test_embed_flags_corrupt_files_in_the_npz(tmp_path, trained, capsys):
     assert np.isfinite(data["embeddings"][~data["corrupt"]]).all()
     assert all(reason for reason in data["reasons"][data["corrupt"]])
     assert "2 image(s) could not be decoded" in capsys.readouterr().err
+
+
+# ---- the field's own formats through the command line (issue 18) ------------------------------
+
+
+def test_pack_then_train_on_the_rec_with_several_validation_sets(tmp_path, capsys):
+    import pickle
+
+    rec = str(tmp_path / "faces" / "train.rec")
+    assert cli.main(["pack", FACES, rec]) == 0
+    assert "packed 55 images of 5 identities" in capsys.readouterr().out
+    for name in ("train.rec", "train.idx", "property"):
+        assert (tmp_path / "faces" / name).exists()
+    people = sorted(p for p in os.listdir(FACES) if os.path.isdir(os.path.join(FACES, p)))
+    images = {p: sorted(os.listdir(os.path.join(FACES, p))) for p in people}
+    listed = tmp_path / "faces_pairs.txt"
+    listed.write_text("".join(f"{p}/{images[p][0]}\t{p}/{images[p][1]}\t1\n{p}/{images[p][2]}\t"
+                              f"{q}/{images[q][2]}\t0\n" for p, q in zip(people, people[1:] + people[:1])))
+    encoded = []
+    for p, q in zip(people, people[1:] + people[:1]):
+        for a, b in ((images[p][3], images[p][4]), (images[p][5], images[q][5])):
+            encoded += [open(os.path.join(FACES, p, a), "rb").read(),
+                        open(os.path.join(FACES, p if b in images[p] else q, b), "rb").read()]
+    with open(tmp_path / "agedb_30.bin", "wb") as f:
+        pickle.dump((encoded, [True, False] * len(people)), f, protocol=2)
+    run_dir = str(tmp_path / "run")
+    assert cli.main(["train", "--data", rec, *SMALL, "--epochs", "2", "--run-dir", run_dir, "--val-pairs",
+                     str(listed), str(tmp_path / "agedb_30.bin"), "--val-root", FACES]) == 0
+    rows = list(csv.DictReader(open(os.path.join(run_dir, "log.csv"))))
+    assert len(rows) == 2
+    for key in ("val_faces_pairs_auc", "val_agedb_30_auc", "val_agedb_30_accuracy_10fold"):
+        assert all(0 <= float(row[key]) <= 1 for row in rows), key
+    out = tmp_path / "eval"
+    assert cli.main(["evaluate", "--model", os.path.join(run_dir, "saved_model"), "--pairs", str(listed),
+                     str(tmp_path / "agedb_30.bin"), "--root", FACES, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "faces_pairs" in printed and "agedb_30" in printed and "10-fold acc" in printed
+    report = json.load(open(out / "report.json"))
+    assert set(report) == {"faces_pairs", "agedb_30"} and report["agedb_30"]["num_pairs"] == 10
+
+
+def test_evaluate_ijb_on_a_miniature_release(tmp_path, capsys, trained):
+    from test_ijb import mini_release
+
+    root = mini_release(tmp_path)
+    out = tmp_path / "ijb"
+    assert cli.main(["evaluate-ijb", "--model", os.path.join(trained, "saved_model"), "--root", str(root),
+                     "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "TAR" in printed and "1e-" in printed
+    report = json.load(open(out / "report.json"))
+    assert report["num_pairs"] > 0
+    assert (out / "roc.png").stat().st_size > 1000
+
+
+def test_pack_mistakes_are_one_line(tmp_path, capsys):
+    assert cli.main(["pack", FACES, str(tmp_path / "out.txt")]) == 2
+    assert "OUT must be a .rec file" in capsys.readouterr().err
+    assert cli.main(["pack", str(tmp_path / "missing"), str(tmp_path / "x.rec")]) == 2
+    assert "FOLDER" in capsys.readouterr().err

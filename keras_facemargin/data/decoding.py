@@ -408,7 +408,9 @@ def decode_batches(dataset, preprocess, log=None, cycle_length=AUTOTUNE):
         log = _STDERR_LOG
 
     def record(images, failed, names, sources, *rest):
-        log.record(names, failed, sources)
+        # Encoded images are kept for the diagnosis; positions (RecordIO) and paths are not needed.
+        encoded = isinstance(sources, tf.Tensor) and sources.dtype == tf.string
+        log.record(names, failed, sources if encoded else None)
         return (images, *rest)
 
     # Sequential on purpose: the log's variables are updated by one batch at a time.

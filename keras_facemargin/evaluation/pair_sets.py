@@ -133,17 +133,20 @@ class PairSets:
                for batch in self.dataset(image_size, batch_size, corrupt_files=corrupt_files)]
         return np.concatenate(out)
 
-    def evaluate(self, embeddings, far_targets=(1e-4, 1e-3, 1e-2)):
-        """A `PairSetsReport` from the embeddings of the unique images, `[len(self), dim]`."""
+    def evaluate(self, embeddings, far_targets=(1e-4, 1e-3, 1e-2), folds=10):
+        """A `PairSetsReport` from the embeddings of the unique images, `[len(self), dim]`.
+
+        `folds`: the k of the k-fold accuracy for sets without folds of their own (LFW's
+        pairs.txt has them), lowered to the number of pairs of a smaller set."""
         embeddings = np.asarray(embeddings)
         if embeddings.ndim != 2 or len(embeddings) != len(self):
             raise ValueError(
                 f"embeddings must be [unique images={len(self)}, dim]; got shape {embeddings.shape}"
             )
         reports, insightface, curves = {}, {}, {}
-        for name, (a, b, same, folds) in self.sets.items():
+        for name, (a, b, same, folds_of_set) in self.sets.items():
             scores = indexed_pair_scores(embeddings, a, b)
-            fold_spec = 10 if folds is None else folds
+            fold_spec = min(folds, len(same)) if folds_of_set is None else folds_of_set
             reports[name] = verification_report(same.astype(int), scores, far_targets,
                                                 folds=fold_spec)
             insightface[name] = kfold_accuracy_insightface(same.astype(int), scores,
@@ -152,7 +155,7 @@ class PairSets:
         return PairSetsReport(reports, insightface, curves)
 
 
-def read_pair_sets(paths, root=None, names=None, check_files=True):
+def read_pair_sets(paths, root=None, names=None, check_files=True, argument="pairs"):
     """A `PairSets` of pair files in any mix of formats (`.bin`, LFW `pairs.txt`, pair lists).
 
     Args:
@@ -161,12 +164,14 @@ def read_pair_sets(paths, root=None, names=None, check_files=True):
             in pair lists.
         names: the sets' names; by default the file names without extension.
         check_files: whether to check that every image file exists.
+        argument: what the files are called in error messages (a flag, say `--val-pairs`).
     """
     from keras_facemargin.data import read_pairs
 
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    return PairSets([read_pairs(p, root, check_files=check_files) for p in paths], names=names)
+    return PairSets([read_pairs(p, root, argument=argument, check_files=check_files) for p in paths],
+                    names=names)
 
 
 def embedder_image_size(embedder, image_size):
@@ -184,7 +189,8 @@ def embedder_image_size(embedder, image_size):
 
 
 def evaluate_pair_sets(embedder, pair_sets, image_size=None, flip=False,
-                       far_targets=(1e-4, 1e-3, 1e-2), batch_size=256, corrupt_files=None):
+                       far_targets=(1e-4, 1e-3, 1e-2), batch_size=256, corrupt_files=None, folds=10,
+                       verbose=0):
     """Verification metrics on several pair sets, with every unique image embedded once.
 
     Args:
@@ -196,6 +202,8 @@ def evaluate_pair_sets(embedder, pair_sets, image_size=None, flip=False,
         far_targets: FARs at which TAR is reported.
         batch_size: images decoded and embedded at a time.
         corrupt_files: a `CorruptFileLog` for images that do not decode (they are scored blank).
+        folds: k of the k-fold accuracy of sets without their own folds (at most their pairs).
+        verbose: the progress bar of the embedding (as `model.predict`'s).
 
     Returns:
         A `PairSetsReport`: `.reports[name]` (a `VerificationReport`), `.table()`, `.save(dir)`.
@@ -212,8 +220,8 @@ def evaluate_pair_sets(embedder, pair_sets, image_size=None, flip=False,
         pair_sets = PairSets(pair_sets)
     size = embedder_image_size(embedder, image_size)
     images = pair_sets.dataset(size, batch_size, corrupt_files=corrupt_files)
-    embeddings = embed(embedder, images, batch_size=batch_size, flip=flip, verbose=0)
-    return pair_sets.evaluate(embeddings, far_targets)
+    embeddings = embed(embedder, images, batch_size=batch_size, flip=flip, verbose=verbose)
+    return pair_sets.evaluate(embeddings, far_targets, folds=folds)
 
 
 class PairSetsReport:
