@@ -229,7 +229,8 @@ def main(argv=None):
             result = run_row(row, seed, args, train_dir, unseen_dir, unseen_paths, pairs)
             results.append(result)
             summary = ", ".join(f"{k} {result[k]:.4f}" for k, _ in COLUMNS if k in result)
-            print(f"{row} seed {seed}: {summary or 'FAILED (exit %d)' % result['exit']}; "
+            failed = f"FAILED (exit {result['exit']})"
+            print(f"{row} seed {seed}: {summary or failed}; "
                   f"{result['seconds']:.0f} s, {result['peak_mib']:.0f} MiB", flush=True)
     text = table(results, rows, commands)
     print("\n" + text)
