@@ -135,3 +135,83 @@ def test_without_a_log_failures_go_to_stderr(tmp_path, capfd):
     assert float(tf.reduce_max(images[1])) == 0.0 and float(tf.reduce_max(images[0])) > 0
     err = capfd.readouterr().err
     assert "1 images could not be decoded and were replaced by blanks" in err and bad in err
+
+
+def bilinear_reflect_reference(image, factor, shift_x, shift_y):
+    """Output pixel (x, y) samples input (factor·x + ox, factor·y + oy) bilinearly, the image
+    reflected at its edges (d c b a | a b c d | d c b a), in float64 loops."""
+    height, width = image.shape[:2]
+    ox = (1 - factor) * (width - 1) / 2 - shift_x
+    oy = (1 - factor) * (height - 1) / 2 - shift_y
+
+    def reflect(i, n):
+        period = 2 * n
+        i = i % period
+        return i if i < n else period - 1 - i
+
+    out = np.zeros_like(image, dtype=np.float64)
+    for y in range(height):
+        for x in range(width):
+            sx, sy = factor * x + ox, factor * y + oy
+            x0, y0 = int(np.floor(sx)), int(np.floor(sy))
+            fx, fy = sx - x0, sy - y0
+            value = 0.0
+            for dy, wy in ((0, 1 - fy), (1, fy)):
+                for dx, wx in ((0, 1 - fx), (1, fx)):
+                    value = value + wy * wx * image[reflect(y0 + dy, height), reflect(x0 + dx, width)]
+            out[y, x] = value
+    return out
+
+
+def test_shift_and_zoom_against_a_float64_bilinear_reference():
+    rng = np.random.default_rng(3)
+    image = rng.uniform(0, 255, size=(9, 11, 3)).astype(np.float32)
+    seed = tf.constant([5, 9], tf.int64)
+    draw = tf.random.stateless_uniform([3], seed, -1.0, 1.0).numpy().astype(np.float64)
+    translate, zoom = 0.2, 0.15
+    got = decoding._shift_and_zoom(tf.constant(image), translate, zoom, seed).numpy()
+    expected = bilinear_reflect_reference(image.astype(np.float64), 1 + zoom * draw[0],
+                                          translate * draw[1] * 11, translate * draw[2] * 9)
+    np.testing.assert_allclose(got, expected, atol=1e-3)
+    same = decoding._shift_and_zoom(tf.constant(image), 0.0, 0.0, seed).numpy()
+    np.testing.assert_allclose(same, image, atol=1e-4)  # the identity transform
+
+
+def test_erase_puts_one_noise_rectangle_of_the_documented_size():
+    image = tf.fill([40, 50, 3], 128.0)
+    erased = 0
+    for k in range(200):
+        out = decoding._erase(image, 0.5, tf.constant([k, 1], tf.int64)).numpy()
+        changed = np.any(out != 128.0, axis=-1)
+        if not changed.any():
+            continue
+        erased += 1
+        rows, cols = np.flatnonzero(changed.any(1)), np.flatnonzero(changed.any(0))
+        box = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+        assert 0.015 <= box / (40 * 50) <= 0.21  # 2-20% of the area, rounded to whole pixels
+        assert changed.sum() >= 0.9 * box  # one rectangle (noise can equal 128 only by chance)
+        assert out.min() >= 0 and out.max() <= 255
+    assert 70 <= erased <= 130  # probability 0.5 over 200 draws
+
+
+def test_augmentation_fields_are_checked():
+    for kwargs, message in [({"translate": 1.0}, r"translate must be a number in \[0, 1\); got 1.0"),
+                            ({"zoom": -0.1}, r"zoom must be a number in \[0, 1\); got -0.1"),
+                            ({"contrast": "x"}, r"contrast must be a number in \[0, 1\); got 'x'"),
+                            ({"erase": 1.5}, r"erase must be a probability in \[0, 1\]; got 1.5"),
+                            ({"flip": 1}, "flip must be True or False; got 1")]:
+        with pytest.raises(ValueError, match=message):
+            Augmentation(**kwargs)
+
+
+def test_glyph_augmentations_are_deterministic_per_sample_and_keep_the_range():
+    augmentation = Augmentation(flip=False, crop_scale=None, translate=0.08, zoom=0.1, contrast=0.2,
+                                erase=0.5)
+    preprocess = decoding.make_preprocess((32, 32), augmentation=augmentation, seed=3)
+    path = tf.constant(first_image(FACES, "John_Simm"))
+    a = preprocess(path, tf.constant(7, tf.int64)).numpy()
+    b = preprocess(path, tf.constant(7, tf.int64)).numpy()
+    c = preprocess(path, tf.constant(8, tf.int64)).numpy()
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert a.shape == (32, 32, 3) and a.min() >= 0 and a.max() <= 255

@@ -80,3 +80,55 @@ def test_partial_fc_step_with_momentum_moves_only_the_sampled_centres(rng, tmp_p
     model.save(tmp_path / "m.keras")
     loaded = keras.models.load_model(tmp_path / "m.keras")
     assert isinstance(loaded.optimizer, LazySGD) and loaded.optimizer.momentum == pytest.approx(0.9)
+
+
+def warmup_reference(step, peak, total, warmup, kind):
+    """The schedule written out for one step, in float64."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    p = min(max((step - warmup) / (total - warmup), 0.0), 1.0)
+    if kind == "cosine":
+        return 0.5 * peak * (1 + np.cos(np.pi * p))
+    if kind == "step":
+        return peak * 0.1 ** sum(p >= edge for edge in (0.5, 0.75, 0.9))
+    return peak
+
+
+@pytest.mark.multibackend
+@pytest.mark.parametrize("kind", ["cosine", "step", "constant"])
+@pytest.mark.parametrize("warmup", [0, 7])
+def test_warmup_schedule_against_the_written_out_schedule(kind, warmup):
+    from keras_facemargin.optimizers import WarmupSchedule
+
+    schedule = WarmupSchedule(0.3, total_steps=50, warmup_steps=warmup, kind=kind)
+    for step in range(0, 60):
+        got = float(keras.ops.convert_to_numpy(schedule(step)))
+        assert got == pytest.approx(warmup_reference(step, 0.3, 50, warmup, kind), rel=1e-5, abs=1e-7), step
+    clone = WarmupSchedule.from_config(schedule.get_config())
+    assert clone.get_config() == schedule.get_config()
+
+
+def test_warmup_schedule_refuses_bad_arguments():
+    from keras_facemargin.optimizers import WarmupSchedule
+
+    for kwargs, message in [({"peak": 0}, "peak must be a finite number > 0; got 0"),
+                            ({"total_steps": 0}, "total_steps must be an integer >= 1; got 0"),
+                            ({"warmup_steps": 10}, r"warmup_steps must be an integer in \[0, 9\]; got 10"),
+                            ({"kind": "linear"}, "kind must be one of cosine, step, constant; got 'linear'")]:
+        args = {"peak": 0.1, "total_steps": 10, "warmup_steps": 0, "kind": "cosine", **kwargs}
+        with pytest.raises(ValueError, match=message):
+            WarmupSchedule(**args)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="a .keras round trip of the optimizer")
+def test_a_model_with_the_schedule_saves_and_resumes(tmp_path):
+    from keras_facemargin.optimizers import WarmupSchedule
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(optimizer=keras.optimizers.AdamW(WarmupSchedule(1e-3, 100, 10)), loss="mse")
+    x = np.ones((8, 3), "float32")
+    model.fit(x, np.zeros((8, 2)), epochs=1, verbose=0)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    assert loaded.optimizer.learning_rate.numpy() == pytest.approx(
+        warmup_reference(int(loaded.optimizer.iterations), 1e-3, 100, 10, "cosine"), rel=1e-5)
