@@ -5,7 +5,7 @@
     facemargin evaluate-ijb --model PATH --root IJBC [--out DIR]
     facemargin pack FOLDER OUT.rec
     facemargin embed --model PATH --images DIR --out embeddings.npz [--flip]
-    facemargin export --model RUN/model.keras --format saved_model|onnx --out DIR
+    facemargin export --model RUN/model.keras --format saved_model|onnx|litert --out PATH
     facemargin pairs --images DIR --out pairs.txt [--num-pairs 6000]
 
 `--model` is a SavedModel written by `facemargin train`/`export` or a `.keras` file. Arguments
@@ -39,8 +39,16 @@ def _load_tensorflow(verbose=False):
     any log level applies, so stderr is pointed at a temporary file during the import and the
     captured text is shown only if the import fails.
     """
-    if "tensorflow" in sys.modules:
-        return
+    if "tensorflow" not in sys.modules:
+        _import_tensorflow(verbose)
+    if not verbose:
+        import tensorflow as tf
+
+        tf.get_logger().setLevel(logging.ERROR)  # "Assets written to ...", once per logger
+        logging.getLogger("absl").setLevel(logging.ERROR)
+
+
+def _import_tensorflow(verbose):
     import importlib.util
 
     if importlib.util.find_spec("tensorflow") is None:
@@ -60,7 +68,7 @@ def _load_tensorflow(verbose=False):
         os.dup2(captured.fileno(), 2)
         try:
             import keras  # noqa: F401
-            import tensorflow as tf
+            import tensorflow  # noqa: F401
         except BaseException:
             os.dup2(saved, 2)
             captured.seek(0)
@@ -69,8 +77,6 @@ def _load_tensorflow(verbose=False):
         finally:
             os.dup2(saved, 2)
             os.close(saved)
-    tf.get_logger().setLevel(logging.ERROR)
-    logging.getLogger("absl").setLevel(logging.ERROR)
 
 
 def _load_package():
@@ -269,15 +275,15 @@ def embed(args):
 
 def export(args):
     from keras_facemargin.evaluation import embedding_model
-    from keras_facemargin.export import export_embedder, export_onnx
+    from keras_facemargin.export import export_embedder, export_litert, export_onnx
 
     if not (args.model.endswith(".keras") and os.path.isfile(args.model)):
         raise UsageError(f"--model must be a .keras file (such as RUN_DIR/model.keras); got {args.model!r}")
     embedder = embedding_model(load_keras_model(args.model))
-    if args.format == "saved_model":
-        export_embedder(embedder, args.out)
-    else:
-        export_onnx(embedder, args.out)
+    writers = {"saved_model": export_embedder, "onnx": export_onnx, "litert": export_litert}
+    if args.format != "saved_model" and os.path.isdir(args.out):
+        raise UsageError(f"--out must be a file for --format {args.format}; got the folder {args.out!r}")
+    writers[args.format](embedder, args.out)
     print(f"exported the embedder of {args.model} to {args.out} ({args.format})")
 
 
@@ -444,11 +450,12 @@ def _parser():
     p.add_argument("--batch-size", type=_positive_int, default=64, help="images embedded at a time")
 
     p = sub.add_parser("export", formatter_class=_Formatter,
-                       help="export the embedder of a .keras model as a SavedModel or ONNX")
+                       help="export the embedder of a .keras model as a SavedModel, ONNX or LiteRT")
     p.add_argument("--model", required=True, help="a .keras file, such as RUN_DIR/model.keras")
-    p.add_argument("--format", choices=("saved_model", "onnx"), default="saved_model",
-                   help="saved_model (TensorFlow serving) or onnx (needs the [onnx] extra)")
-    p.add_argument("--out", required=True, help="the SavedModel folder or .onnx file")
+    p.add_argument("--format", choices=("saved_model", "onnx", "litert"), default="saved_model",
+                   help="saved_model (TensorFlow serving), onnx (needs the [onnx] extra) or litert "
+                   "(TensorFlow Lite, for phones)")
+    p.add_argument("--out", required=True, help="the SavedModel folder, .onnx or .tflite file")
 
     p = sub.add_parser("pairs", formatter_class=_Formatter,
                        help="write balanced genuine/impostor pairs of an image folder")

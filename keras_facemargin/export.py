@@ -125,3 +125,45 @@ def export_onnx(embedder, path, image_size=None, opset=17):
         output_path=path,
     )
     return path
+
+
+def export_litert(embedder, path, image_size=None):
+    """Writes the same serving function as `export_embedder` as a LiteRT (TensorFlow Lite)
+    flatbuffer, for phones and edge devices.
+
+    Input `images`: uint8 `[N, H, W, 3]`; output: unit-length float32 embeddings `[N, dim]`.
+    Run it with `tf.lite.Interpreter` (or the `ai-edge-litert` runtime):
+
+    ```python
+    interpreter = tf.lite.Interpreter("embedder.tflite")
+    interpreter.resize_tensor_input(0, uint8_images.shape); interpreter.allocate_tensors()
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], uint8_images)
+    interpreter.invoke()
+    embeddings = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    ```
+
+    Args:
+        embedder: as for `export_embedder`.
+        path: the `.tflite` file to write.
+        image_size: `(H, W)`; default: the model's input shape.
+
+    Returns:
+        `path`.
+    """
+    import tensorflow as tf
+
+    import tempfile
+
+    serve, spec = _serving_function(embedder, image_size, guard=False)
+    with tempfile.TemporaryDirectory() as folder:  # the converter reads a SavedModel
+        archive = keras.export.ExportArchive()
+        archive.track(embedder)
+        archive.add_endpoint(name="serving_default", fn=serve, input_signature=[spec])
+        archive.write_out(folder, verbose=False)
+        flatbuffer = tf.lite.TFLiteConverter.from_saved_model(folder).convert()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(flatbuffer)
+    os.replace(tmp, path)
+    return path

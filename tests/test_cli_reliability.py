@@ -383,3 +383,32 @@ def test_pack_mistakes_are_one_line(tmp_path, capsys):
     assert "OUT must be a .rec file" in capsys.readouterr().err
     assert cli.main(["pack", str(tmp_path / "missing"), str(tmp_path / "x.rec")]) == 2
     assert "FOLDER" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fmt, name", [("saved_model", "sm"), ("onnx", "e.onnx"), ("litert", "e.tflite")])
+def test_export_a_keras_file_in_every_format(tmp_path, capsys, trained, fmt, name):
+    if fmt == "onnx":
+        pytest.importorskip("tf2onnx")
+    out = str(tmp_path / name)
+    assert cli.main(["export", "--model", os.path.join(trained, "model.keras"), "--format", fmt,
+                     "--out", out]) == 0
+    assert f"to {out} ({fmt})" in capsys.readouterr().out
+    assert os.path.exists(os.path.join(out, "saved_model.pb") if fmt == "saved_model" else out)
+    if fmt == "saved_model":  # the same embeddings as the run's own export
+        images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+        ours = cli._SavedModelEmbedder(out)(images.astype("float32"))
+        theirs = cli._SavedModelEmbedder(os.path.join(trained, "saved_model"))(images.astype("float32"))
+        np.testing.assert_allclose(ours, theirs, atol=1e-6)
+
+
+def test_pairs_writes_a_balanced_list_that_evaluate_reads(tmp_path, capsys, trained):
+    out = tmp_path / "pairs.txt"
+    assert cli.main(["pairs", "--images", FACES, "--out", str(out), "--num-pairs", "40"]) == 0
+    lines = out.read_text().strip().splitlines()
+    assert len(lines) == 40 and sum(line.endswith("\t1") for line in lines) == 20
+    for line in lines:
+        a, b, label = line.split("\t")
+        same = a.split("/")[0] == b.split("/")[0]
+        assert (label == "1") == same and a != b
+    assert cli.main(["evaluate", "--model", os.path.join(trained, "saved_model"), "--pairs", str(out),
+                     "--root", FACES, "--out", str(tmp_path / "eval")]) == 0

@@ -129,3 +129,21 @@ def test_wrong_inputs_raise_before_any_model_op_and_an_empty_batch_is_empty(trai
         assert expected in lines[case] and shape in lines[case], (case, lines[case])
     assert "expected to be a uint8 tensor but is a float tensor" in lines["float"]
     assert lines["empty"] == "(0, 6)"
+
+
+def test_litert_export_matches_keras_in_the_interpreter(trained, tmp_path):
+    import tensorflow as tf
+
+    from keras_facemargin.export import export_litert
+
+    embedder, images, _ = trained
+    path = export_litert(embedder, str(tmp_path / "embedder.tflite"))
+    interpreter = tf.lite.Interpreter(model_path=path)
+    interpreter.resize_tensor_input(interpreter.get_input_details()[0]["index"], images.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], images)
+    interpreter.invoke()
+    served = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    expected = np.asarray(embedder.predict(images.astype("float32"), verbose=0), dtype=np.float64)
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    np.testing.assert_allclose(served, expected, atol=1e-5)
