@@ -3,10 +3,11 @@
 Splits the identities of an image folder (one sub-folder per identity) into training identities
 and disjoint unseen identities, holds out a quarter of each training identity's images (closed
 set), and draws balanced verification pairs among the unseen identities (all from --seed). Then,
-for each objective, trains a fresh backbone from the same seed with Adam and a cosine-decayed
-learning rate for the same number of optimizer steps on batches of the same size (softmax and
-the margin-softmax losses on shuffled batches with the head; the pair losses on P×K batches of
-the same number of images), and measures the embeddings on the unseen pairs and, for the
+for each objective, trains a fresh backbone from the same seed through the package's one
+training assembly (`recipe.train`, what `facemargin train` runs) with the same optimizer,
+schedule and number of optimizer steps on batches of the same size (softmax and the
+margin-softmax losses on shuffled batches with the head; the pair losses on P×K batches of the
+same number of images), and measures the embeddings on the unseen pairs and, for the
 classifiers, the accuracy on the held-out images. Prints one table and writes it, with every
 setting, to --out (table.md and results.json).
 
@@ -35,19 +36,11 @@ FARS = (1e-2, 1e-3)
 
 
 def loss_settings(objective, scale):
-    """The loss arguments of each objective: the papers' margins, one scale for the whole family."""
-    return {
-        "softmax": {},
-        "normface": {"scale": scale},
-        "sphereface": {"margin": 4, "scale": scale},
-        "cosface": {"margin": 0.35, "scale": scale},
-        "arcface": {"margin": 0.5, "scale": scale},
-        "combined_margin": {"m1": 1.0, "m2": 0.3, "m3": 0.2, "scale": scale},
-        "triplet": {"margin": 0.2, "mining": "semi_hard", "distance": "cosine"},
-        "npair": {"similarity": "dot"},
-        "circle": {"margin": 0.25, "gamma": 256.0},
-        "supcon": {"temperature": 0.1},
-    }.get(objective, {})
+    """The `TrainConfig` loss settings of each objective: the papers' margins (the losses' own
+    defaults), one scale for the whole margin family."""
+    if objective in ("normface", "sphereface", "cosface", "arcface", "combined_margin"):
+        return {"scale": scale}
+    return {}
 
 
 def _objectives(text):
@@ -74,6 +67,7 @@ def parse_args(argv=None):
     parser.add_argument("--samples-per-class", type=experiments.positive_int, default=3, help="K (>= 2)")
     parser.add_argument("--scale", type=float, default=30.0, help="s of the margin-softmax losses")
     parser.add_argument("--learning-rate", type=float, default=2e-3, help="Adam, cosine-decayed to 0")
+    parser.add_argument("--augment", default="auto", help="the recipe's --augment (default: its rule)")
     parser.add_argument("--unseen-fraction", type=experiments.fraction, default=0.3,
                         help="fraction of the identities kept for the verification pairs")
     parser.add_argument("--held-out-fraction", type=experiments.fraction, default=0.25,
@@ -92,7 +86,8 @@ def parse_args(argv=None):
         if not value > 0:
             parser.error(f"argument {flag}: expected a number > 0; got {value}")
     try:
-        make_backbone(args)
+        models.get_backbone(args.backbone, input_shape=(args.image_size, args.image_size, 3),
+                            embedding_dim=args.embedding_dim)
     except ValueError as error:
         parser.error(f"arguments --backbone {args.backbone} / --image-size {args.image_size} / "
                      f"--embedding-dim {args.embedding_dim}: {error}")
@@ -107,11 +102,6 @@ def parse_args(argv=None):
                      f"{split.train.num_classes} identities; expected enough for a batch of 2 identities x "
                      f"K={args.samples_per_class} images")
     return args, split
-
-
-def make_backbone(args):
-    return models.get_backbone(args.backbone, input_shape=(args.image_size, args.image_size, 3),
-                               embedding_dim=args.embedding_dim)
 
 
 def _images(images, labels):
@@ -169,7 +159,6 @@ def main(argv=None):
     p = min(args.classes_per_batch, split.train.num_classes, len(split.train) // k)
     batch = p * k
     steps = max(1, len(split.train) // batch)
-    schedule = keras.optimizers.schedules.CosineDecay(args.learning_rate, decay_steps=steps * args.epochs)
     started = datetime.datetime.now(datetime.timezone.utc)
     header = [
         f"# loss_table: {args.data}",
@@ -183,20 +172,19 @@ def main(argv=None):
     ]
     print("\n".join(header), flush=True)
 
-    classifier_data = {"x": data.classification_dataset(split.train, batch, image_size=size, seed=args.seed),
-                       "shuffle": False}  # the dataset shuffles itself, every epoch from the seed
-    pair_data = {"x": data.pk_dataset(split.train, p, k, image_size=size, steps_per_epoch=steps,
-                                      seed=args.seed), "shuffle": False}
+    common = {"image_size": args.image_size, "backbone": args.backbone, "embedding_dim": args.embedding_dim,
+              "batch_size": batch, "classes_per_batch": p, "samples_per_class": k, "optimizer": "adam",
+              "learning_rate": args.learning_rate, "weight_decay": 0.0, "warmup_epochs": 0.0,
+              "schedule": "cosine", "augment": args.augment}
     unseen_images = evaluation_images(split.unseen, size)
     held_out_images = evaluation_images(split.held_out, size)
     rows = []
     for number, objective in enumerate(args.objectives, start=1):
         settings = loss_settings(objective, args.scale)
-        trained = experiments.train_objective(
-            objective, lambda: make_backbone(args), split.train.num_classes,
-            classifier_data if experiments.is_classifier(objective) else pair_data,
-            args.epochs, seed=args.seed, learning_rate=schedule, loss_kwargs=settings)
-        report, accuracy = evaluate(trained, split, unseen_images, held_out_images)
+        trained = experiments.train_objective(objective, split.train, args.epochs, seed=args.seed,
+                                              **common, **settings)
+        report, accuracy = evaluate(trained, split, unseen_images, held_out_images) if trained.model \
+            else (None, None)
         nan = float("nan")
         rows.append({
             "objective": objective,

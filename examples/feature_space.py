@@ -17,7 +17,6 @@ draws the embeddings of the other 30%:
 """
 
 import argparse
-import math
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -25,7 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from keras_facemargin import experiments, models  # noqa: E402
+from keras_facemargin import data, experiments, models  # noqa: E402
 
 OBJECTIVES = ("softmax", "normface", "sphereface", "cosface", "arcface")
 NUM_CLASSES = 10
@@ -53,7 +52,7 @@ def _pyplot():
     return plt
 
 
-def train_features(objective, dim, images, labels, test, epochs, scale, seed):
+def train_features(objective, dim, index, test, epochs, scale, seed):
     """The test images' `dim`-D features, and the head's class centres (None for softmax)."""
     def make_backbone():
         # A linear feature layer, as in the lecture's figures (LeNet++): the backbone's own
@@ -63,13 +62,12 @@ def train_features(objective, dim, images, labels, test, epochs, scale, seed):
         features = keras.layers.Dense(dim, name="features")(keras.layers.PReLU()(cnn.output))
         return keras.Model(cnn.input, features, name=f"cnn_{dim}d")
 
-    fit_args = {"x": images[~test].astype("float32"), "y": labels[~test], "batch_size": 64}
-    steps = max(1, math.ceil((~test).sum() / 64)) * epochs
     trained = experiments.train_objective(
-        objective, make_backbone, NUM_CLASSES, fit_args, epochs, seed=seed,
-        learning_rate=keras.optimizers.schedules.CosineDecay(3e-3, steps),
-        loss_kwargs=loss_settings(objective, scale))
-    features = trained.embedder.predict(images[test].astype("float32"), batch_size=256, verbose=0)
+        objective, index.subset(~test, relabel=False), epochs, seed=seed, make_backbone=make_backbone,
+        image_size=SIZE, embedding_dim=dim, batch_size=64, optimizer="adam", learning_rate=3e-3,
+        weight_decay=0.0, warmup_epochs=0.0, augment="none", **loss_settings(objective, scale))
+    images = data.image_dataset(index.paths[test], batch_size=256, image_size=(SIZE, SIZE))
+    features = trained.embedder.predict(images, verbose=0)
     centres = None
     if objective != experiments.SOFTMAX:
         kernel = keras.ops.convert_to_numpy(trained.model.get_layer("cosine_head").kernel)
@@ -177,6 +175,7 @@ def main(argv=None):
                         help="use only the first N digits (for quick runs)")
     parser.add_argument("--dpi", type=experiments.positive_int, default=90)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work", default="runs/feature_space", help="folder of the digit images")
     args = parser.parse_args(argv)
     if not args.scale > 0:
         parser.error(f"argument --scale: expected a number > 0; got {args.scale}")
@@ -184,9 +183,11 @@ def main(argv=None):
         parser.error(f"argument --max-images: expected at least {4 * NUM_CLASSES} images; "
                      f"got {args.max_images}")
 
-    images, labels = experiments.digit_images(SIZE)
-    if args.max_images:
-        images, labels = images[: args.max_images], labels[: args.max_images]
+    index = experiments.digit_folder(os.path.join(args.work, f"digits{SIZE}"), size=SIZE)
+    if args.max_images:  # a random subset: the folder lists the digits in order
+        keep = np.random.default_rng(args.seed).permutation(len(index))[: args.max_images]
+        index = index.subset(np.sort(keep), relabel=False)
+    labels = index.labels
     test = np.random.default_rng(args.seed).uniform(size=len(labels)) < 0.3
     os.makedirs(args.out, exist_ok=True)
     written = []
@@ -195,7 +196,7 @@ def main(argv=None):
         for objective in OBJECTIVES:
             settings = ", ".join(f"{k[0]}={v}" for k, v in loss_settings(objective, args.scale).items())
             title = f"{objective} ({settings})" if settings else objective
-            results[title] = train_features(objective, dim, images, labels, test, args.epochs, args.scale,
+            results[title] = train_features(objective, dim, index, test, args.epochs, args.scale,
                                             args.seed)
             print(f"{dim}-D {objective}: trained", flush=True)
         path = os.path.join(args.out, f"feature_space_{dim}d.png")

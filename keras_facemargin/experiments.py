@@ -1,16 +1,17 @@
-"""Experiments: one objective trained and measured the same way wherever objectives are compared.
+"""Experiments: objectives trained and measured the same way wherever objectives are compared.
 
 `examples/demo.py`, `examples/feature_space.py` and `benchmarks/loss_table.py` compare training
 objectives; this module is what they share, so that a comparison differs only in the objective.
+Every run goes through the one training assembly, `keras_facemargin.recipe.train`.
 
 - `open_set_split`: training identities, held-out images of them (closed set), and balanced
   verification pairs of other identities that training never sees (open set, as in face
   verification).
-- `build_objective` / `train_objective`: a fresh backbone trained with plain softmax (a `Dense`
-  layer and cross-entropy), a margin-softmax loss (a `CosineHead`) or a pair loss (on the
-  embeddings), by name.
-- `digit_images`: scikit-learn's bundled handwritten digits as RGB images, a real data set that
-  needs no download.
+- `train_objective`: a fresh model trained by `recipe.train` with one objective: plain softmax
+  (a `Dense` head and cross-entropy), a margin-softmax loss (a `CosineHead`) or a pair loss (on
+  the embeddings), by name.
+- `digit_images` / `digit_folder`: scikit-learn's bundled handwritten digits, a real data set
+  that needs no download, as arrays or as an image folder.
 
 It needs TensorFlow (`tf.data`) for the image folders.
 """
@@ -18,68 +19,33 @@ It needs TensorFlow (`tf.data`) for the image folders.
 import argparse
 import dataclasses
 import math
-import time
+import os
+import tempfile
 
 import keras
 import numpy as np
 
-from keras_facemargin import losses
-from keras_facemargin.models.recognizer import build_recognizer
+from keras_facemargin import config as config_lib
 
-SOFTMAX = "softmax"
+SOFTMAX = config_lib.SOFTMAX
 
 
 def objective_names():
     """`"softmax"` (Dense + cross-entropy) and every registered loss name."""
-    return (SOFTMAX, *losses.names())
+    return config_lib.LOSSES
 
 
 def is_classifier(objective):
     """Whether `objective` trains a classifier over the training identities (softmax or a
     margin-softmax loss), as opposed to a pair loss on the embeddings of P×K batches."""
-    _check_objective(objective)
-    return objective == SOFTMAX or isinstance(losses.get(objective), losses.MarginSoftmaxLoss)
+    if objective == config_lib.AUTO or objective not in objective_names():
+        raise ValueError(f"objective must be one of {', '.join(objective_names())}; got {objective!r}")
+    return objective not in config_lib.PAIR_LOSSES
 
 
 def _check_objective(objective):
-    if objective not in objective_names():
+    if objective != config_lib.AUTO and objective not in objective_names():
         raise ValueError(f"objective must be one of {', '.join(objective_names())}; got {objective!r}")
-
-
-def build_objective(objective, backbone, num_classes=None, **loss_kwargs):
-    """The training model, embedding model and loss of one objective around `backbone`.
-
-    Args:
-        objective: one of `objective_names()`. `"softmax"` puts a `keras.layers.Dense` over the
-            embedding and trains it with `SparseCategoricalCrossentropy(from_logits=True)`; a
-            margin-softmax loss puts a `CosineHead` there; a pair loss trains the embedding itself.
-        backbone: a Keras model from scaled images to embeddings (see `build_recognizer`).
-        num_classes: training identities; needed by the classifiers, ignored by pair losses.
-        **loss_kwargs: the loss's constructor arguments (none for `"softmax"`).
-
-    Returns:
-        `(model, embedder, loss)`: `model` for `fit` (images in [0, 255]), `embedder` from images
-        to `[batch, dim]` embeddings (sharing weights with `model`), and the loss to compile with.
-
-    Example:
-
-    ```python
-    backbone = keras_facemargin.models.get_backbone("simple_cnn", input_shape=(64, 64, 3))
-    model, embedder, loss = build_objective("cosface", backbone, num_classes=980, scale=30.0)
-    ```
-    """
-    classifier = is_classifier(objective)
-    if classifier and (num_classes is None or num_classes < 2):
-        raise ValueError(f"num_classes must be an integer >= 2 for {objective!r}; got {num_classes!r}")
-    if objective == SOFTMAX:
-        if loss_kwargs:
-            raise ValueError(f"the softmax objective takes no loss arguments; got {loss_kwargs}")
-        _, embedder = build_recognizer(backbone)
-        logits = keras.layers.Dense(num_classes, name="softmax_logits")(embedder.output)
-        model = keras.Model(embedder.input, logits, name="softmax_classifier")
-        return model, embedder, keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    model, embedder = build_recognizer(backbone, num_classes if classifier else None)
-    return model, embedder, losses.get(objective, **loss_kwargs)
 
 
 @dataclasses.dataclass
@@ -91,44 +57,59 @@ class TrainedObjective:
     embedder: keras.Model
     seconds: float
     final_loss: float
+    config: object = None
 
     @property
     def is_classifier(self):
-        return is_classifier(self.objective)
+        return is_classifier(self.config.loss if self.config is not None else self.objective)
 
 
-def train_objective(objective, make_backbone, num_classes, fit_args, epochs, seed=0, learning_rate=2e-3,
-                    loss_kwargs=None):
-    """Trains one objective from a fresh backbone with Adam, deterministically from `seed`.
+def train_objective(objective, index, epochs, seed=0, run_dir=None, make_backbone=None, verbose=0,
+                    **settings):
+    """Trains one objective on `index` from a fresh model, through `recipe.train`.
 
-    Every objective of a comparison goes through here, so they differ only in the objective:
-    the same seed (the backbone's initial weights), the same optimizer and learning rate, and the
-    data and number of steps that `fit_args` and `epochs` give.
+    Every objective of a comparison goes through here, so they differ only in the objective and
+    in what `settings` give: the same seed (initial weights, sampling, augmentation), the same
+    recipe for everything left "auto".
 
     Args:
         objective: one of `objective_names()`.
-        make_backbone: a function of no arguments that builds a new backbone (called after the
-            seed is set).
-        num_classes: training identities (for the classifiers).
-        fit_args: the data arguments of `model.fit`: `{"x": dataset}` or `{"x": images, "y":
-            labels, "batch_size": n}`.
+        index: the `data.ImageIndex` to train on.
         epochs: training epochs.
-        seed: seeds Keras, NumPy and Python before the backbone is built.
-        learning_rate: a float or a `keras.optimizers.schedules.LearningRateSchedule`.
-        loss_kwargs: the loss's constructor arguments.
+        seed: the run's seed.
+        run_dir: the run folder; None: a temporary folder, removed afterwards.
+        make_backbone: a function of no arguments that builds the backbone, instead of the
+            recipe's (or `settings["backbone"]`'s) registered one.
+        verbose: `fit`'s verbosity.
+        **settings: further `TrainConfig` fields (`image_size`, `learning_rate`, `scale`, ...).
 
     Returns:
-        A `TrainedObjective`: the models, the `fit` wall time in seconds and the last epoch's
-        loss (NaN if training diverged; `keras.callbacks.TerminateOnNaN` stops it then).
+        A `TrainedObjective`: the models, the `fit` wall time in seconds, the last epoch's loss
+        (NaN if training diverged) and the resolved `TrainConfig`.
+
+    Example:
+
+    ```python
+    split = open_set_split(data.ImageIndex.from_directory("faces"), seed=0)
+    trained = train_objective("cosface", split.train, epochs=10, image_size=64, scale=30.0)
+    ```
     """
-    keras.utils.set_random_seed(seed)
-    model, embedder, loss = build_objective(objective, make_backbone(), num_classes, **(loss_kwargs or {}))
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss)
-    start = time.perf_counter()
-    history = model.fit(**fit_args, epochs=epochs, verbose=0, callbacks=[keras.callbacks.TerminateOnNaN()])
-    seconds = time.perf_counter() - start
-    final_loss = float(history.history["loss"][-1]) if history.history.get("loss") else float("nan")
-    return TrainedObjective(objective, model, embedder, seconds, final_loss)
+    from keras_facemargin import recipe
+    from keras_facemargin.training import TrainingDiverged
+
+    _check_objective(objective)
+    data_root = os.path.commonpath([os.path.dirname(str(p)) for p in index.paths[:1000]])
+    config = config_lib.TrainConfig(data=data_root, loss=objective, epochs=epochs, seed=seed, **settings)
+    with tempfile.TemporaryDirectory() as tmp:
+        config.run_dir = run_dir or os.path.join(tmp, "run")
+        try:
+            run = recipe.train(config, given={"loss"}, verbose=verbose, export=False, index=index,
+                               backbone=make_backbone)
+        except TrainingDiverged:
+            return TrainedObjective(objective, None, None, math.nan, math.nan, config)
+    losses = run.history.history.get("loss") if run.history is not None else None
+    final_loss = float(losses[-1]) if losses else math.nan
+    return TrainedObjective(objective, run.model, run.embedder, run.seconds, final_loss, run.config)
 
 
 @dataclasses.dataclass
@@ -214,6 +195,34 @@ def open_set_split(index, unseen_fraction=0.3, held_out_fraction=None, num_pairs
         train, held_out = train.split_images(held_out_fraction, seed=seed)
         held_out = held_out if len(held_out) else None
     return OpenSetSplit(train, held_out, unseen, unseen.sample_pairs(num_pairs, seed=seed))
+
+
+def digit_folder(root, size=32):
+    """scikit-learn's digits written as PNG files, `root/<digit>/<n>.png`, and their ImageIndex.
+
+    An existing folder with all 1,797 images is reused.
+
+    Args:
+        root: the folder to write.
+        size: height and width, a multiple of 8 (see `digit_images`).
+
+    Returns:
+        The `data.ImageIndex` of the folder (labels 0-9 are the digits).
+    """
+    from PIL import Image
+
+    from keras_facemargin.data import ImageIndex
+
+    images, labels = digit_images(size)
+    paths = [os.path.join(root, str(label), f"{n:04d}.png") for n, label in enumerate(labels)]
+    if not all(os.path.exists(p) for p in paths):
+        for path, image in zip(paths, images, strict=True):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            Image.fromarray(image).save(path)
+    index = ImageIndex.from_directory(root)
+    if len(index) != len(paths):
+        raise ValueError(f"root {root!r} holds other images besides the digits; use an empty folder")
+    return index
 
 
 def digit_images(size=32):

@@ -150,9 +150,9 @@ def export_litert(embedder, path, image_size=None):
     Returns:
         `path`.
     """
-    import tensorflow as tf
-
     import tempfile
+
+    import tensorflow as tf
 
     serve, spec = _serving_function(embedder, image_size, guard=False)
     with tempfile.TemporaryDirectory() as folder:  # the converter reads a SavedModel

@@ -191,15 +191,23 @@ def _check_folders(config, saved_config):
                              "another --export, or remove it")
 
 
-def prepare(config, given=()):
+def prepare(config, given=(), index=None):
     """Checks a configuration against the data and the file system, before any training work.
+
+    Args:
+        config: a `TrainConfig`.
+        given: the names of the fields the user set (see `TrainConfig.check_combination`).
+        index: an `ImageIndex` to train on instead of reading `config.data`.
 
     Returns:
         `(resolved config, training ImageIndex, validation pairs or None, warnings)`.
     """
     config = dataclasses.replace(config).validate()
     warnings = config.check_combination(given)
-    index = _load_index(config)
+    if index is None:
+        index = _load_index(config)
+    elif index.num_classes < 2:
+        raise ValueError(f"index must hold at least 2 identities; got {index}")
     index, validation = _read_validation(config, index)
     resolved = resolve(config, index.num_classes, len(index))
     warnings += [w for w in resolved.check_combination(given) if w not in warnings]
@@ -293,12 +301,19 @@ def make_optimizer(config, steps_per_epoch):
     return keras.optimizers.Adam(lr, weight_decay=config.weight_decay or None)
 
 
-def build_model(config, num_classes):
-    """`(training model, embedder)` of a resolved configuration (inside a strategy's scope)."""
+def build_model(config, num_classes, backbone=None):
+    """`(training model, embedder)` of a resolved configuration (inside a strategy's scope).
+
+    `backbone`: a function of no arguments that builds the backbone, instead of `config.backbone`.
+    """
     from keras_facemargin import heads, models
 
-    backbone = models.get_backbone(config.backbone, input_shape=(config.image_size, config.image_size, 3),
-                                   embedding_dim=config.embedding_dim)
+    if backbone is not None:
+        backbone = backbone()
+    else:
+        backbone = models.get_backbone(config.backbone,
+                                       input_shape=(config.image_size, config.image_size, 3),
+                                       embedding_dim=config.embedding_dim)
     if config.loss == SOFTMAX:
         return models.build_recognizer(backbone, num_classes, head="dense")
     if config.loss in PAIR_LOSSES:
@@ -323,7 +338,7 @@ def _write_export(embedder, path, config, strategy):
                            json.dumps({"run_dir": os.path.abspath(config.run_dir)}) + "\n")
 
 
-def train(config, given=(), callbacks=(), verbose="auto", export=True):
+def train(config, given=(), callbacks=(), verbose="auto", export=True, index=None, backbone=None):
     """Trains, resumably, the run that `config` describes; see the module docstring.
 
     Args:
@@ -333,6 +348,11 @@ def train(config, given=(), callbacks=(), verbose="auto", export=True):
         callbacks: further Keras callbacks.
         verbose: `fit`'s verbosity.
         export: write the SavedModel to `config.export` (default `run_dir/saved_model`).
+        index: an `ImageIndex` to train on instead of reading `config.data` (a split made in
+            Python; `config.data` then only names the data set in `config.json`).
+        backbone: a function of no arguments that builds the backbone (a Keras model from scaled
+            images to `[batch, dim]`) instead of `config.backbone`, for models the registry does
+            not have.
 
     Returns:
         A `Run`.
@@ -344,7 +364,7 @@ def train(config, given=(), callbacks=(), verbose="auto", export=True):
     """
     import time
 
-    config, index, validation, warnings = prepare(config, given)
+    config, index, validation, warnings = prepare(config, given, index)
     for warning in warnings:
         logger.warning("warning: %s", warning)
 
@@ -365,7 +385,7 @@ def train(config, given=(), callbacks=(), verbose="auto", export=True):
     if strategy.num_replicas_in_sync > 1 or distribute.is_multi_worker(strategy):
         dataset = strategy.distribute_datasets_from_function(make_dataset)
     with strategy.scope():
-        model, embedder = build_model(config, index.num_classes)
+        model, embedder = build_model(config, index.num_classes, backbone)
         loss = None if config.sample_rate != 1.0 else _loss(config)
         model.compile(optimizer=make_optimizer(config, steps), loss=loss)
     all_callbacks = [log]

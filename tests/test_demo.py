@@ -16,7 +16,8 @@ def test_demo_on_an_image_folder(tmp_path, capsys):
     demo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(demo)
     demo.main(["--data", os.path.join(ROOT, "tests", "data", "faces"), "--image-size", "32",
-               "--epochs", "1", "--out", str(tmp_path / "export"), "--plot", str(tmp_path / "roc.png")])
+               "--epochs", "1", "--out", str(tmp_path / "export"), "--plot", str(tmp_path / "roc.png"),
+               "--work", str(tmp_path / "work")])
     printed = capsys.readouterr().out
     assert "AUC" in printed and "max |difference|" in printed
     assert (tmp_path / "export" / "saved_model.pb").exists()

@@ -63,21 +63,38 @@ def test_open_set_split_needs_four_identities():
         experiments.open_set_split(index)
 
 
-def test_build_objective_covers_softmax_margins_and_pair_losses():
-    from keras_facemargin import experiments, models
+def test_train_objective_goes_through_the_recipe_for_each_kind(tmp_path):
+    from keras_facemargin import data, experiments
+    from keras_facemargin.heads import CosineHead
 
-    def backbone():
-        return models.get_backbone("simple_cnn", input_shape=(16, 16, 3), embedding_dim=8)
-
+    index = data.ImageIndex.from_directory(FACES)
     x = np.random.default_rng(0).uniform(0, 255, (4, 16, 16, 3)).astype("float32")
-    for objective, classes_out in (("softmax", 5), ("arcface", 5), ("triplet", 8)):
-        model, embedder, loss = experiments.build_objective(objective, backbone(), num_classes=5)
-        assert model(x).shape == (4, classes_out) and embedder(x).shape == (4, 8)
-        assert experiments.is_classifier(objective) == (objective != "triplet")
+    for objective, head in (("softmax", keras.layers.Dense), ("arcface", CosineHead), ("triplet", None)):
+        trained = experiments.train_objective(objective, index, 1, image_size=16, embedding_dim=8,
+                                              backbone="simple_cnn", samples_per_class=2)
+        assert trained.config.loss == objective and trained.seconds > 0
+        assert trained.embedder(x).shape == (4, 8) and np.isfinite(trained.final_loss)
+        outputs = trained.model(x)
+        assert outputs.shape == ((4, 5) if head else (4, 8))
+        if head:
+            assert isinstance(trained.model.layers[-1], head)
+        assert trained.is_classifier == (objective != "triplet")
     with pytest.raises(ValueError, match="objective must be one of softmax, .*; got 'hinge'"):
-        experiments.build_objective("hinge", backbone(), num_classes=5)
-    with pytest.raises(ValueError, match="num_classes must be an integer >= 2 for 'cosface'; got None"):
-        experiments.build_objective("cosface", backbone())
+        experiments.train_objective("hinge", index, 1)
+
+
+def test_digit_folder_holds_the_digits(tmp_path):
+    from keras_facemargin import experiments
+
+    index = experiments.digit_folder(str(tmp_path / "digits"), size=16)
+    images, labels = experiments.digit_images(16)
+    assert len(index) == 1797 and index.class_names == tuple(str(d) for d in range(10))
+    np.testing.assert_array_equal(np.bincount(index.labels), np.bincount(labels))
+    from PIL import Image
+
+    first = np.asarray(Image.open(index.paths[0]))
+    np.testing.assert_array_equal(first, images[0])  # digit 0's first image, lossless
+    assert len(experiments.digit_folder(str(tmp_path / "digits"), size=16)) == 1797  # reused
 
 
 def test_loss_table_on_the_faces(loss_table, tmp_path, capsys):
@@ -155,7 +172,7 @@ def check_png(path, min_bytes=5000):
 
 def test_feature_space_small(feature_space, tmp_path, capsys):
     written = feature_space.main(["--epochs", "1", "--max-images", "120", "--dpi", "40", "--dims", "2",
-                                  "--out", str(tmp_path)])
+                                  "--out", str(tmp_path), "--work", str(tmp_path / "work")])
     assert sorted(os.path.basename(p) for p in written) == ["feature_space_2d.png", "scale.png"]
     for path in written:
         check_png(path)

@@ -447,6 +447,7 @@ def image_dataset(sources, batch_size=64, image_size=(112, 112), from_bytes=Fals
     ds = ds.batch(batch_size).map(lambda s, n: (s, n, tf.zeros(tf.shape(s), tf.int64)))
     preprocess = make_preprocess(image_size, resize_mode, None, from_bytes=from_bytes)
     ds = decode_batches(ds, preprocess, corrupt_files).map(lambda images: images)
+    ds = ds.apply(tf.data.experimental.assert_cardinality(-(-len(sources) // batch_size)))
     return ds.prefetch(AUTOTUNE) if prefetch else ds
 
 
