@@ -20,7 +20,7 @@ MARGIN_LOSSES = ("normface", "sphereface", "cosface", "arcface", "combined_margi
 PAIR_LOSSES = ("triplet", "contrastive", "npair", "unified_pair", "circle", "supcon", "multi_similarity")
 LOSSES = (SOFTMAX, *MARGIN_LOSSES, *PAIR_LOSSES)
 BACKBONES = ("iresnet18", "iresnet34", "iresnet50", "iresnet100", "mobilefacenet", "sphereface20",
-             "simple_cnn", "small_resnet")
+             "simple_cnn", "small_resnet", "small_vgg")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -130,6 +130,9 @@ class TrainConfig:
                                  _auto(lambda n, x: v.check_number(n, x, low=0.0)))
     schedule: str = _field("cosine", "learning-rate schedule after the warm-up",
                            _choice(SCHEDULES), choices=SCHEDULES)
+    ema: float = _field(AUTO, "momentum of an exponential moving average of the weights, used for "
+                        "evaluation and export (0: none); auto: see the README",
+                        _auto(lambda n, x: v.check_number(n, x, 0.0, 1.0, high_open=True)))
     warmup_epochs: float = _field(AUTO, "epochs of linear learning-rate warm-up; auto: see the README",
                                   _auto(lambda n, x: v.check_number(n, x, low=0.0)))
     augment: list = _field(AUTO, "training augmentations, comma-separated (" + ", ".join(AUGMENTATIONS)

@@ -85,20 +85,21 @@ def resolve(config, num_classes, num_images):
         if getattr(config, name) == AUTO:
             setattr(config, name, value)
 
-    auto("loss", "arcface")
+    auto("loss", "arcface" if faces else "supcon")
     margin = config.loss in MARGIN_LOSSES
     pair = config.loss in PAIR_LOSSES
-    auto("backbone", "iresnet50" if faces else ("iresnet18" if config.image_size >= 96 else "small_resnet"))
+    auto("backbone", "iresnet50" if faces else ("iresnet18" if config.image_size >= 96 else "small_vgg"))
     auto("embedding_dim", 512 if config.image_size >= 96 else 128)
     auto("scale", (64.0 if faces else auto_scale(num_classes)) if margin else None)
     if not margin:
         config.scale = None if config.scale == AUTO else config.scale
     auto("batch_size", 128 if num_images >= 512 else max(2, num_images // 4))
     auto("classes_per_batch", max(2, min(128 // config.samples_per_class, num_classes)))
-    auto("optimizer", "sgd" if faces else "adamw")
+    auto("optimizer", "sgd" if faces else "adam")
     auto("learning_rate", 0.1 if config.optimizer == "sgd" else 1e-3)
     auto("weight_decay", {"sgd": 5e-4, "adamw": 5e-2, "adam": 0.0}[config.optimizer])
-    auto("warmup_epochs", 0.0 if faces else min(1.0, config.epochs / 10))
+    auto("warmup_epochs", 0.0)
+    auto("ema", 0.0 if faces else 0.99)
     auto("augment", ["flip"] if faces else ["translate", "zoom", "contrast"])
     if pair:
         config.batch_size = config.classes_per_batch * config.samples_per_class
@@ -294,11 +295,13 @@ def make_optimizer(config, steps_per_epoch):
     import keras
 
     lr = make_schedule(config, steps_per_epoch)
+    # The moving average of the weights replaces them at the end of training (Keras's EMA).
+    ema = {"use_ema": True, "ema_momentum": config.ema} if config.ema else {}
     if config.optimizer == "sgd":
-        return keras.optimizers.SGD(lr, momentum=0.9, weight_decay=config.weight_decay or None)
+        return keras.optimizers.SGD(lr, momentum=0.9, weight_decay=config.weight_decay or None, **ema)
     if config.optimizer == "adamw":
-        return keras.optimizers.AdamW(lr, weight_decay=config.weight_decay)
-    return keras.optimizers.Adam(lr, weight_decay=config.weight_decay or None)
+        return keras.optimizers.AdamW(lr, weight_decay=config.weight_decay, **ema)
+    return keras.optimizers.Adam(lr, weight_decay=config.weight_decay or None, **ema)
 
 
 def build_model(config, num_classes, backbone=None):

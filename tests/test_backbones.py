@@ -38,7 +38,7 @@ def gradients(model, x, target):
 def test_registry_lists_every_architecture():
     assert kf.models.backbone_names() == [
         "iresnet100", "iresnet18", "iresnet34", "iresnet50", "mobilefacenet", "simple_cnn", "small_resnet",
-        "sphereface20",
+        "small_vgg", "sphereface20",
     ]
 
 

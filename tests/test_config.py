@@ -66,13 +66,19 @@ def test_flags_the_loss_does_not_take_are_refused_and_ignored_ones_warned(tmp_pa
 
 def test_auto_values_follow_the_written_rules(tmp_path):
     small = recipe.resolve(TrainConfig(data=str(tmp_path), image_size=48).validate(), 1000, 4000)
-    assert small.backbone == "small_resnet" and small.embedding_dim == 128
-    assert small.scale == recipe.auto_scale(1000) and small.optimizer == "adamw"
+    assert small.backbone == "small_vgg" and small.embedding_dim == 128 and small.loss == "supcon"
+    assert small.scale is None and small.optimizer == "adam" and small.ema == 0.99
+    assert small.classes_per_batch == 32 and small.batch_size == 128  # P×K = 32×4
     assert "flip" not in small.augment
+    margin = recipe.resolve(TrainConfig(data=str(tmp_path), image_size=48, loss="cosface").validate(),
+                            1000, 4000)
+    assert margin.scale == recipe.auto_scale(1000)
     faces = recipe.resolve(TrainConfig(data=str(tmp_path), image_size=112).validate(), 85_742, 5_800_000)
     assert (faces.loss, faces.backbone, faces.embedding_dim, faces.scale) == ("arcface", "iresnet50", 512, 64.0)
     assert (faces.optimizer, faces.learning_rate, faces.weight_decay) == ("sgd", 0.1, 5e-4)
-    assert faces.augment == ["flip"] and faces.batch_size == 128
+    assert faces.augment == ["flip"] and faces.batch_size == 128 and faces.ema == 0.0
     tiny = recipe.resolve(TrainConfig(data=str(tmp_path), image_size=32).validate(), 5, 55)
-    assert tiny.batch_size == 13
+    assert (tiny.classes_per_batch, tiny.batch_size) == (5, 20)  # every identity, K = 4 each
+    tiny = recipe.resolve(TrainConfig(data=str(tmp_path), image_size=32, loss="cosface").validate(), 5, 55)
+    assert tiny.batch_size == 13  # a quarter of the images
     assert recipe.auto_scale(1000) == pytest.approx(max(16.0, 2 ** 0.5 * __import__("math").log(999)), abs=0.01)

@@ -18,6 +18,7 @@ from keras_facemargin.models.iresnet import (
 from keras_facemargin.models.mobilefacenet import mobilefacenet
 from keras_facemargin.models.recognizer import build_recognizer
 from keras_facemargin.models.simple_cnn import simple_cnn
+from keras_facemargin.models.small_vgg import small_vgg
 from keras_facemargin.models.sphereface import sphereface20
 
 _REGISTRY = {
@@ -29,6 +30,7 @@ _REGISTRY = {
     "mobilefacenet": mobilefacenet,
     "simple_cnn": simple_cnn,
     "small_resnet": small_resnet,
+    "small_vgg": small_vgg,
 }
 
 
@@ -79,5 +81,6 @@ __all__ = [
     "mobilefacenet",
     "simple_cnn",
     "small_resnet",
+    "small_vgg",
     "sphereface20",
 ]
