@@ -40,8 +40,6 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 from keras_facemargin import data  # noqa: E402
 from keras_facemargin import evaluation as ev  # noqa: E402
@@ -59,27 +57,13 @@ def parse_args(argv=None):
     return parser, parser.parse_args(argv)
 
 
-def load_embedder(parser, path):
-    """`(embed, image size)`: a function from float32 image batches in [0, 255] to embeddings."""
-    if os.path.isfile(os.path.join(path, "saved_model.pb")):
-        serve = tf.saved_model.load(path).signatures["serving_default"]
-        size = tuple(serve.structured_input_signature[1]["images"].shape[1:3])
-
-        def embed(images):  # the export takes uint8 images
-            images = tf.cast(tf.clip_by_value(tf.round(images), 0, 255), tf.uint8)
-            return serve(images=images)["embeddings"].numpy()
-
-        return embed, size
-    if path.endswith(".keras") and os.path.isfile(path):
-        embedder = ev.embedding_model(keras.models.load_model(path, compile=False))
-        return embedder, tuple(embedder.input_shape[1:3])
-    parser.error(f"argument --model: must be a SavedModel folder (with saved_model.pb) or a .keras "
-                 f"file; got {path!r}")
-
-
 def main(argv=None):
     parser, args = parse_args(argv)
-    embed, size = load_embedder(parser, args.model)
+    try:  # a SavedModel folder or a .keras file, as one function of image batches
+        embed = ev.load_embedder(args.model)
+    except ValueError as error:
+        parser.error(f"argument --{error}")
+    size = embed.image_size
     try:
         sets = ev.read_pair_sets(args.pairs, root=args.root, argument="pairs")
     except ValueError as error:

@@ -79,70 +79,26 @@ def _import_tensorflow(verbose):
             os.close(saved)
 
 
-def _load_package():
-    """Every subpackage, so that Keras can load models built from our layers and losses."""
-    import keras_facemargin
-
-    keras_facemargin.load_all()
-
-
 # ---- models -----------------------------------------------------------------------------------
 
 
-class _SavedModelEmbedder:
-    """The `serving_default` signature of an exported embedder, fed float [0, 255] batches."""
+def load_embedder(path):
+    """`evaluation.load_embedder`, its mistakes named as `--model`'s."""
+    from keras_facemargin import evaluation
 
-    def __init__(self, path):
-        import tensorflow as tf
-
-        try:
-            self._serve = tf.saved_model.load(path).signatures["serving_default"]
-        except Exception as error:  # a garbage saved_model.pb raises from deep inside
-            raise UsageError(f"--model {path!r} is not a valid SavedModel ({type(error).__name__}: "
-                             f"{str(error).splitlines()[0][:200]})") from None
-        spec = self._serve.structured_input_signature[1]["images"]
-        self.image_size = tuple(spec.shape[1:3])
-
-    def __call__(self, images):
-        import tensorflow as tf
-
-        images = tf.cast(tf.clip_by_value(tf.round(images), 0, 255), tf.uint8)
-        return self._serve(images=images)["embeddings"].numpy()
-
-
-class _KerasEmbedder:
-    def __init__(self, path):
-        self.model = load_keras_model(path)
-        from keras_facemargin.evaluation import embedding_model
-
-        self._model = embedding_model(self.model)
-        self.image_size = tuple(self._model.input_shape[1:3])
-
-    def __call__(self, images):
-        return self._model.predict_on_batch(images)
+    try:
+        return evaluation.load_embedder(path)
+    except ValueError as error:
+        raise UsageError(f"--{error}") from None
 
 
 def load_keras_model(path):
-    import keras
+    from keras_facemargin import evaluation
 
-    _load_package()
     try:
-        return keras.models.load_model(path, compile=False)
-    except Exception as error:
-        first = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
-        raise UsageError(f"--model {path!r} is not a valid Keras file ({first})") from None
-
-
-def load_embedder(path):
-    """An embedding function `float32 [N, H, W, 3] in [0, 255] -> [N, dim]` and its image size."""
-    if os.path.isdir(path) and os.path.exists(os.path.join(path, "saved_model.pb")):
-        return _SavedModelEmbedder(path)
-    if path.endswith(".keras") and os.path.isfile(path):
-        return _KerasEmbedder(path)
-    reason = "no such file or folder" if not os.path.exists(path) else (
-        "a folder without saved_model.pb" if os.path.isdir(path) else "not a .keras file")
-    raise UsageError(f"--model must be a SavedModel folder (with saved_model.pb) or a .keras file; got "
-                     f"{path!r} ({reason})")
+        return evaluation.load_keras_model(path)
+    except ValueError as error:
+        raise UsageError(f"--{error}") from None
 
 
 def _embed_batches(embedder, batches, flip, progress=None):

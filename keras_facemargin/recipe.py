@@ -85,7 +85,9 @@ def resolve(config, num_classes, num_images):
         if getattr(config, name) == AUTO:
             setattr(config, name, value)
 
-    auto("loss", "arcface" if faces else "supcon")
+    # Partial FC and mixing need a margin loss (integer or mixed labels over the classes).
+    classifier = faces or config.sample_rate != 1.0 or config.mixup or config.cutmix
+    auto("loss", "arcface" if classifier else "supcon")
     margin = config.loss in MARGIN_LOSSES
     pair = config.loss in PAIR_LOSSES
     auto("backbone", "iresnet50" if faces else ("iresnet18" if config.image_size >= 96 else "small_vgg"))
@@ -291,17 +293,31 @@ def make_schedule(config, steps_per_epoch):
                           config.schedule)
 
 
-def make_optimizer(config, steps_per_epoch):
+def make_optimizer(config, steps_per_epoch, sparse_variables=()):
+    """The optimizer of a resolved configuration.
+
+    `sparse_variables` (Partial FC's centres) get sparse updates: SGD becomes `LazySGD`, and
+    weight decay leaves them out (decaying every centre every step is the dense update that
+    Partial FC exists to avoid).
+    """
     import keras
+
+    from keras_facemargin.optimizers import LazySGD
 
     lr = make_schedule(config, steps_per_epoch)
     # The moving average of the weights replaces them at the end of training (Keras's EMA).
     ema = {"use_ema": True, "ema_momentum": config.ema} if config.ema else {}
+    decay = config.weight_decay or None
     if config.optimizer == "sgd":
-        return keras.optimizers.SGD(lr, momentum=0.9, weight_decay=config.weight_decay or None, **ema)
-    if config.optimizer == "adamw":
-        return keras.optimizers.AdamW(lr, weight_decay=config.weight_decay, **ema)
-    return keras.optimizers.Adam(lr, weight_decay=config.weight_decay or None, **ema)
+        sgd = LazySGD if sparse_variables else keras.optimizers.SGD
+        optimizer = sgd(lr, momentum=0.9, weight_decay=decay, **ema)
+    elif config.optimizer == "adamw":
+        optimizer = keras.optimizers.AdamW(lr, weight_decay=config.weight_decay, **ema)
+    else:
+        optimizer = keras.optimizers.Adam(lr, weight_decay=decay, **ema)
+    if sparse_variables and optimizer.weight_decay:
+        optimizer.exclude_from_weight_decay(var_list=list(sparse_variables))
+    return optimizer
 
 
 def build_model(config, num_classes, backbone=None):
@@ -390,7 +406,8 @@ def train(config, given=(), callbacks=(), verbose="auto", export=True, index=Non
     with strategy.scope():
         model, embedder = build_model(config, index.num_classes, backbone)
         loss = None if config.sample_rate != 1.0 else _loss(config)
-        model.compile(optimizer=make_optimizer(config, steps), loss=loss)
+        sparse = [model.get_layer("partial_fc").kernel] if config.sample_rate != 1.0 else []
+        model.compile(optimizer=make_optimizer(config, steps, sparse), loss=loss)
     all_callbacks = [log]
     if validation is not None:
         size = (config.image_size, config.image_size)

@@ -396,8 +396,8 @@ def test_export_a_keras_file_in_every_format(tmp_path, capsys, trained, fmt, nam
     assert os.path.exists(os.path.join(out, "saved_model.pb") if fmt == "saved_model" else out)
     if fmt == "saved_model":  # the same embeddings as the run's own export
         images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
-        ours = cli._SavedModelEmbedder(out)(images.astype("float32"))
-        theirs = cli._SavedModelEmbedder(os.path.join(trained, "saved_model"))(images.astype("float32"))
+        ours = cli.load_embedder(out)(images.astype("float32"))
+        theirs = cli.load_embedder(os.path.join(trained, "saved_model"))(images.astype("float32"))
         np.testing.assert_allclose(ours, theirs, atol=1e-6)
 
 

@@ -82,3 +82,24 @@ def test_auto_values_follow_the_written_rules(tmp_path):
     tiny = recipe.resolve(TrainConfig(data=str(tmp_path), image_size=32, loss="cosface").validate(), 5, 55)
     assert tiny.batch_size == 13  # a quarter of the images
     assert recipe.auto_scale(1000) == pytest.approx(max(16.0, 2 ** 0.5 * __import__("math").log(999)), abs=0.01)
+
+
+def test_partial_fc_runs_get_sparse_updates_without_decaying_every_centre(tmp_path):
+    import keras
+    import numpy as np
+
+    config = recipe.resolve(TrainConfig(data=str(tmp_path), image_size=16, backbone="simple_cnn",
+                                        embedding_dim=8, sample_rate=0.05, optimizer="sgd",
+                                        batch_size=4).validate(), 100, 400)
+    assert config.loss == "arcface" and config.weight_decay == 5e-4  # Partial FC: a margin loss
+    model, _ = recipe.build_model(config, 100)
+    centres = model.get_layer("partial_fc").kernel
+    optimizer = recipe.make_optimizer(config, 10, [centres])
+    assert type(optimizer).__name__ == "LazySGD"
+    model.compile(optimizer=optimizer)
+    images = np.random.default_rng(0).uniform(0, 255, (4, 16, 16, 3)).astype("float32")
+    labels = np.array([3, 3, 7, 7], "int32")
+    before = keras.ops.convert_to_numpy(centres).copy()
+    model.train_on_batch((images, labels))
+    changed = np.flatnonzero(np.any(keras.ops.convert_to_numpy(centres) != before, axis=1))
+    assert {3, 7} <= set(changed) and len(changed) <= 5  # the 5 sampled centres, no others

@@ -13,6 +13,7 @@ from keras_facemargin.evaluation.ijb import (
     score_template_pairs,
     template_features,
 )
+from keras_facemargin.evaluation.loading import load_embedder, load_keras_model
 from keras_facemargin.evaluation.pair_sets import (
     PairSets,
     PairSetsReport,
@@ -58,6 +59,8 @@ __all__ = [
     "ijb_verification",
     "indexed_pair_scores",
     "kfold_accuracy",
+    "load_embedder",
+    "load_keras_model",
     "kfold_accuracy_insightface",
     "normalize_rows",
     "pair_scores",
