@@ -227,6 +227,12 @@ class TrainConfig:
         if not os.path.exists(self.data):
             raise ValueError(f"{source}--data must be an image folder with one sub-folder per identity, "
                              f"or a .rec file; got {self.data!r} (no such file or folder)")
+        if self.tensorboard:
+            import importlib.util
+
+            if importlib.util.find_spec("tensorboard") is None:
+                raise ValueError(f"{source}--tensorboard needs the tensorboard package: pip install "
+                                 "tensorboard (or 'keras-facemargin[tensorboard]')")
         for path in self.val_pairs or ():
             if not os.path.isfile(path):
                 raise ValueError(f"{source}--val-pairs must be existing pair files (.bin, LFW pairs.txt or "

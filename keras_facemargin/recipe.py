@@ -21,6 +21,8 @@ import math
 import os
 import shutil
 
+import numpy as np
+
 from keras_facemargin.config import AUTO, MARGIN_LOSSES, PAIR_LOSSES, SOFTMAX, TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -344,6 +346,26 @@ def build_model(config, num_classes, backbone=None):
     return models.build_recognizer(backbone, num_classes, partial_fc=partial_fc)
 
 
+def _projector_sample(config, index, validation, limit=1000):
+    """Up to `limit` images and labels for TensorBoard's projector: the validation identities'
+    (with --val-fraction), else the first unique images of --val-pairs, else training images."""
+    from keras_facemargin import data
+
+    size = (config.image_size, config.image_size)
+    rng = np.random.default_rng(config.seed)
+    if isinstance(validation, data.VerificationPairs):
+        paths = np.unique(np.concatenate([validation.images_a, validation.images_b]).astype(str))
+        labels = [os.path.basename(os.path.dirname(p)) for p in paths]
+    elif validation is not None:
+        return None  # --val-pairs: pair files name no identities
+    else:
+        paths, labels = index.paths.astype(str), [index.class_names[k] for k in index.labels]
+    keep = np.sort(rng.permutation(len(paths))[:limit])
+    images = np.concatenate([batch.numpy() for batch in data.image_dataset(
+        [paths[i] for i in keep], image_size=size, names=[str(paths[i]) for i in keep])])
+    return images, [labels[i] for i in keep]
+
+
 def _write_export(embedder, path, config, strategy):
     from keras_facemargin import distribute
     from keras_facemargin.export import export_embedder
@@ -411,12 +433,18 @@ def train(config, given=(), callbacks=(), verbose="auto", export=True, index=Non
     all_callbacks = [log]
     if validation is not None:
         size = (config.image_size, config.image_size)
-        if isinstance(validation, data.VerificationPairs):  # held-out identities: keys val_auc, ...
-            validation = data.pair_arrays(validation, image_size=size)
+        pairs = validation
+        if isinstance(pairs, data.VerificationPairs):  # held-out identities: keys val_auc, ...
+            pairs = data.pair_arrays(pairs, image_size=size)
         all_callbacks.append(evaluation.VerificationCallback(
-            validation, far_targets=(1e-3, 1e-2), embedding_model=embedder, image_size=size))
+            pairs, far_targets=(1e-3, 1e-2), embedding_model=embedder, image_size=size))
     if config.tensorboard:
-        all_callbacks.append(keras.callbacks.TensorBoard(os.path.join(config.run_dir, "tensorboard")))
+        log_dir = os.path.join(config.run_dir, "tensorboard")
+        all_callbacks.append(keras.callbacks.TensorBoard(log_dir))
+        sample = _projector_sample(config, index, validation)
+        if sample is not None:
+            all_callbacks.append(evaluation.EmbeddingProjector(*sample, os.path.join(log_dir, "projector"),
+                                                               embedding_model=embedder))
     all_callbacks += list(callbacks)
     start = time.perf_counter()
     history = fit_resumable(model, dataset, config.epochs, config.run_dir, config=config.to_dict(),

@@ -412,3 +412,27 @@ def test_pairs_writes_a_balanced_list_that_evaluate_reads(tmp_path, capsys, trai
         assert (label == "1") == same and a != b
     assert cli.main(["evaluate", "--model", os.path.join(trained, "saved_model"), "--pairs", str(out),
                      "--root", FACES, "--out", str(tmp_path / "eval")]) == 0
+
+
+def test_tensorboard_writes_scalars_and_the_projector(tmp_path):
+    pytest.importorskip("tensorboard")
+    run_dir = tmp_path / "run"
+    assert cli.main(["train", "--data", FACES, *SMALL, "--epochs", "1", "--tensorboard", "--val-fraction",
+                     "0.4", "--run-dir", str(run_dir)]) == 0
+    board = run_dir / "tensorboard"
+    assert list((board / "train").glob("events.out.tfevents.*"))
+    projector = board / "projector"
+    config = (projector / "projector_config.pbtxt").read_text()
+    assert 'metadata_path: "metadata.tsv"' in config and "single_image_dim: 32" in config
+    labels = (projector / "metadata.tsv").read_text().splitlines()
+    assert len(labels) == 22 and len(set(labels)) == 2  # the 2 held-out identities' 22 images
+    import tensorflow as tf
+
+    vectors = tf.train.load_variable(str(projector / "embeddings.ckpt"), "embeddings/.ATTRIBUTES/VARIABLE_VALUE")
+    assert vectors.shape == (22, 8)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    from PIL import Image
+
+    assert Image.open(projector / "sprite.png").size == (5 * 32, 5 * 32)
+    rows = list(csv.DictReader(open(run_dir / "log.csv")))
+    assert 0 <= float(rows[0]["val_auc"]) <= 1

@@ -26,6 +26,7 @@ from keras_facemargin.evaluation.plots import (
     plot_roc_curves,
     plot_score_histogram,
 )
+from keras_facemargin.evaluation.projector import EmbeddingProjector
 from keras_facemargin.evaluation.scores import (
     embed,
     indexed_pair_scores,
@@ -44,6 +45,7 @@ from keras_facemargin.evaluation.verification import (
 )
 
 __all__ = [
+    "EmbeddingProjector",
     "IJBProtocol",
     "IJBReport",
     "PairSets",
