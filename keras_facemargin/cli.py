@@ -456,6 +456,10 @@ def main(argv=None):
     except ValueError as error:
         print(f"facemargin {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        resume = " (the same command resumes from the last backup)" if args.command == "train" else ""
+        print(f"facemargin {args.command}: interrupted{resume}", file=sys.stderr)
+        return 130
     except Exception as error:
         from keras_facemargin.training import TrainingDiverged
 

@@ -436,3 +436,21 @@ def test_tensorboard_writes_scalars_and_the_projector(tmp_path):
     assert Image.open(projector / "sprite.png").size == (5 * 32, 5 * 32)
     rows = list(csv.DictReader(open(run_dir / "log.csv")))
     assert 0 <= float(rows[0]["val_auc"]) <= 1
+
+
+def test_ctrl_c_is_one_line_and_the_run_resumes(tmp_path):
+    run_dir = str(tmp_path / "run")
+    command = [SCRIPT, "train", "--data", FACES, *SMALL, "--epochs", "30", "--run-dir", run_dir]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None:
+        state = latest_state(os.path.join(run_dir, "backup")) if os.path.isdir(run_dir) else None
+        if state and state["epoch"] >= 1:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "facemargin train: interrupted (the same command resumes from the last backup)" in err
+    assert "Traceback" not in err
