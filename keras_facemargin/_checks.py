@@ -92,9 +92,19 @@ def sparse_labels(y_true, num_classes, check):
     labels = ops.cast(y_true, "int32")
     if not check or values is not None:
         return labels, None
-    valid = ops.logical_and(labels >= 0, labels < num_classes)
+    in_range = ops.logical_and(labels >= 0, labels < num_classes)
+    valid = in_range
+    if "float" in str(y_true.dtype):
+        # Casting would truncate 2.9 to 2 (and NaN to anything): refuse non-integral values first.
+        integral = ops.equal(y_true, ops.round(y_true))
+        graph_assert(
+            ops.all(integral),
+            "y_true must hold integer class labels; got a non-integral (or NaN) label among",
+            y_true,
+        )
+        valid = ops.logical_and(in_range, integral)
     graph_assert(
-        ops.all(valid),
+        ops.all(in_range),
         f"labels must be in [0, num_classes={num_classes}); got min/max label",
         ops.stack([ops.min(labels), ops.max(labels)]),
     )

@@ -398,3 +398,51 @@ def test_subclass_overriding_only_the_margin_gets_exact_gradients(label_smoothin
 
     assert float(loss(labels, cosines)) == pytest.approx(reference(cosines), rel=1e-9)
     np.testing.assert_allclose(grad, numerical_gradient(reference, cosines), rtol=1e-5, atol=1e-7)
+
+
+# ---- float labels (issue 13) ------------------------------------------------------------------
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tf.function graph")
+def test_non_integral_float_labels_raise_in_a_graph():
+    import tensorflow as tf
+
+    loss = kf.losses.ArcFaceLoss()
+    fn = tf.function(lambda y, c: loss(y, c))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="y_true must hold integer class labels"):
+        fn(tf.constant([1.0, 2.9, 3.0]), tf.zeros((3, 10)))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="y_true must hold integer class labels"):
+        fn(tf.constant([1.0, math.nan, 3.0]), tf.zeros((3, 10)))
+    assert math.isfinite(float(fn(tf.constant([1.0, 2.0, 3.0]), tf.zeros((3, 10)))))
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="Keras's compiled train step on TF")
+def test_float_labels_in_fit_are_refused_not_truncated(rng):
+    """CosineHead + margin loss in Keras's (graph-mode) train step: 2.9 must not train as 2."""
+    import tensorflow as tf
+
+    x = rng.normal(size=(4, 5)).astype("float32")
+    model = keras.Sequential([keras.Input((5,)), kf.heads.CosineHead(3)])
+    model.compile(optimizer="sgd", loss=kf.losses.CosFaceLoss())
+    with pytest.raises(tf.errors.InvalidArgumentError, match="y_true must hold integer class labels"):
+        model.fit(x, np.array([0.0, 2.9, 1.0, 2.0], "float32"), epochs=1, batch_size=4, verbose=0)
+    history = model.fit(x, np.array([0.0, 2.0, 1.0, 2.0], "float32"), epochs=1, batch_size=4, verbose=0)
+    assert math.isfinite(history.history["loss"][0])
+
+
+def test_non_integral_float_labels_give_nan_where_nothing_can_raise():
+    loss = kf.losses.ArcFaceLoss()
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        fn = tf.function(lambda y, c: loss(y, c), jit_compile=True)
+    elif keras.backend.backend() == "jax":
+        import jax
+
+        fn = jax.jit(lambda y, c: loss(y, c))
+    else:
+        pytest.skip("no compiler")
+    cos = np.zeros((3, 10), "float32")
+    assert math.isfinite(float(fn(np.array([1.0, 2.0, 3.0], "float32"), cos)))
+    assert math.isnan(float(fn(np.array([1.0, 2.9, 3.0], "float32"), cos)))
+    assert math.isnan(float(fn(np.array([1.0, -0.5, 3.0], "float32"), cos)))  # would cast to 0
