@@ -10,6 +10,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_facemargin import _maths
+
 
 def concrete(x):
     """Returns `x` as a NumPy array when its values are known now, else None."""
@@ -109,3 +111,16 @@ def sparse_labels(y_true, num_classes, check):
         ops.stack([ops.min(labels), ops.max(labels)]),
     )
     return labels, valid
+
+
+def loss_dtype(dtype):
+    """A loss's computation dtype: float32 where `dtype` (or the global default) is half precision."""
+    policy = keras.dtype_policies.get(dtype or keras.backend.floatx())
+    return "float32" if policy.compute_dtype in _maths.HALF else dtype
+
+
+def to_loss_dtype(y_pred, dtype):
+    """`y_pred` as a tensor in the loss's dtype; half precision through `_maths.saturating_cast`."""
+    if not hasattr(y_pred, "dtype") or keras.backend.standardize_dtype(y_pred.dtype) not in _maths.HALF:
+        return y_pred
+    return _maths.saturating_cast(ops.convert_to_tensor(y_pred), dtype)

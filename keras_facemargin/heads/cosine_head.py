@@ -3,23 +3,10 @@ import math
 import keras
 from keras import ops
 
-from keras_facemargin import _backend
+from keras_facemargin import _backend, _checks
+from keras_facemargin._maths import HALF, l2_normalize
 
-_HALF = ("float16", "bfloat16")
-
-
-def l2_normalize(x, axis=-1, epsilon=1e-12):
-    """`x / max(||x||, sqrt(epsilon))`: zero vectors map to zero with finite gradients.
-
-    Half-precision inputs are normalised in float32 (an epsilon of 1e-12 underflows in float16)
-    and returned in their own dtype.
-    """
-    dtype = x.dtype
-    if dtype in _HALF:
-        x = ops.cast(x, "float32")
-    squared = ops.sum(ops.square(x), axis=axis, keepdims=True)
-    out = x * ops.rsqrt(ops.maximum(squared, epsilon))
-    return ops.cast(out, dtype) if dtype in _HALF else out
+__all__ = ["CosineHead", "cosine_to_columns", "cosine_to_rows", "l2_normalize"]
 
 
 def cosine_to_columns(features, kernel, epsilon=1e-12):
@@ -92,7 +79,7 @@ def cosine_to_rows(features, centres, epsilon=1e-12):
 def float32_under_half_policy(dtype):
     """The layer dtype for a head: "float32" where `dtype` (or the global policy) is half precision."""
     policy = keras.config.dtype_policy() if dtype is None else keras.dtype_policies.get(dtype)
-    if policy.compute_dtype in _HALF or policy.variable_dtype in _HALF:
+    if policy.compute_dtype in HALF or policy.variable_dtype in HALF:
         return "float32"
     return dtype
 
@@ -122,13 +109,20 @@ class CosineHead(keras.layers.Layer):
     interpretable (a cosine) and the same trained model works with any margin.
 
     The head computes in float32 even under a `mixed_float16`/`mixed_bfloat16` policy: cosines close
-    to ±1 and the scale of 64 that the losses apply need more than half precision.
+    to ±1 and the scale of 64 that the losses apply need more than half precision. It casts
+    half-precision features itself (Keras's input autocast is off), with a backward pass that
+    saturates instead of overflowing; features shorter than sqrt(epsilon) count as zero and pass
+    no gradient back (their exact gradient, g / sqrt(epsilon) ≈ 1e6·g, became Inf in float16, so
+    the loss-scale optimizer skipped every step of a batch with a zero feature row). For every
+    finite input, huge rows included, the output and the gradients w.r.t. the features and the
+    centres are finite.
 
     Args:
         num_classes: number of classes (identities), at least 2.
         kernel_initializer: initializer of the `[dim, num_classes]` class-centre matrix.
         kernel_regularizer: optional regularizer of that matrix.
-        epsilon: floor of the squared norm, so zero features give zero cosines, not NaN.
+        epsilon: floor of the squared norm: features shorter than sqrt(epsilon) give zero cosines
+            and no gradient.
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -156,10 +150,12 @@ class CosineHead(keras.layers.Layer):
         epsilon=1e-12,
         **kwargs,
     ):
-        super().__init__(dtype=float32_under_half_policy(kwargs.pop("dtype", None)), **kwargs)
+        kwargs.pop("autocast", None)
+        super().__init__(
+            dtype=float32_under_half_policy(kwargs.pop("dtype", None)), autocast=False, **kwargs
+        )
         check_num_classes(num_classes)
-        if not epsilon > 0:
-            raise ValueError(f"epsilon must be > 0; got {epsilon!r}")
+        epsilon = _checks.check_positive("epsilon", epsilon)
         self.num_classes = num_classes
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
@@ -175,7 +171,7 @@ class CosineHead(keras.layers.Layer):
         )
 
     def call(self, inputs):
-        features = l2_normalize(inputs, axis=-1, epsilon=self.epsilon)
+        features = l2_normalize(inputs, axis=-1, epsilon=self.epsilon, dtype=self.compute_dtype)
         return cosine_to_columns(features, _backend.read(self.kernel), self.epsilon)
 
     @property

@@ -84,7 +84,8 @@ class PartialFC(keras.layers.Layer):
     and under XLA or `jax.jit` the loss is NaN. With training=False, or when S = num_classes,
     every class is used and no sampling is done.
 
-    The layer computes in float32 even under a half-precision policy, like `CosineHead`.
+    The layer computes in float32 even under a half-precision policy, and casts half-precision
+    embeddings itself with a saturating backward pass, like `CosineHead`.
 
     Not done: the paper's model parallelism (each replica holding a shard of the centres, the
     embeddings all-gathered, a softmax reduced across shards). Under a data-parallel
@@ -144,7 +145,10 @@ class PartialFC(keras.layers.Layer):
         epsilon=1e-12,
         **kwargs,
     ):
-        super().__init__(dtype=float32_under_half_policy(kwargs.pop("dtype", None)), **kwargs)
+        kwargs.pop("autocast", None)
+        super().__init__(
+            dtype=float32_under_half_policy(kwargs.pop("dtype", None)), autocast=False, **kwargs
+        )
         check_num_classes(num_classes)
         number = isinstance(sample_rate, (int, float, np.integer, np.floating)) and not isinstance(
             sample_rate, bool
@@ -153,8 +157,7 @@ class PartialFC(keras.layers.Layer):
             raise ValueError(f"sample_rate must be a number in (0, 1]; got {sample_rate!r}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
             raise ValueError(f"seed must be an integer or None; got {seed!r}")
-        if not epsilon > 0:
-            raise ValueError(f"epsilon must be > 0; got {epsilon!r}")
+        epsilon = _checks.check_positive("epsilon", epsilon)
         self.num_classes = num_classes
         self.loss = _margin_loss(loss)
         self.sample_rate = float(sample_rate)
@@ -201,7 +204,7 @@ class PartialFC(keras.layers.Layer):
 
     def cosines(self, embeddings, class_ids=None):
         """cos θ `[batch, len(class_ids)]` between embeddings and the given classes (default all)."""
-        features = l2_normalize(embeddings, axis=-1, epsilon=self.epsilon)
+        features = l2_normalize(embeddings, axis=-1, epsilon=self.epsilon, dtype=self.compute_dtype)
         centers = _backend.read(self.kernel) if class_ids is None else self._gather(class_ids)
         return cosine_to_rows(features, centers, self.epsilon)
 

@@ -98,12 +98,15 @@ class MarginSoftmaxLoss(keras.losses.Loss):
         name=None,
         dtype=None,
     ):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        super().__init__(name=name, reduction=reduction, dtype=_checks.loss_dtype(dtype))
         self.scale = _checks.check_positive("scale", scale)
         self.label_smoothing = _checks.check_range(
             "label_smoothing", label_smoothing, 0.0, 1.0, high_inclusive=False
         )
         self.check_inputs = bool(check_inputs)
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        return super().__call__(y_true, _checks.to_loss_dtype(y_pred, self.dtype), sample_weight)
 
     def apply_margin(self, cosine):
         """ψ: the margin-penalised target cosine, elementwise on any shape."""

@@ -12,7 +12,7 @@ import warnings
 import keras
 from keras import ops
 
-from keras_facemargin import _checks
+from keras_facemargin import _checks, _maths
 from keras_facemargin._replicas import replica_context
 from keras_facemargin.losses import pairwise
 
@@ -108,10 +108,15 @@ class PairLoss(keras.losses.Loss):
 
     def __init__(self, check_inputs=True, cross_replica=False, reduction="sum_over_batch_size",
                  name=None, dtype=None):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        super().__init__(name=name, reduction=reduction, dtype=_checks.loss_dtype(dtype))
         self.check_inputs = bool(check_inputs)
         self.cross_replica = bool(cross_replica)
         self._warned_no_pairs = False
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        # Half-precision embeddings are cast here, with a backward pass that saturates instead
+        # of overflowing (Keras's own cast would turn a large float32 gradient into Inf).
+        return super().__call__(y_true, _checks.to_loss_dtype(y_pred, self.dtype), sample_weight)
 
     def anchor_terms(self, embeddings, positive, negative, candidates=None):
         """(sum of each anchor's loss terms, number of its terms), `[batch]` each.
