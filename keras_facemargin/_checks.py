@@ -43,8 +43,18 @@ def graph_assert(condition, message, value):
             tf.debugging.Assert(condition, [message, value])
 
 
+def _is_number(value):
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def check_finite(name, value):
+    if not _is_number(value) or not np.isfinite(value):
+        raise ValueError(f"{name} must be a finite number; got {value!r}")
+    return float(value)
+
+
 def check_positive(name, value, allow_zero=False):
-    number = isinstance(value, (int, float, np.integer, np.floating)) and np.isfinite(value)
+    number = _is_number(value) and np.isfinite(value)
     if not number or not (value >= 0 if allow_zero else value > 0):
         expected = "a finite number >= 0" if allow_zero else "a finite number > 0"
         raise ValueError(f"{name} must be {expected}; got {value!r}")
@@ -52,8 +62,9 @@ def check_positive(name, value, allow_zero=False):
 
 
 def check_range(name, value, low, high, high_inclusive=True, doc=""):
-    if not isinstance(value, (int, float, np.integer, np.floating)) or not np.isfinite(value):
-        raise ValueError(f"{name} must be a finite number in [{low}, {high}]; got {value!r}")
+    if not _is_number(value) or not np.isfinite(value):
+        bracket = "]" if high_inclusive else ")"
+        raise ValueError(f"{name} must be a finite number in [{low}, {high}{bracket}; got {value!r}")
     ok = low <= value <= high if high_inclusive else low <= value < high
     if not ok:
         bracket = "]" if high_inclusive else ")"

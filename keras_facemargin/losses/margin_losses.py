@@ -7,6 +7,7 @@ Every loss here takes `y_pred = cos θ` from a `CosineHead` and differs from the
 import math
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_facemargin import _backend, _checks
@@ -457,26 +458,58 @@ class ArcFaceLoss(MarginSoftmaxLoss):
         return {**super().get_config(), "margin": self.margin, "easy_margin": self.easy_margin}
 
 
+def _combined_margin_excess(m1, m2, m3, points=200_001):
+    """max over θ in [0, π] of ψ(θ) − cos θ for the combined margin, and the θ where it is largest.
+
+    In float64 on a grid of `points` angles: ψ − cos θ is smooth between the fallback's start and
+    the ends, so the grid's maximum is within (1 + m1²)(π / points)² / 8 (about 1e-10 here) of
+    the true one.
+    """
+    theta = np.linspace(0.0, math.pi, points)
+    cosine = np.cos(theta)
+    theta_max = (math.pi - m2) / m1
+    offset = max(m2 * math.sin(m2), 1.0 + math.cos(theta_max))
+    psi = np.where(theta <= theta_max, np.cos(m1 * theta + m2), cosine - offset) - m3
+    excess = psi - cosine
+    worst = int(np.argmax(excess))
+    return float(excess[worst]), float(theta[worst]), theta[excess > _MARGIN_TOLERANCE]
+
+
+# ψ(θ) may exceed cos θ by this much (rounding) and still count as a margin.
+_MARGIN_TOLERANCE = 1e-9
+
+
 @keras.saving.register_keras_serializable(package="keras_facemargin")
 class CombinedMarginLoss(MarginSoftmaxLoss):
     """All three margins at once: ψ(θ) = cos(m1·θ + m2) − m3.
 
     m1 = 1, m2 = 0.5, m3 = 0 is ArcFace; m1 = 1, m2 = 0, m3 = 0.35 is CosFace; m1 > 1 is a
-    multiplicative margin in the spirit of SphereFace. All three margins are applied, whatever
-    their combination. Where m1·θ + m2 > π, ψ falls back to cos θ − c − m3 with c chosen so that ψ
-    keeps decreasing in θ (for m1 = 1 this is ArcFace's fallback, c = m2·sin m2).
+    multiplicative margin in the spirit of SphereFace; m1 < 1 shrinks the angle and needs m2 or
+    m3 to make up for it (the ArcFace paper's CM2 is (0.9, 0.4, 0.15)). Where m1·θ + m2 > π,
+    cos(m1·θ + m2) would rise again; ψ falls back to cos θ − c − m3 there, with
+    c = max(m2·sin m2, 1 + cos θ_max) at θ_max = (π − m2) / m1, so that ψ never jumps upwards
+    (for m1 = 1 this is InsightFace's ArcFace fallback, c = m2·sin m2). With that fallback ψ
+    decreases over all of θ in [0, π] for every m1 > 0 and m2 in [0, π). InsightFace's own
+    combined margin (its `loss_type` 5) applies cos(m1·θ + m2) − m3 with no fallback at all.
+
+    Every combination that makes a margin is accepted, the literature's included (CM1 (1, 0.3,
+    0.2), CM2 (0.9, 0.4, 0.15), (1.2, 0.4, 0), (1.1, 0, 0.35), SphereFace-like (1.35, 0, 0)). It is
+    refused when it cannot: m1 <= 0 (ψ would not decrease), m2 < 0 (ψ would rise near θ = 0),
+    m2 >= π (no angle left for the arc), a non-finite value, or a ψ that exceeds cos θ somewhere
+    in [0, π] (the "margin" would make some targets easier, as m1 < 1 without enough m2 or m3
+    does for large θ).
 
     Args:
-        m1: multiplicative angular margin, in [1, 4].
-        m2: additive angular margin in radians, in [0, π/2].
-        m3: additive cosine margin, in [0, 1].
+        m1: multiplicative angular margin, > 0.
+        m2: additive angular margin in radians, in [0, π).
+        m3: additive cosine margin (any finite value that keeps ψ(θ) <= cos θ).
         scale: s > 0.
         label_smoothing, check_inputs, reduction, name, dtype: see `MarginSoftmaxLoss`.
 
     Example:
 
     ```python
-    loss = keras_facemargin.losses.CombinedMarginLoss(m1=1.0, m2=0.3, m3=0.2)
+    loss = keras_facemargin.losses.CombinedMarginLoss(m1=0.9, m2=0.4, m3=0.15)  # CM2
     ```
 
     Reference:
@@ -486,9 +519,20 @@ class CombinedMarginLoss(MarginSoftmaxLoss):
 
     def __init__(self, m1=1.0, m2=0.3, m3=0.2, scale=64.0, **kwargs):
         super().__init__(scale=scale, **kwargs)
-        self.m1 = _checks.check_range("m1", m1, 1.0, 4.0)
-        self.m2 = _checks.check_range("m2", m2, 0.0, math.pi / 2, doc=" radians")
-        self.m3 = _checks.check_range("m3", m3, 0.0, 1.0)
+        self.m1 = _checks.check_positive("m1", m1)
+        self.m2 = _checks.check_range(
+            "m2", m2, 0.0, math.pi, high_inclusive=False,
+            doc=" radians (a negative m2 makes ψ rise with θ near θ = 0)",
+        )
+        self.m3 = _checks.check_finite("m3", m3)
+        excess, where, above = _combined_margin_excess(self.m1, self.m2, self.m3)
+        if excess > _MARGIN_TOLERANCE:
+            raise ValueError(
+                f"(m1, m2, m3) = ({self.m1}, {self.m2}, {self.m3}) is not a margin: ψ(θ) = "
+                f"cos(m1·θ + m2) − m3 exceeds cos θ for θ in [{math.degrees(above.min()):.1f}°, "
+                f"{math.degrees(above.max()):.1f}°] (by {excess:.3g} at θ = {math.degrees(where):.1f}°); "
+                "it must stay <= cos θ over [0°, 180°]: raise m2 or m3, or bring m1 closer to 1"
+            )
 
     def apply_margin(self, cosine):
         return _combined_margin(cosine, self.m1, self.m2, self.m3)
