@@ -43,18 +43,40 @@ def graph_assert(condition, message, value):
             tf.debugging.Assert(condition, [message, value])
 
 
-def _is_number(value):
+def is_number(value):
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
 
 
+def check_bool(name, value):
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False; got {value!r}")
+    return bool(value)
+
+
+def check_integer(name, value, low, doc=""):
+    """An integer >= low (an integral float such as 4.0 counts; a bool or a string does not)."""
+    integral = is_number(value) and np.isfinite(value) and float(value).is_integer()
+    if not integral or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}{doc}; got {value!r}")
+    return int(value)
+
+
+def keras_object(name, value, getter, what):
+    """`getter(value)` (keras.initializers.get, ...) with its errors in the house form."""
+    try:
+        return getter(value)
+    except (ValueError, TypeError):
+        raise ValueError(f"{name} must be {what} (a name, a config dict or an instance); got {value!r}") from None
+
+
 def check_finite(name, value):
-    if not _is_number(value) or not np.isfinite(value):
+    if not is_number(value) or not np.isfinite(value):
         raise ValueError(f"{name} must be a finite number; got {value!r}")
     return float(value)
 
 
 def check_positive(name, value, allow_zero=False):
-    number = _is_number(value) and np.isfinite(value)
+    number = is_number(value) and np.isfinite(value)
     if not number or not (value >= 0 if allow_zero else value > 0):
         expected = "a finite number >= 0" if allow_zero else "a finite number > 0"
         raise ValueError(f"{name} must be {expected}; got {value!r}")
@@ -62,7 +84,7 @@ def check_positive(name, value, allow_zero=False):
 
 
 def check_range(name, value, low, high, high_inclusive=True, doc=""):
-    if not _is_number(value) or not np.isfinite(value):
+    if not is_number(value) or not np.isfinite(value):
         bracket = "]" if high_inclusive else ")"
         raise ValueError(f"{name} must be a finite number in [{low}, {high}{bracket}; got {value!r}")
     ok = low <= value <= high if high_inclusive else low <= value < high
@@ -75,6 +97,20 @@ def check_range(name, value, low, high, high_inclusive=True, doc=""):
 def check_rank(name, x, rank, shape_doc):
     if len(x.shape) != rank:
         raise ValueError(f"{name} must have shape {shape_doc}; got shape {tuple(x.shape)}")
+
+
+def check_finite_rows(name, x, what):
+    """Eagerly: a ValueError naming NaN/Inf rows of `x` `[batch, ...]` (in graphs: nothing)."""
+    values = concrete(x)
+    if values is None or not values.size:
+        return
+    finite = np.isfinite(values)
+    if not finite.all():
+        kinds = " or ".join(k for k, bad in (("NaN", np.isnan(values).any()), ("Inf", np.isinf(values).any()))
+                            if bad)
+        rows = int((~finite.reshape(len(values), -1).all(axis=-1)).sum())
+        raise ValueError(f"{name} must be finite {what}; got NaN or Inf in {rows} of {len(values)} rows "
+                         f"({kinds})")
 
 
 def check_same_batch(y_true, y_pred):
@@ -135,3 +171,11 @@ def to_loss_dtype(y_pred, dtype):
     if not hasattr(y_pred, "dtype") or keras.backend.standardize_dtype(y_pred.dtype) not in _maths.HALF:
         return y_pred
     return _maths.saturating_cast(ops.convert_to_tensor(y_pred), dtype)
+
+
+def reduce_empty(loss, reduction):
+    """Keras returns the per-sample values unreduced when a batch is statically empty (shape
+    `(0,)`); a reduced loss of an empty batch is 0 (with zero gradients)."""
+    if reduction not in (None, "none") and tuple(loss.shape) == (0,):
+        return ops.sum(loss)
+    return loss

@@ -501,3 +501,34 @@ def test_combined_margin_accepts_negative_m3_where_the_angle_margin_covers_it():
     """ψ = cos(θ + 0.5) + 0.1 stays below cos θ (their gap is at least 2 sin²(0.25) = 0.122)."""
     loss = kf.losses.CombinedMarginLoss(m1=1.0, m2=0.5, m3=-0.1)
     assert loss.m3 == -0.1
+
+
+# ---- empty batches, non-finite cosines (issue 13) --------------------------------------------
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("dense", [False, True], ids=["sparse", "dense"])
+def test_empty_batch_gives_zero_loss_and_zero_gradients(case, dense):
+    loss, _ = make_loss(case)
+    y = np.zeros((0, 5), "float32") if dense else np.zeros((0,), "int32")
+    value, (grad,) = value_and_grad(lambda c: loss(y, c), np.zeros((0, 5), "float32"))
+    assert value == 0.0 and grad.shape == (0, 5)
+
+
+@pytest.mark.parametrize("bad, shown", [(math.nan, "NaN"), (math.inf, "Inf"), (-math.inf, "Inf")])
+def test_non_finite_cosines_are_named_as_such_not_as_raw_logits(bad, shown):
+    cos = np.array([[0.1, 0.2, 0.3], [0.0, bad, 0.5]], "float32")
+    with pytest.raises(ValueError, match=rf"y_pred must be finite cosines; got {shown} in 1 of 2 rows") as info:
+        kf.losses.ArcFaceLoss()(np.array([0, 1]), cos)
+    assert "Raw logits" not in str(info.value)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tf.function graph")
+def test_non_finite_cosines_in_a_graph():
+    """NaN and Inf trip the graph's range assertion, whose message names them."""
+    import tensorflow as tf
+
+    fn = tf.function(lambda y, c: kf.losses.CosFaceLoss()(y, c))
+    for bad in (math.inf, math.nan):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"finite cosines .*NaN/Inf"):
+            fn(tf.constant([0, 1]), tf.constant([[0.1, bad], [0.2, 0.3]]))

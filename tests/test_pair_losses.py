@@ -734,3 +734,33 @@ def test_gradients_stay_finite_for_zero_tiny_and_huge_rows(case, kind, dtype, rn
     value, (grad,) = value_and_grad(lambda e: loss(labels, e), embeddings)
     assert np.isfinite(value) and str(grad.dtype) == dtype
     assert np.all(np.isfinite(grad.astype("float64")))
+
+
+# ---- empty batches and non-finite embeddings (issue 13) ---------------------------------------
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_empty_batch_gives_zero_loss_and_zero_gradients(case):
+    loss = make_loss(case)
+    value, (grad,) = value_and_grad(lambda e: loss(np.zeros((0,), "int32"), e), np.zeros((0, 4), "float32"))
+    assert value == 0.0 and grad.shape == (0, 4)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tf.function with an unknown batch")
+@pytest.mark.parametrize("case", list(CASES))
+def test_empty_batch_in_a_graph_with_unknown_batch_size(case):
+    import tensorflow as tf
+
+    loss = make_loss(case)
+    fn = tf.function(lambda y, e: loss(y, e), input_signature=[
+        tf.TensorSpec((None,), tf.int32), tf.TensorSpec((None, 4), tf.float32)])
+    assert float(fn(tf.zeros((0,), tf.int32), tf.zeros((0, 4)))) == 0.0
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+@pytest.mark.parametrize("name", PAIR_NAMES)
+def test_non_finite_embeddings_are_named_as_such(name, bad, rng):
+    x = rng.normal(size=(6, 4)).astype("float32")
+    x[2, 1] = bad
+    with pytest.raises(ValueError, match=r"y_pred must be finite embeddings; got NaN or Inf in 1 of 6 rows"):
+        kf.losses.get(name)(np.array([0, 0, 1, 1, 2, 2]), x)

@@ -157,8 +157,12 @@ class CosineHead(keras.layers.Layer):
         check_num_classes(num_classes)
         epsilon = _checks.check_positive("epsilon", epsilon)
         self.num_classes = num_classes
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.kernel_initializer = _checks.keras_object(
+            "kernel_initializer", kernel_initializer, keras.initializers.get, "a Keras initializer"
+        )
+        self.kernel_regularizer = _checks.keras_object(
+            "kernel_regularizer", kernel_regularizer, keras.regularizers.get, "a Keras regularizer or None"
+        )
         self.epsilon = epsilon
 
     def build(self, input_shape):

@@ -164,8 +164,12 @@ class PartialFC(keras.layers.Layer):
         self.seed = None if seed is None else int(seed)
         if kernel_initializer is None:
             kernel_initializer = keras.initializers.RandomNormal(stddev=0.01)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.kernel_initializer = _checks.keras_object(
+            "kernel_initializer", kernel_initializer, keras.initializers.get, "a Keras initializer"
+        )
+        self.kernel_regularizer = _checks.keras_object(
+            "kernel_regularizer", kernel_regularizer, keras.regularizers.get, "a Keras regularizer or None"
+        )
         self.epsilon = epsilon
         self.num_sampled = min(num_classes, math.ceil(self.sample_rate * num_classes))
         self.seed_generator = keras.random.SeedGenerator(self.seed)

@@ -104,10 +104,11 @@ class MarginSoftmaxLoss(keras.losses.Loss):
         self.label_smoothing = _checks.check_range(
             "label_smoothing", label_smoothing, 0.0, 1.0, high_inclusive=False
         )
-        self.check_inputs = bool(check_inputs)
+        self.check_inputs = _checks.check_bool("check_inputs", check_inputs)
 
     def __call__(self, y_true, y_pred, sample_weight=None):
-        return super().__call__(y_true, _checks.to_loss_dtype(y_pred, self.dtype), sample_weight)
+        loss = super().__call__(y_true, _checks.to_loss_dtype(y_pred, self.dtype), sample_weight)
+        return _checks.reduce_empty(loss, self.reduction)
 
     def apply_margin(self, cosine):
         """ψ: the margin-penalised target cosine, elementwise on any shape."""
@@ -127,6 +128,8 @@ class MarginSoftmaxLoss(keras.losses.Loss):
             raise ValueError(
                 f"y_pred must have a known width num_classes >= 2; got shape {tuple(cosine.shape)}"
             )
+        if cosine.shape[0] == 0:  # an empty batch: loss 0 (the row reductions below need rows)
+            return ops.sum(cosine, axis=-1)
         valid = self._check_cosine(cosine)
         if len(y_true.shape) not in (1, 2):
             raise ValueError(
@@ -149,6 +152,14 @@ class MarginSoftmaxLoss(keras.losses.Loss):
         values = _checks.concrete(cosine)
         limit = 1.0 + _RANGE_TOLERANCE
         if values is not None:
+            finite = np.isfinite(values)
+            if values.size and not finite.all():
+                kinds = " and ".join(k for k, bad in (("NaN", np.isnan(values).any()),
+                                                      ("Inf", np.isinf(values).any())) if bad)
+                raise ValueError(
+                    f"y_pred must be finite cosines; got {kinds} in {int((~finite.all(axis=-1)).sum())} "
+                    f"of {len(values)} rows (the features reaching the head were NaN/Inf already)"
+                )
             if values.size and not (abs(values).max() <= limit):
                 raise ValueError(
                     "y_pred must be cosines in [-1, 1] (the output of a CosineHead); got values in "
@@ -161,7 +172,8 @@ class MarginSoftmaxLoss(keras.losses.Loss):
         largest = ops.max(cosine, axis=-1)
         _checks.graph_assert(
             ops.all(largest <= limit),
-            "y_pred must be cosines in [-1, 1] (the output of a CosineHead); got max y_pred",
+            "y_pred must be finite cosines in [-1, 1] (the output of a CosineHead; NaN/Inf means the "
+            "features were NaN/Inf already); got max y_pred",
             ops.max(largest),
         )
         return largest <= limit
@@ -332,7 +344,8 @@ class SphereFaceLoss(MarginSoftmaxLoss):
     """
 
     def __init__(self, margin=4, scale=30.0, **kwargs):
-        if isinstance(margin, bool) or not float(margin).is_integer() or margin < 1:
+        if not (_checks.is_number(margin) and np.isfinite(margin) and float(margin).is_integer()
+                and margin >= 1):
             raise ValueError(f"margin must be a positive integer (SphereFace's m); got {margin!r}")
         super().__init__(scale=scale, **kwargs)
         self.margin = int(margin)
@@ -440,7 +453,7 @@ class ArcFaceLoss(MarginSoftmaxLoss):
     def __init__(self, margin=0.5, scale=64.0, easy_margin=False, **kwargs):
         super().__init__(scale=scale, **kwargs)
         self.margin = _checks.check_range("margin", margin, 0.0, math.pi / 2, doc=" radians")
-        self.easy_margin = bool(easy_margin)
+        self.easy_margin = _checks.check_bool("easy_margin", easy_margin)
 
     def apply_margin(self, cosine):
         if self.easy_margin:
