@@ -5,17 +5,19 @@ Every loss here takes `y_pred = cos θ` from a `CosineHead` and differs from the
 """
 
 import math
+import threading
 
 import keras
 import numpy as np
 from keras import ops
 
-from keras_facemargin import _backend, _checks
+from keras_facemargin import _backend, _checks, _loss_state
 
 # arccos is clipped to [-1 + _CLIP, 1 - _CLIP] so that its gradient stays finite at cos θ = ±1.
 _CLIP = 1e-7
 _RANGE_TOLERANCE = 1e-3
-_HALF = ("float16", "bfloat16")
+# The head that produced the y_pred of the current call, looked up before Keras converts y_pred.
+_calls = threading.local()
 
 
 def _angle(cosine):
@@ -49,6 +51,46 @@ def _leave_one_out_logsumexp(z):
     return ops.where(is_top, top, others)
 
 
+def _and(a, b):
+    if a is None:
+        return b
+    return a if b is None else ops.logical_and(a, b)
+
+
+class Batch:
+    """What `MarginSoftmaxLoss.prepare` sees of one step.
+
+    Attributes:
+        cosine: cos θ, `[batch, num_classes]`.
+        norms: the feature norms `[batch]` (None unless the loss `needs_feature_norms`).
+        labels: integer labels `[batch]` (None for dense targets).
+        dense: dense target rows `[batch, num_classes]` (None for labels).
+        valid: rows whose labels and cosines passed the checks, `[batch]` bool (None: all).
+        num_classes: the head's number of classes (more than the width under `PartialFC`).
+    """
+
+    def __init__(self, cosine, norms=None, labels=None, dense=None, valid=None, num_classes=None):
+        self.cosine, self.norms, self.labels, self.dense = cosine, norms, labels, dense
+        self.valid = valid
+        self.num_classes = cosine.shape[-1] if num_classes is None else num_classes
+        self._target = None
+
+    @property
+    def target_cosine(self):
+        """cos θ of each row's target, `[batch]` (label-weighted over a dense row)."""
+        if self._target is None:
+            if self.dense is None:
+                self._target = _backend.take_per_row(self.cosine, ops.cast(self.labels, "int32"))
+            else:
+                self._target = ops.sum(self.dense * self.cosine, axis=-1)
+        return self._target
+
+    def row_weights(self):
+        """1 for the rows that count in batch statistics, 0 for rows that failed a check."""
+        ones = ops.ones_like(self.cosine[:, 0])
+        return ones if self.valid is None else ops.where(self.valid, ones, ops.zeros_like(ones))
+
+
 @keras.saving.register_keras_serializable(package="keras_facemargin")
 class MarginSoftmaxLoss(keras.losses.Loss):
     """Base class: softmax cross-entropy on s·cos θ with the target cosine replaced by ψ(θ).
@@ -73,6 +115,17 @@ class MarginSoftmaxLoss(keras.losses.Loss):
     graph a `tf.debugging.Assert` raises; under XLA or `jax.jit`, which cannot raise, the loss of
     the offending samples is NaN. `check_inputs=False` turns all of this off.
 
+    What a loss needs from its head is declared on the class, so that `build_recognizer` (and the
+    command line) can build the head from the loss class alone: `needs_feature_norms` (the head
+    appends each feature's norm as a last column of `y_pred`, `[batch, num_classes + 1]`),
+    `uses_seed` (random draws), `state_variables(num_classes)` (running statistics, kept by the
+    head: see `keras_facemargin.heads.CosineHead(loss=...)`) and `sub_centers` (sub-centres
+    per class the head must have; 1: any). Subclasses whose margin depends on the sample (its
+    feature norm, a random draw) or on batch statistics override `prepare`, which returns
+    per-sample margin parameters, the scale and the updated statistics, and take those
+    parameters as `apply_margin(cosine, params)`; `stateless_call` runs one step with an
+    explicit state.
+
     Args:
         scale: s > 0, the norm the cosines are scaled to (the inverse softmax temperature).
         label_smoothing: ε in [0, 1).
@@ -89,6 +142,15 @@ class MarginSoftmaxLoss(keras.losses.Loss):
     Reference:
         Wang et al., "NormFace: L2 Hypersphere Embedding for Face Verification", 2017.
     """
+
+    #: Whether `y_pred` must end with a column of feature norms (the head appends it).
+    needs_feature_norms = False
+    #: Whether the loss draws random numbers (the head keeps the generator's state).
+    uses_seed = False
+    #: Sub-centres per class the head must have; 1 means the loss works with any head.
+    sub_centers = 1
+    # Whether the margin parameters from `prepare` carry gradients (then ψ goes through autodiff).
+    _parameters_have_gradients = False
 
     def __init__(
         self,
@@ -107,7 +169,11 @@ class MarginSoftmaxLoss(keras.losses.Loss):
         self.check_inputs = _checks.check_bool("check_inputs", check_inputs)
 
     def __call__(self, y_true, y_pred, sample_weight=None):
-        loss = super().__call__(y_true, _checks.to_loss_dtype(y_pred, self.dtype), sample_weight)
+        _calls.head = _loss_state.head_of(y_pred)
+        try:
+            loss = super().__call__(y_true, _checks.to_loss_dtype(y_pred, self.dtype), sample_weight)
+        finally:
+            _calls.head = None
         return _checks.reduce_empty(loss, self.reduction)
 
     def apply_margin(self, cosine):
@@ -118,33 +184,147 @@ class MarginSoftmaxLoss(keras.losses.Loss):
         """dψ/d cos θ, elementwise: the derivative of `apply_margin`."""
         return ops.ones_like(cosine)
 
+    def state_variables(self, num_classes):
+        """`{name: initial value}` of the running statistics the head keeps for this loss."""
+        return {}
+
+    def prepare(self, batch, state, training):
+        """The margin parameters of one step: `(params, scale, new_state)`.
+
+        Args:
+            batch: the step's `Batch` (cosines, feature norms, targets).
+            state: `{name: value}` of the running statistics (and `"seed"`).
+            training: whether this is a training step (statistics are updated, margins drawn).
+
+        Returns:
+            `params`, `{name: [batch] tensor}` for `apply_margin(cosine, params)` (empty: the
+            loss's fixed ψ); the scale s (a float or a scalar tensor); and the new state.
+        """
+        return {}, self.scale, {}
+
+    def extra_loss(self, batch, params):
+        """A term added to every sample's loss, `[batch]` (MagFace's regulariser), or None."""
+        return None
+
+    def initial_state(self, num_classes, seed=None):
+        """The statistics before the first step, as tensors (and `"seed"` for `uses_seed`)."""
+        state = {k: ops.convert_to_tensor(v, "float32") for k, v in self.state_variables(num_classes).items()}
+        if self.uses_seed:
+            state["seed"] = ops.convert_to_tensor(
+                np.array([0 if seed is None else seed, 0]), keras.backend.random_seed_dtype())
+        return state
+
     def call(self, y_true, y_pred):
-        cosine = y_pred
-        if cosine.dtype in _HALF:
-            cosine = ops.cast(cosine, "float32")
-        _checks.check_rank("y_pred", cosine, 2, "[batch, num_classes] (cos θ from a CosineHead)")
-        num_classes = cosine.shape[-1]
-        if num_classes is None or num_classes < 2:
-            raise ValueError(
-                f"y_pred must have a known width num_classes >= 2; got shape {tuple(cosine.shape)}"
+        found = getattr(_calls, "head", None)
+        head, training = found if found is not None else (None, False)
+        owner = self._state_owner(head, y_pred)
+        width = y_pred.shape[-1] - (1 if self.needs_feature_norms else 0)
+        num_classes = owner.num_classes if owner is not None else width
+        state = owner.values() if owner is not None else self.initial_state(num_classes)
+        update = training and owner is not None
+        loss, new_state = self.stateless_call(y_true, y_pred, state, training=update,
+                                              num_classes=num_classes)
+        if update and new_state:
+            owner.assign(new_state)
+        return loss
+
+    def _state_owner(self, head, y_pred):
+        """The `LossState` of the head that produced `y_pred` (None: no head, a plain head for a
+        stateless loss), after checking that the head hands over what this loss needs."""
+        if head is None:
+            return None
+        needs = (self.needs_feature_norms, tuple(self.state_variables(head.num_classes)), self.uses_seed)
+        has = head.loss_signature()
+        problem = None
+        if needs != has:
+            problem = (
+                f"needs a head built for it (feature norms: {needs[0]}, running statistics: "
+                f"{list(needs[1]) + (['seed'] if needs[2] else [])}); the head {head.name!r} hands over "
+                f"feature norms: {has[0]}, statistics: {list(has[1]) + (['seed'] if has[2] else [])}"
             )
+        elif self.sub_centers > 1 and head.sub_centers != self.sub_centers:
+            problem = f"needs a head with sub_centers={self.sub_centers}; {head.name!r} has {head.sub_centers}"
+        if problem:
+            raise ValueError(
+                f"{type(self).__name__} {problem}. Build the head from the loss: "
+                "keras_facemargin.heads.CosineHead(num_classes, loss=loss) or "
+                "build_recognizer(backbone, num_classes, loss=loss)"
+            )
+        return head.loss_state
+
+    def stateless_call(self, y_true, y_pred, state=None, training=False, num_classes=None):
+        """One step with an explicit state: `(per-sample loss [batch], new state)`.
+
+        Args:
+            y_true: labels or dense target rows, as for `call`.
+            y_pred: cos θ `[batch, num_classes]` (with the norm column for `needs_feature_norms`).
+            state: `{name: value}` (see `state_variables`); default `initial_state`.
+            training: whether to update the statistics and draw the random margins.
+            num_classes: the number of classes of the head (default: y_pred's width).
+        """
+        y_pred = ops.convert_to_tensor(y_pred)
+        cosine, norms = self._split(y_pred)
+        _checks.check_rank("y_pred", cosine, 2, "[batch, num_classes] (cos θ from a CosineHead)")
+        width = cosine.shape[-1]
+        if width is None or width < 2:
+            raise ValueError(
+                f"y_pred must have a known width num_classes >= 2; got shape {tuple(y_pred.shape)}"
+            )
+        num_classes = width if num_classes is None else num_classes
+        if state is None:
+            state = self.initial_state(num_classes)
         if cosine.shape[0] == 0:  # an empty batch: loss 0 (the row reductions below need rows)
-            return ops.sum(cosine, axis=-1)
+            return ops.sum(cosine, axis=-1), {}
         valid = self._check_cosine(cosine)
+        y_true = ops.convert_to_tensor(y_true)
         if len(y_true.shape) not in (1, 2):
             raise ValueError(
                 "y_true must be integer labels [batch] or [batch, 1], or dense rows "
-                f"[batch, num_classes={num_classes}]; got shape {tuple(y_true.shape)}"
+                f"[batch, num_classes={width}]; got shape {tuple(y_true.shape)}"
             )
         _checks.check_same_batch(y_true, cosine)
         if len(y_true.shape) == 2 and y_true.shape[-1] != 1:
-            loss, labels_valid = self._dense_loss(y_true, cosine)
+            batch = Batch(cosine, norms, dense=self._dense_targets(y_true, cosine), valid=valid,
+                          num_classes=num_classes)
+            labels_valid = None
         else:
-            loss, labels_valid = self._sparse_loss(y_true, cosine)
+            labels, labels_valid = _checks.sparse_labels(y_true, width, self.check_inputs)
+            safe = labels if labels_valid is None else ops.where(labels_valid, labels, 0)
+            rows_valid = _and(valid, labels_valid)
+            batch = Batch(cosine, norms, labels=safe, valid=rows_valid, num_classes=num_classes)
+        state = {k: ops.cast(v, cosine.dtype) if k != "seed" else v for k, v in state.items()}
+        params, scale, new_state = self.prepare(batch, state, training)
+        if batch.dense is not None:
+            loss = self._dense_loss(batch.dense, cosine, params, scale)
+        else:
+            loss = self._sparse_loss(batch.labels, cosine, params, scale)
+        extra = self.extra_loss(batch, params)
+        if extra is not None:
+            loss = loss + extra
         for mask in (valid, labels_valid):
             if mask is not None:
                 loss = ops.where(mask, loss, ops.full_like(loss, math.nan))
-        return loss
+        return loss, new_state
+
+    def _split(self, y_pred):
+        """`(cosines, feature norms or None)` from `y_pred`."""
+        if not self.needs_feature_norms:
+            return y_pred, None
+        if len(y_pred.shape) != 2 or y_pred.shape[-1] is None or y_pred.shape[-1] < 3:
+            raise ValueError(
+                f"{type(self).__name__} needs y_pred = [cosines | feature norm], shape "
+                "[batch, num_classes + 1] (CosineHead(num_classes, loss=loss) hands it over); got shape "
+                f"{tuple(y_pred.shape)}"
+            )
+        norms = y_pred[:, -1]
+        values = _checks.concrete(norms) if self.check_inputs else None
+        if values is not None and values.size and not values.min() >= 0:
+            raise ValueError(
+                f"the last column of y_pred must be the feature norms (>= 0) for {type(self).__name__}; "
+                f"got values down to {values.min():g}. Build the head with CosineHead(num_classes, "
+                "loss=loss), which appends them"
+            )
+        return y_pred[:, :-1], norms
 
     def _check_cosine(self, cosine):
         if not self.check_inputs:
@@ -182,31 +362,37 @@ class MarginSoftmaxLoss(keras.losses.Loss):
         """The cross-entropy targets (true class, every other class)."""
         return 1.0 - self.label_smoothing, self.label_smoothing / (num_classes - 1)
 
-    def _sparse_loss(self, y_true, cosine):
-        num_classes = cosine.shape[-1]
-        labels, valid = _checks.sparse_labels(y_true, num_classes, self.check_inputs)
-        safe_labels = labels if valid is None else ops.where(valid, labels, 0)
-        fused = self.label_smoothing == 0.0 and keras.backend.backend() == "tensorflow"
-        if fused and self._slope_matches_margin():
-            return self._margin_logits(cosine, safe_labels, cross_entropy=True), valid
-        logits = self._margin_logits(cosine, safe_labels)
-        if self.label_smoothing == 0.0:
-            loss = ops.sparse_categorical_crossentropy(safe_labels, logits, from_logits=True)
-        else:
-            on, off = self._smoothed_targets(num_classes)
-            is_target = ops.one_hot(safe_labels, num_classes, dtype=cosine.dtype)
-            targets = is_target * (on - off) + off
-            loss = ops.categorical_crossentropy(targets, logits, from_logits=True)
-        return loss, valid
+    def _psi(self, cosine, params):
+        return self.apply_margin(cosine, params) if params else self.apply_margin(cosine)
 
-    def _margin_logits(self, cosine, labels, cross_entropy=False):
+    def _psi_slope(self, cosine, params):
+        return self.margin_slope(cosine, params) if params else self.margin_slope(cosine)
+
+    def _fast_backward(self):
+        return self._slope_matches_margin() and not self._parameters_have_gradients
+
+    def _sparse_loss(self, labels, cosine, params, scale):
+        num_classes = cosine.shape[-1]
+        fused = self.label_smoothing == 0.0 and keras.backend.backend() == "tensorflow"
+        if fused and self._fast_backward():
+            return self._margin_logits(cosine, labels, params, scale, cross_entropy=True)
+        logits = self._margin_logits(cosine, labels, params, scale)
+        if self.label_smoothing == 0.0:
+            return ops.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+        on, off = self._smoothed_targets(num_classes)
+        is_target = ops.one_hot(labels, num_classes, dtype=cosine.dtype)
+        targets = is_target * (on - off) + off
+        return ops.categorical_crossentropy(targets, logits, from_logits=True)
+
+    def _margin_logits(self, cosine, labels, params, scale, cross_entropy=False):
         """s·cos θ with each row's target entry replaced by s·ψ(θ_target), `[batch, classes]`.
 
         Written with its own gradient: autodiff of a gather and a scatter makes TensorFlow
         materialise several `[batch, classes]` gradients and add them, while the gradient is
         just the upstream one scaled by s, with each target entry times ψ'. Both directions
         are one pass over `[batch, classes]` plus an update of the B target entries (in place,
-        as nothing else reads the fresh copy).
+        as nothing else reads the fresh copy). Margin parameters with gradients (MagFace's
+        norm-dependent margin) take the autodiff path.
 
         With `cross_entropy=True` (TensorFlow only) it returns the sparse softmax cross-entropy
         of those logits, `[batch]`, from TensorFlow's fused kernel, which also returns
@@ -215,19 +401,20 @@ class MarginSoftmaxLoss(keras.losses.Loss):
         rows = ops.arange(ops.shape(cosine)[0], dtype="int32")
         labels = ops.cast(labels, "int32")
         indices = ops.stack([rows, labels], axis=1)
-        scale = self.scale
+        if not isinstance(scale, float):
+            scale = ops.stop_gradient(ops.cast(scale, cosine.dtype))
 
         def targets_of(x):
             return _backend.take_per_row(x, labels)
 
-        if not self._slope_matches_margin():
+        if not self._fast_backward():
             target = targets_of(cosine)
-            return ops.scatter_update(scale * cosine, indices, scale * self.apply_margin(target))
+            return ops.scatter_update(scale * cosine, indices, scale * self._psi(target, params))
 
         @ops.custom_gradient
         def margin_logits(cosine):
             target = targets_of(cosine)
-            out = ops.scatter_update(scale * cosine, indices, scale * self.apply_margin(target))
+            out = ops.scatter_update(scale * cosine, indices, scale * self._psi(target, params))
             if cross_entropy:
                 import tensorflow as tf
 
@@ -242,7 +429,7 @@ class MarginSoftmaxLoss(keras.losses.Loss):
                     scaled = softmax_minus_one_hot * (scale * upstream)[:, None]
                 else:
                     scaled = scale * upstream
-                slope = targets_of(scaled) * self.margin_slope(target)
+                slope = targets_of(scaled) * self._psi_slope(target, params)
                 return ops.scatter_update(scaled, indices, slope)
 
             return out, grad
@@ -257,7 +444,8 @@ class MarginSoftmaxLoss(keras.losses.Loss):
 
         return issubclass(defining_class("margin_slope"), defining_class("apply_margin"))
 
-    def _dense_loss(self, y_true, cosine):
+    def _dense_targets(self, y_true, cosine):
+        """Dense target rows `[batch, num_classes]`, checked and cast to the cosines' dtype."""
         num_classes = cosine.shape[-1]
         if tuple(y_true.shape)[1:] != (num_classes,):
             raise ValueError(
@@ -274,9 +462,15 @@ class MarginSoftmaxLoss(keras.losses.Loss):
                         f"classes); got values in [{values.min():g}, {values.max():g}] and row "
                         f"sums in [{sums.min():g}, {sums.max():g}]"
                     )
-        y_true = ops.cast(y_true, cosine.dtype)
-        logits = self.scale * cosine
-        margin_logits = self.scale * self.apply_margin(cosine)
+        return ops.cast(y_true, cosine.dtype)
+
+    def _dense_loss(self, y_true, cosine, params, scale):
+        num_classes = cosine.shape[-1]
+        if not isinstance(scale, float):
+            scale = ops.stop_gradient(ops.cast(scale, cosine.dtype))
+        columns = {k: v[:, None] for k, v in params.items()}
+        logits = scale * cosine
+        margin_logits = scale * self._psi(cosine, columns)
         # L_j = logsumexp over (every other class's logit, the margin logit of j) minus the
         # smoothed targets' dot product with those logits; one pass over [batch, classes].
         lse = ops.logaddexp(_leave_one_out_logsumexp(logits), margin_logits)
@@ -285,7 +479,7 @@ class MarginSoftmaxLoss(keras.losses.Loss):
         if off:
             others = ops.sum(logits, axis=-1, keepdims=True) - logits
             per_target = per_target - off * others
-        return ops.sum(y_true * per_target, axis=-1), None
+        return ops.sum(y_true * per_target, axis=-1)
 
     def get_config(self):
         config = super().get_config()
