@@ -21,6 +21,8 @@ import weakref
 import keras
 import numpy as np
 
+from keras_facemargin import _backend
+
 _local = threading.local()
 
 
@@ -80,7 +82,7 @@ class LossState(keras.layers.Layer):
                 trainable=False, dtype="float32", aggregation="mean",
             )
         if self.seed is not None:
-            dtype = keras.backend.random_seed_dtype()
+            dtype = _backend.random_seed_dtype()
             self.variables_by_name["seed"] = self.add_weight(
                 name="seed", shape=(2,), dtype=dtype, trainable=False, aggregation="only_first_replica",
                 initializer=keras.initializers.Constant(np.array([self.seed % 2**31, 0])),

@@ -20,15 +20,32 @@ _RANGE_TOLERANCE = 1e-3
 _calls = threading.local()
 
 
-def _angle(cosine):
+def angle(cosine):
+    """θ = arccos(cos θ), from the cosine clipped to [−1 + 1e-7, 1 − 1e-7] (finite slope)."""
     return ops.arccos(ops.clip(cosine, -1.0 + _CLIP, 1.0 - _CLIP))
 
 
-def _angle_slope(cosine):
-    """−dθ/d cos θ = 1 / sin θ for `_angle`: 0 where the cosine is clipped, as autodiff gives."""
+def angle_slope(cosine):
+    """−dθ/d cos θ = 1 / sin θ for `angle`: 0 where the cosine is clipped, as autodiff gives."""
     inside = ops.abs(cosine) < 1.0 - _CLIP
     safe = ops.where(inside, cosine, ops.zeros_like(cosine))
     return ops.where(inside, ops.rsqrt(1.0 - ops.square(safe)), ops.zeros_like(cosine))
+
+
+def arc_margin(cosine, margin):
+    """ArcFace's ψ for a margin that may vary per sample (a tensor broadcasting against `cosine`):
+    cos(θ + m), and InsightFace's cos θ − m·sin m where θ + m > π."""
+    beyond = cosine <= ops.cos(math.pi - margin)
+    return ops.where(beyond, cosine - margin * ops.sin(margin), ops.cos(angle(cosine) + margin))
+
+
+def arc_margin_slope(cosine, margin):
+    """dψ/d cos θ of `arc_margin`."""
+    beyond = cosine <= ops.cos(math.pi - margin)
+    return ops.where(beyond, ops.ones_like(cosine), ops.sin(angle(cosine) + margin) * angle_slope(cosine))
+
+
+_angle, _angle_slope = angle, angle_slope
 
 
 def _leave_one_out_logsumexp(z):
@@ -211,7 +228,7 @@ class MarginSoftmaxLoss(keras.losses.Loss):
         state = {k: ops.convert_to_tensor(v, "float32") for k, v in self.state_variables(num_classes).items()}
         if self.uses_seed:
             state["seed"] = ops.convert_to_tensor(
-                np.array([0 if seed is None else seed, 0]), keras.backend.random_seed_dtype())
+                np.array([0 if seed is None else seed, 0]), _backend.random_seed_dtype())
         return state
 
     def call(self, y_true, y_pred):
