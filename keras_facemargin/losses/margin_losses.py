@@ -32,17 +32,25 @@ def angle_slope(cosine):
     return ops.where(inside, ops.rsqrt(1.0 - ops.square(safe)), ops.zeros_like(cosine))
 
 
+def _beyond_pi(cosine, margin):
+    """Where θ + m > π, for a float margin or a tensor of them."""
+    if isinstance(margin, float):
+        return cosine <= math.cos(math.pi - margin)
+    margin = ops.cast(margin, cosine.dtype)
+    return cosine <= ops.cos(math.pi - margin)
+
+
 def arc_margin(cosine, margin):
     """ArcFace's ψ for a margin that may vary per sample (a tensor broadcasting against `cosine`):
     cos(θ + m), and InsightFace's cos θ − m·sin m where θ + m > π."""
-    beyond = cosine <= ops.cos(math.pi - margin)
-    return ops.where(beyond, cosine - margin * ops.sin(margin), ops.cos(angle(cosine) + margin))
+    offset = margin * math.sin(margin) if isinstance(margin, float) else margin * ops.sin(margin)
+    return ops.where(_beyond_pi(cosine, margin), cosine - offset, ops.cos(angle(cosine) + margin))
 
 
 def arc_margin_slope(cosine, margin):
     """dψ/d cos θ of `arc_margin`."""
-    beyond = cosine <= ops.cos(math.pi - margin)
-    return ops.where(beyond, ops.ones_like(cosine), ops.sin(angle(cosine) + margin) * angle_slope(cosine))
+    slope = ops.sin(angle(cosine) + margin) * angle_slope(cosine)
+    return ops.where(_beyond_pi(cosine, margin), ops.ones_like(cosine), slope)
 
 
 _angle, _angle_slope = angle, angle_slope
