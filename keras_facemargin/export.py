@@ -4,10 +4,11 @@ import os
 
 import keras
 
+from keras_facemargin._maths import norm
 from keras_facemargin.heads.cosine_head import l2_normalize
 
 
-def export_embedder(embedder, path, image_size=None, name="serving_default"):
+def export_embedder(embedder, path, image_size=None, name="serving_default", quality=False):
     """Writes `embedder` as a SavedModel that turns uint8 images into unit-length embeddings.
 
     The signature takes `images`: uint8 `[N, H, W, 3]` at the training size (the model's own
@@ -20,7 +21,10 @@ def export_embedder(embedder, path, image_size=None, name="serving_default"):
     embeddings = serve(images=tf.constant(uint8_images))["embeddings"]
     ```
 
-    Images of another size or dtype are refused by the signature itself.
+    Images of another size or dtype are refused by the signature itself. With `quality=True` the
+    signature also returns `quality`, each image's feature norm `[N]`: a quality score after
+    MagFace training (`keras_facemargin.losses.MagFaceLoss`), where the norm grows with how
+    recognisable a face is.
 
     Args:
         embedder: a Keras model from float32 pixel values `[N, H, W, 3]` in [0, 255] to
@@ -28,12 +32,13 @@ def export_embedder(embedder, path, image_size=None, name="serving_default"):
         path: the SavedModel directory to write (created; an existing export is replaced).
         image_size: `(H, W)`; default: the model's input shape.
         name: the signature name.
+        quality: also serve the feature norms as `quality`.
 
     Returns:
         `path`.
     """
 
-    serve, spec = _serving_function(embedder, image_size)
+    serve, spec = _serving_function(embedder, image_size, quality)
     archive = keras.export.ExportArchive()
     archive.track(embedder)
     archive.add_endpoint(
@@ -46,7 +51,7 @@ def export_embedder(embedder, path, image_size=None, name="serving_default"):
     return path
 
 
-def _serving_function(embedder, image_size):
+def _serving_function(embedder, image_size, quality=False):
     """The uint8-images -> unit-embeddings function both exports serve, and its input spec."""
     import tensorflow as tf
 
@@ -70,8 +75,11 @@ def _serving_function(embedder, image_size):
             tf.shape(images)[1:3], tf.constant([height, width]),
             message=f"images must be uint8 [N, {height}, {width}, {channels}] (the training size)",
         )
-        features = embedder(tf.cast(images, "float32"), training=False)
-        return {"embeddings": tf.cast(l2_normalize(tf.cast(features, "float32")), "float32")}
+        features = tf.cast(embedder(tf.cast(images, "float32"), training=False), "float32")
+        outputs = {"embeddings": l2_normalize(features)}
+        if quality:
+            outputs["quality"] = norm(features, axis=-1)
+        return outputs
 
     return serve, tf.TensorSpec((None, height, width, channels), tf.uint8, name="images")
 

@@ -426,7 +426,7 @@ class ElasticFaceLoss(MarginSoftmaxLoss):
     def __init__(self, kind="arc", margin=None, sigma=0.05, plus=False, seed=None, scale=64.0,
                  **kwargs):
         super().__init__(scale=scale, **kwargs)
-        if kind not in _ELASTIC_KINDS:
+        if not isinstance(kind, str) or kind not in _ELASTIC_KINDS:
             raise ValueError(f"kind must be 'arc' or 'cos'; got {kind!r}")
         self.kind = kind
         margin = _ELASTIC_KINDS[kind] if margin is None else margin
