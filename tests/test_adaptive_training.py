@@ -257,3 +257,24 @@ def test_registry_names_classes_and_config_round_trip(name):
     head = kf.heads.CosineHead(7, loss=loss, name="h")
     clone = check_config_round_trip(head)
     assert clone.loss.get_config() == loss.get_config() and clone.sub_centers == head.sub_centers
+
+
+@TF_ONLY
+@pytest.mark.parametrize("name", STATEFUL)
+def test_an_empty_batch_of_unknown_size_changes_no_statistic(name):
+    """tf.distribute's last, partial step can hand a replica an empty batch inside a graph whose
+    batch size is unknown: the state must stay as it is (AdaCos's scale became NaN, ElasticFace's
+    draws advanced)."""
+    import tensorflow as tf
+
+    loss = make_loss(name)
+    state = loss.initial_state(4, seed=3)
+    width = 5 if loss.needs_feature_norms else 4
+
+    @tf.function(input_signature=[tf.TensorSpec((None,), tf.int32), tf.TensorSpec((None, width), tf.float32)])
+    def step(y, y_pred):
+        return loss.stateless_call(y, y_pred, state, training=True, num_classes=4)[1]
+
+    new = step(tf.zeros((0,), tf.int32), tf.zeros((0, width)))
+    for key, value in state.items():
+        np.testing.assert_array_equal(numpy(new[key]), numpy(value), err_msg=key)

@@ -453,7 +453,9 @@ class ElasticFaceLoss(MarginSoftmaxLoss):
         margins = ops.maximum(draws, 0.0)
         if not isinstance(offset, int):
             margins = ops.slice(margins, [offset], [ops.shape(cosine)[0]])
-        step = ops.convert_to_tensor([0, 1], dtype=seed.dtype)
+        # An empty global batch (tf.distribute's last, partial step can be one) draws nothing.
+        drew = ops.cast(ops.shape(target)[0] > 0, seed.dtype)
+        step = ops.convert_to_tensor([0, 1], dtype=seed.dtype) * drew
         return {"margin": margins}, self.scale, {"seed": seed + step}
 
     def apply_margin(self, cosine, params=None):
@@ -551,9 +553,11 @@ class AdaCosLoss(MarginSoftmaxLoss):
         weights, _ = global_rows(batch.row_weights())
         count = ops.shape(log_b)[0]
         log_b_avg = ops.logsumexp(log_b) - ops.log(ops.cast(count, cosine.dtype))
-        median = ops.median(target_angle)
+        median = ops.cond(count > 0, lambda: ops.cast(ops.median(target_angle), cosine.dtype),
+                          lambda: ops.convert_to_tensor(math.pi / 4, cosine.dtype))
         new = log_b_avg / ops.cos(ops.minimum(math.pi / 4, median))
-        scale = ops.where(ops.all(weights > 0), new, scale)  # a batch with bad rows changes nothing
+        # A batch with bad rows, or an empty one (tf.distribute's last step can be), changes nothing.
+        scale = ops.where(ops.logical_and(ops.all(weights > 0), count > 0), new, scale)
         return {}, scale, {"scale": scale}
 
     def get_config(self):
