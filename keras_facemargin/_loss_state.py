@@ -58,7 +58,7 @@ class LossState(keras.layers.Layer):
     built by hand. Each statistic is a non-trainable float32 scalar weight whose replicas agree
     (`aggregation="mean"` of identical values: the losses reduce their batch statistics over all
     replicas before they update); a loss that draws random numbers (`loss.uses_seed`) also gets a
-    counter of its draws (the generator state is `(seed, draws)`), advanced once per training step.
+    `seed` weight, the `[2]` state of a counter-based generator, advanced once per training step.
 
     Args:
         initial_values: `{name: initial value}`.
@@ -81,32 +81,20 @@ class LossState(keras.layers.Layer):
                 trainable=False, dtype="float32", aggregation="mean",
             )
         if self.seed is not None:
-            # The generator state is (seed, draws): the seed is fixed, the number of draws a float32
-            # counter (exact up to 2^24 steps). An integer weight could only be mirrored with
-            # aggregation "only_first_replica", which does not order the replicas' reads and
-            # writes (two replicas advanced it twice in one step); "mean" does.
             self.variables_by_name["seed"] = self.add_weight(
-                name="draws", shape=(), initializer="zeros", trainable=False, dtype="float32",
-                aggregation="mean",
+                name="seed", shape=(2,), dtype=_backend.random_seed_dtype(), trainable=False,
+                aggregation="only_first_replica",
+                initializer=keras.initializers.Constant([self.seed % 2**31, 0]),
             )
         self.built = True
 
     def values(self):
-        """`{name: current value}`, tensors; `"seed"` as a `[2]` generator state."""
-        values = {name: variable.value for name, variable in self.variables_by_name.items()}
-        if "seed" in values:
-            dtype = _backend.random_seed_dtype()
-            values["seed"] = keras.ops.stack([
-                keras.ops.convert_to_tensor(self.seed % 2**31, dtype),
-                keras.ops.cast(values["seed"], dtype),
-            ])
-        return values
+        """`{name: current value}`, tensors."""
+        return {name: variable.value for name, variable in self.variables_by_name.items()}
 
     def assign(self, new_values):
         for name, value in new_values.items():
             variable = self.variables_by_name[name]
-            if name == "seed":
-                value = value[1]
             variable.assign(keras.ops.cast(value, variable.dtype))
 
     def get_config(self):
