@@ -287,23 +287,24 @@ GRADIENT_CASES = {
 }
 
 
-def _reference_loss(name, features, kernel, y, state, frozen):
+def _reference_loss(name, features, kernel, y, state, frozen, ls):
     """The reference's loss of a head (features, kernel), with the batch statistics frozen."""
     params = GRADIENT_CASES[name]
     k = params.get("sub_centers", 1)
     cosines = aref.sub_center_head(features, kernel, k)
     if name == "adaface":
         return aref.adaface_step(cosines, aref.norms(features), y, state, m=0.4, h=0.333, alpha=0.3, s=8.0,
-                                 frozen=frozen)[0]
+                                 frozen=frozen, label_smoothing=ls)[0]
     if name == "magface":
-        return aref.magface_step(cosines, aref.norms(features), y, s=8.0)
+        return aref.magface_step(cosines, aref.norms(features), y, s=8.0, label_smoothing=ls)
     if name == "curricularface":
-        return aref.curricular_step(cosines, y, state, m=0.5, alpha=0.3, s=8.0, frozen=frozen)[0]
+        return aref.curricular_step(cosines, y, state, m=0.5, alpha=0.3, s=8.0, frozen=frozen,
+                                    label_smoothing=ls)[0]
     if name == "elasticface":
-        return aref.elastic_loss(cosines, y, [0.5] * len(features), "arc", 8.0)
+        return aref.elastic_loss(cosines, y, [0.5] * len(features), "arc", 8.0, label_smoothing=ls)
     if name == "adacos":
-        return aref.adacos_step(cosines, y, state, frozen=frozen)[0]
-    return ref.loss("arcface", cosines, y, 8.0, margin=0.5)
+        return aref.adacos_step(cosines, y, state, frozen=frozen, label_smoothing=ls)[0]
+    return ref.loss("arcface", cosines, y, 8.0, ls, margin=0.5)
 
 
 def _frozen(name, features, kernel, y, state):
@@ -318,11 +319,12 @@ def _frozen(name, features, kernel, y, state):
     return None
 
 
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
 @pytest.mark.parametrize("name", list(GRADIENT_CASES))
-def test_gradients_through_the_head_match_finite_differences_of_the_reference(name, rng):
+def test_gradients_through_the_head_match_finite_differences_of_the_reference(name, smoothing, rng):
     batch, dim, classes = 6, 4, 4
     labels = np.array([0, 1, 2, 3, 1, 0])
-    loss = kf.losses.get(name, **GRADIENT_CASES[name], dtype=DTYPE)
+    loss = kf.losses.get(name, **GRADIENT_CASES[name], label_smoothing=smoothing, dtype=DTYPE)
     head = kf.heads.CosineHead(classes, loss=loss, dtype=DTYPE)
     head.build((None, dim))
     kernel = rng.normal(size=(dim, classes * head.sub_centers))
@@ -341,10 +343,10 @@ def test_gradients_through_the_head_match_finite_differences_of_the_reference(na
     frozen = _frozen(name, features, kernel, labels, state)
 
     def reference_features(f):
-        return _reference_loss(name, f, kernel, labels, state, frozen)
+        return _reference_loss(name, f, kernel, labels, state, frozen, smoothing)
 
     def reference_kernel(w):
-        return _reference_loss(name, features, w, labels, state, frozen)
+        return _reference_loss(name, features, w, labels, state, frozen, smoothing)
 
     assert value == pytest.approx(reference_features(features), **TOL)
     np.testing.assert_allclose(g_features, numerical_gradient(reference_features, features), **GRAD_TOL)

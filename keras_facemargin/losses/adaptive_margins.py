@@ -288,25 +288,13 @@ class CurricularFaceLoss(MarginSoftmaxLoss):
     def margin_slope(self, cosine, params=None):
         return arc_margin_slope(cosine, self.margin)
 
-    def curricular_logits(self, cosine, labels, t, scale):
-        """The logits `[batch, classes]`: ψ on the target, cos θ·(t + cos θ) on hard negatives."""
-        labels = ops.cast(labels, "int32")
-        target = _backend.take_per_row(cosine, labels)
+    def modulate_negatives(self, cosine, target, params):
+        """Hard negatives (cos θ_j > cos(θ_y + m)) become cos θ_j·(t + cos θ_j), slope t + 2 cos θ_j."""
         threshold = ops.stop_gradient(ops.cos(angle(target) + self.margin))
-        is_target = ops.one_hot(labels, cosine.shape[-1], dtype="bool")
-        hard = ops.logical_and(cosine > threshold[:, None], ops.logical_not(is_target))
-        t = ops.stop_gradient(t)
-        logits = ops.where(hard, cosine * (t + cosine), cosine)
-        logits = ops.where(is_target, self.apply_margin(target)[:, None], logits)
-        return scale * logits
-
-    def _sparse_loss(self, labels, cosine, params, scale):
-        logits = self.curricular_logits(cosine, labels, params["t"], scale)
-        if self.label_smoothing == 0.0:
-            return ops.sparse_categorical_crossentropy(labels, logits, from_logits=True)
-        on, off = self._smoothed_targets(cosine.shape[-1])
-        targets = ops.one_hot(labels, cosine.shape[-1], dtype=cosine.dtype) * (on - off) + off
-        return ops.categorical_crossentropy(targets, logits, from_logits=True)
+        hard = cosine > threshold[:, None]
+        t = ops.stop_gradient(ops.cast(params["t"], cosine.dtype))
+        values = ops.where(hard, cosine * (t + cosine), cosine)
+        return values, ops.where(hard, t + 2.0 * cosine, ops.ones_like(cosine))
 
     def _dense_loss(self, y_true, cosine, params, scale):
         k = min(_DENSE_TARGETS, cosine.shape[-1])

@@ -387,6 +387,12 @@ class MarginSoftmaxLoss(keras.losses.Loss):
         """The cross-entropy targets (true class, every other class)."""
         return 1.0 - self.label_smoothing, self.label_smoothing / (num_classes - 1)
 
+    def modulate_negatives(self, cosine, target, params):
+        """How the non-target cosines enter the logits: `(values, d values / d cos θ)`, both
+        `[batch, classes]`, or None for unchanged (every loss but CurricularFace). The target
+        entry of `values` is ignored (ψ replaces it)."""
+        return None
+
     def _psi(self, cosine, params):
         return self.apply_margin(cosine, params) if params else self.apply_margin(cosine)
 
@@ -434,12 +440,16 @@ class MarginSoftmaxLoss(keras.losses.Loss):
 
         if not self._fast_backward():
             target = targets_of(cosine)
-            return ops.scatter_update(scale * cosine, indices, scale * self._psi(target, params))
+            modulated = self.modulate_negatives(cosine, target, params)
+            values = cosine if modulated is None else modulated[0]
+            return ops.scatter_update(scale * values, indices, scale * self._psi(target, params))
 
         @ops.custom_gradient
         def margin_logits(cosine):
             target = targets_of(cosine)
-            out = ops.scatter_update(scale * cosine, indices, scale * self._psi(target, params))
+            modulated = self.modulate_negatives(cosine, target, params)
+            values = cosine if modulated is None else modulated[0]
+            out = ops.scatter_update(scale * values, indices, scale * self._psi(target, params))
             if cross_entropy:
                 import tensorflow as tf
 
@@ -455,6 +465,8 @@ class MarginSoftmaxLoss(keras.losses.Loss):
                 else:
                     scaled = scale * upstream
                 slope = targets_of(scaled) * self._psi_slope(target, params)
+                if modulated is not None:
+                    scaled = scaled * modulated[1]
                 return ops.scatter_update(scaled, indices, slope)
 
             return out, grad
