@@ -178,7 +178,7 @@ class MagFaceLoss(MarginSoftmaxLoss):
     """
 
     needs_feature_norms = True
-    _parameters_have_gradients = True
+    differentiable_parameters = ("margin",)
 
     def __init__(self, lower_norm=10.0, upper_norm=110.0, lower_margin=0.45, upper_margin=0.8,
                  regularizer_weight=35.0, scale=64.0, **kwargs):
@@ -214,6 +214,13 @@ class MagFaceLoss(MarginSoftmaxLoss):
     def margin_slope(self, cosine, params=None):
         margin = self.lower_margin if params is None else params["margin"]
         return arc_margin_slope(cosine, margin)
+
+    def margin_parameter_slope(self, cosine, params, name):
+        """dψ/dm: −sin(θ + m), and −(sin m + m·cos m) in the fallback."""
+        margin = params["margin"]
+        beyond = cosine <= ops.cos(math.pi - margin)
+        return ops.where(beyond, -(ops.sin(margin) + margin * ops.cos(margin)),
+                         -ops.sin(angle(cosine) + margin))
 
     def extra_loss(self, batch, params):
         norms = params["norm"]

@@ -174,8 +174,9 @@ class MarginSoftmaxLoss(keras.losses.Loss):
     uses_seed = False
     #: Sub-centres per class the head must have; 1 means the loss works with any head.
     sub_centers = 1
-    # Whether the margin parameters from `prepare` carry gradients (then ψ goes through autodiff).
-    _parameters_have_gradients = False
+    # Margin parameters from `prepare` that carry gradients (MagFace's norm-dependent margin); the
+    # hand-written backward pass needs `margin_parameter_slope` for each, dψ/d parameter.
+    differentiable_parameters = ()
 
     def __init__(
         self,
@@ -399,8 +400,12 @@ class MarginSoftmaxLoss(keras.losses.Loss):
     def _psi_slope(self, cosine, params):
         return self.margin_slope(cosine, params) if params else self.margin_slope(cosine)
 
+    def margin_parameter_slope(self, cosine, params, name):
+        """dψ/d params[name] for a name in `differentiable_parameters`, elementwise."""
+        raise NotImplementedError(f"{type(self).__name__} declares no slope for the parameter {name!r}")
+
     def _fast_backward(self):
-        return self._slope_matches_margin() and not self._parameters_have_gradients
+        return self._slope_matches_margin()
 
     def _sparse_loss(self, labels, cosine, params, scale):
         num_classes = cosine.shape[-1]
@@ -423,7 +428,7 @@ class MarginSoftmaxLoss(keras.losses.Loss):
         just the upstream one scaled by s, with each target entry times ψ'. Both directions
         are one pass over `[batch, classes]` plus an update of the B target entries (in place,
         as nothing else reads the fresh copy). Margin parameters with gradients (MagFace's
-        norm-dependent margin) take the autodiff path.
+        norm-dependent margin) get theirs from `margin_parameter_slope`.
 
         With `cross_entropy=True` (TensorFlow only) it returns the sparse softmax cross-entropy
         of those logits, `[batch]`, from TensorFlow's fused kernel, which also returns
@@ -444,12 +449,15 @@ class MarginSoftmaxLoss(keras.losses.Loss):
             values = cosine if modulated is None else modulated[0]
             return ops.scatter_update(scale * values, indices, scale * self._psi(target, params))
 
+        names = tuple(self.differentiable_parameters)
+
         @ops.custom_gradient
-        def margin_logits(cosine):
+        def margin_logits(cosine, *differentiable):
+            params_in = {**params, **dict(zip(names, differentiable))}
             target = targets_of(cosine)
-            modulated = self.modulate_negatives(cosine, target, params)
+            modulated = self.modulate_negatives(cosine, target, params_in)
             values = cosine if modulated is None else modulated[0]
-            out = ops.scatter_update(scale * values, indices, scale * self._psi(target, params))
+            out = ops.scatter_update(scale * values, indices, scale * self._psi(target, params_in))
             if cross_entropy:
                 import tensorflow as tf
 
@@ -464,14 +472,17 @@ class MarginSoftmaxLoss(keras.losses.Loss):
                     scaled = softmax_minus_one_hot * (scale * upstream)[:, None]
                 else:
                     scaled = scale * upstream
-                slope = targets_of(scaled) * self._psi_slope(target, params)
+                target_grad = targets_of(scaled)
+                slope = target_grad * self._psi_slope(target, params_in)
+                d_params = [target_grad * self.margin_parameter_slope(target, params_in, n) for n in names]
                 if modulated is not None:
                     scaled = scaled * modulated[1]
-                return ops.scatter_update(scaled, indices, slope)
+                d_cosine = ops.scatter_update(scaled, indices, slope)
+                return (d_cosine, *d_params) if names else d_cosine
 
             return out, grad
 
-        return margin_logits(cosine)
+        return margin_logits(cosine, *[params[n] for n in names])
 
     def _slope_matches_margin(self):
         """Whether `margin_slope` is defined with (or below) the `apply_margin` in use."""
