@@ -31,11 +31,17 @@ from keras_facemargin import evaluation as ev  # noqa: E402
 
 OBJECTIVES = ("softmax", "normface", "sphereface", "cosface", "arcface", "combined_margin",
               "triplet", "npair", "circle", "supcon")
+# The margin losses of issue 17. They need the head their loss declares (feature norms, running
+# statistics, sub-centres), which `experiments.build_objective` builds once it passes the loss to
+# `build_recognizer(..., loss=...)`; until then, name them with --objectives.
+RECENT_OBJECTIVES = ("adaface", "magface", "curricularface", "subcenter_arcface", "elasticface",
+                     "adacos")
 FARS = (1e-2, 1e-3)
 
 
 def loss_settings(objective, scale):
-    """The loss arguments of each objective: the papers' margins, one scale for the whole family."""
+    """The loss arguments of each objective: the papers' margins, one scale for the whole family
+    (AdaCos sets its own)."""
     return {
         "softmax": {},
         "normface": {"scale": scale},
@@ -43,6 +49,14 @@ def loss_settings(objective, scale):
         "cosface": {"margin": 0.35, "scale": scale},
         "arcface": {"margin": 0.5, "scale": scale},
         "combined_margin": {"m1": 1.0, "m2": 0.3, "m3": 0.2, "scale": scale},
+        "adaface": {"margin": 0.4, "h": 0.333, "momentum": 0.01, "scale": scale},
+        "magface": {"lower_norm": 10.0, "upper_norm": 110.0, "lower_margin": 0.45, "upper_margin": 0.8,
+                    "regularizer_weight": 35.0, "scale": scale},
+        "curricularface": {"margin": 0.5, "momentum": 0.01, "scale": scale},
+        "subcenter_arcface": {"margin": 0.5, "sub_centers": 3, "scale": scale},
+        "elasticface": {"kind": "arc", "margin": 0.5, "sigma": 0.05, "plus": False, "seed": 0,
+                        "scale": scale},
+        "adacos": {"dynamic": True},
         "triplet": {"margin": 0.2, "mining": "semi_hard", "distance": "cosine"},
         "npair": {"similarity": "dot"},
         "circle": {"margin": 0.25, "gamma": 256.0},
@@ -135,7 +149,8 @@ def evaluate(trained, split, unseen_images, held_out_images):
     accuracy = None
     if trained.is_classifier and held_out_images is not None:
         outputs = trained.model.predict(held_out_images, verbose=0)
-        accuracy = float(np.mean(np.argmax(outputs, axis=1) == split.held_out.labels))
+        classes = outputs[:, :split.train.num_classes]  # AdaFace/MagFace heads append the feature norm
+        accuracy = float(np.mean(np.argmax(classes, axis=1) == split.held_out.labels))
     return report, accuracy
 
 
