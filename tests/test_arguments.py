@@ -48,6 +48,8 @@ def test_boolean_flags_must_be_booleans(value):
 
 HEAD_ARGUMENTS = {
     "epsilon": ["x", -1.0, None],
+    "sub_centers": ["3", 0, 1.5],
+    "loss": ["not_a_loss", 3.5, "triplet"],
     "kernel_initializer": ["not_an_initializer", 3.5],
     "kernel_regularizer": ["not_a_regularizer", 3.5],
 }
@@ -63,3 +65,10 @@ def test_every_head_argument_refuses_a_wrong_value(head, argument, value):
 def test_keras_arguments_are_still_checked_by_keras():
     with pytest.raises(ValueError, match="reduction"):
         kf.losses.ArcFaceLoss(reduction="average")
+
+
+@pytest.mark.parametrize("name, argument", [("magface", "margin"), ("triplet", "scale"), ("arcface", "gamma")])
+def test_get_names_an_argument_the_loss_does_not_take(name, argument):
+    """The command line passes --margin/--scale through get(); a loss without them says so."""
+    with pytest.raises(ValueError, match=rf"^{name} \(\w+\) takes no argument '{argument}'"):
+        kf.losses.get(name, **{argument: 0.5})

@@ -106,15 +106,16 @@ def margin_loss(loss, default=None):
 
     if loss is None:
         return default
+    given = loss
     if isinstance(loss, (str, dict)):
         try:
             loss = losses.get(loss)
-        except ValueError as error:
-            raise ValueError(f"loss must be a margin-softmax loss or its registered name; {error}") from None
+        except ValueError:
+            loss = None
     if not isinstance(loss, losses.MarginSoftmaxLoss):
         raise ValueError(
             "loss must be a keras_facemargin.losses.MarginSoftmaxLoss (ArcFaceLoss, AdaFaceLoss, ...), "
-            f"its registered name, or None; got {loss!r}"
+            f"its registered name ({', '.join(losses.names(kind='margin_softmax'))}), or None; got {given!r}"
         )
     return loss
 

@@ -107,7 +107,17 @@ def get(identifier, **kwargs):
     if isinstance(identifier, str):
         key = identifier.lower().replace("-", "_")
         if key in _REGISTRY:
-            return _REGISTRY[key](**kwargs)
+            cls = _REGISTRY[key]
+            try:
+                return cls(**kwargs)
+            except TypeError as error:
+                if "unexpected keyword argument" not in str(error):
+                    raise
+                unknown = str(error).split("argument", 1)[1].strip()
+                raise ValueError(
+                    f"{key} ({cls.__name__}) takes no argument {unknown}; its arguments are those of "
+                    f"{cls.__name__}(...) and {cls.__mro__[1].__name__}; got {kwargs}"
+                ) from None
     raise ValueError(f"Unknown loss {identifier!r}; known names: {', '.join(names())}")
 
 __all__ = [
