@@ -71,7 +71,7 @@ class AdaFaceLoss(MarginSoftmaxLoss):
         margin: m in [0, 1]. The paper uses 0.4.
         h: the concentration h > 0 of ĝ (about 68% of the samples get |ĝ| < h). The paper: 0.333.
         momentum: α in [0, 1], the weight of the batch in the running statistics (the official
-            training scripts' `t_alpha` = 0.01; 1 uses the batch alone, 0 freezes μ and σ).
+            configuration's `t_alpha` default, 0.01; 1 uses the batch alone, 0 freezes μ and σ).
         scale: s > 0. The paper uses 64.
         label_smoothing, check_inputs, reduction, name, dtype: see `MarginSoftmaxLoss`.
 
@@ -481,8 +481,8 @@ class AdaCosLoss(MarginSoftmaxLoss):
     s ← ln(B_avg) / cos(min(π/4, θ_med)), where B_avg is the batch mean of Σ_{k≠y} exp(s·cos θ_k)
     (with the previous s) and θ_med the median target angle (the mean of the two middle ones for
     an even batch; the widely used unofficial PyTorch code's `torch.median` takes the lower), and
-    then the batch uses the new s — the paper's Algorithm 1. There is no official code. s carries
-    no gradient. Under `PartialFC` the sum over the S sampled non-target classes is scaled by
+    then the batch uses the new s — the paper's Algorithm 1 (we found no official implementation
+    to compare with). s carries no gradient. Under `PartialFC` the sum over the S sampled non-target classes is scaled by
     (C − 1)/(S − 1) to stand for all C − 1 of them (an estimate: the sampled classes include the
     batch's other positives); C is the head's number of classes. A dense target row counts
     Σ_k (1 − y_k)·exp(s·cos θ_k) and its label-weighted target angle.
