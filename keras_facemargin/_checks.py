@@ -44,7 +44,8 @@ def graph_assert(condition, message, value):
 
 
 def is_number(value):
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+    numeric = isinstance(value, (int, float, np.integer, np.floating))
+    return numeric and not isinstance(value, (bool, np.bool_))
 
 
 def check_bool(name, value):
@@ -66,7 +67,9 @@ def keras_object(name, value, getter, what):
     try:
         return getter(value)
     except (ValueError, TypeError):
-        raise ValueError(f"{name} must be {what} (a name, a config dict or an instance); got {value!r}") from None
+        raise ValueError(
+            f"{name} must be {what} (a name, a config dict or an instance); got {value!r}"
+        ) from None
 
 
 def check_finite(name, value):

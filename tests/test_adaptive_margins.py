@@ -6,7 +6,6 @@ papers' limiting cases, and the Keras side (heads built for the loss, saving, re
 import math
 
 import adaptive_reference as aref
-import keras
 import margin_reference as ref
 import numpy as np
 import pytest

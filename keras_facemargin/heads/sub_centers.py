@@ -83,7 +83,8 @@ def sub_center_report(head, embeddings, labels, threshold_degrees=75.0, chunk=65
             f"embeddings must be [N, dim={dim}] with one label each; got embeddings of shape {x.shape} "
             f"and {len(labels)} labels"
         )
-    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes or not np.all(labels == labels.round())):
+    integral = np.all(labels == labels.round())
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes or not integral):
         raise ValueError(f"labels must be integers in [0, num_classes={num_classes}); got values in "
                          f"[{labels.min()}, {labels.max()}]")
     labels = labels.astype(np.int64)

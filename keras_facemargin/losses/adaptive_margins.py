@@ -482,10 +482,10 @@ class AdaCosLoss(MarginSoftmaxLoss):
     (with the previous s) and θ_med the median target angle (the mean of the two middle ones for
     an even batch; the widely used unofficial PyTorch code's `torch.median` takes the lower), and
     then the batch uses the new s — the paper's Algorithm 1 (we found no official implementation
-    to compare with). s carries no gradient. Under `PartialFC` the sum over the S sampled non-target classes is scaled by
-    (C − 1)/(S − 1) to stand for all C − 1 of them (an estimate: the sampled classes include the
-    batch's other positives); C is the head's number of classes. A dense target row counts
-    Σ_k (1 − y_k)·exp(s·cos θ_k) and its label-weighted target angle.
+    to compare with). s carries no gradient. Under `PartialFC` the sum over the S sampled
+    non-target classes is scaled by (C − 1)/(S − 1) to stand for all C − 1 of them (an estimate:
+    the sampled classes include the batch's other positives); C is the head's number of classes.
+    A dense target row counts Σ_k (1 − y_k)·exp(s·cos θ_k) and its label-weighted target angle.
 
     The dynamic scale is kept by the head (running statistic "scale").
 
@@ -516,7 +516,8 @@ class AdaCosLoss(MarginSoftmaxLoss):
     def fixed_scale(num_classes):
         """√2·ln(C − 1)."""
         if num_classes < 3:
-            raise ValueError(f"AdaCosLoss needs num_classes >= 3 (its scale is √2·ln(C − 1)); got {num_classes}")
+            raise ValueError(
+                f"AdaCosLoss needs num_classes >= 3 (its scale is √2·ln(C − 1)); got {num_classes}")
         return math.sqrt(2.0) * math.log(num_classes - 1)
 
     def state_variables(self, num_classes):

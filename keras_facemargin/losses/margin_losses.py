@@ -269,7 +269,8 @@ class MarginSoftmaxLoss(keras.losses.Loss):
                 f"feature norms: {has[0]}, statistics: {list(has[1]) + (['seed'] if has[2] else [])}"
             )
         elif self.sub_centers > 1 and head.sub_centers != self.sub_centers:
-            problem = f"needs a head with sub_centers={self.sub_centers}; {head.name!r} has {head.sub_centers}"
+            problem = (f"needs a head with sub_centers={self.sub_centers}; {head.name!r} has "
+                       f"{head.sub_centers}")
         if problem:
             raise ValueError(
                 f"{type(self).__name__} {problem}. Build the head from the loss: "
@@ -453,7 +454,7 @@ class MarginSoftmaxLoss(keras.losses.Loss):
 
         @ops.custom_gradient
         def margin_logits(cosine, *differentiable):
-            params_in = {**params, **dict(zip(names, differentiable))}
+            params_in = {**params, **dict(zip(names, differentiable, strict=True))}
             target = targets_of(cosine)
             modulated = self.modulate_negatives(cosine, target, params_in)
             values = cosine if modulated is None else modulated[0]

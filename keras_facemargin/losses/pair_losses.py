@@ -12,7 +12,7 @@ import warnings
 import keras
 from keras import ops
 
-from keras_facemargin import _checks, _maths
+from keras_facemargin import _checks
 from keras_facemargin._replicas import replica_context
 from keras_facemargin.losses import pairwise
 
