@@ -1,6 +1,7 @@
 """One training step of embedding -> head -> loss, as a ratio to Dense + CategoricalCrossentropy.
 
-For each number of classes, every margin loss (with a CosineHead) and the baseline
+For each number of classes, every margin loss (with the CosineHead it needs: feature norms for
+AdaFace/MagFace, running statistics, K = 3 sub-centres for SubCenter-ArcFace) and the baseline
 (`keras.layers.Dense` + `keras.losses.CategoricalCrossentropy(from_logits=True)`) are timed in the
 same process, interleaved, so that the ratios survive a noisy machine. The step is Keras's own
 train step (`model.train_on_batch`) as `fit` runs it: by default Keras compiles it with XLA on a
@@ -8,7 +9,8 @@ GPU and without on a CPU-only machine; `--jit` forces XLA.
 Peak memory is measured separately: each configuration runs alone in a fresh subprocess and
 reports its peak resident set size (VmHWM), TensorFlow's own ~0.8 GB included.
 
-    python benchmarks/bench_heads.py [--classes 1000 10000 100000] [--batch 256] [--dim 512]
+    python benchmarks/bench_heads.py [--classes 1000 10000 100000] [--batch 256] [--dim 512] [--jit]
+                                     [--losses arcface adaface ...]
 """
 
 import argparse
@@ -21,7 +23,8 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-LOSSES = ["normface", "sphereface", "cosface", "arcface", "combined_margin"]
+LOSSES = ["normface", "sphereface", "cosface", "arcface", "combined_margin", "adaface", "magface",
+          "curricularface", "subcenter_arcface", "elasticface", "adacos"]
 
 
 def build(config, classes, dim, jit_compile="auto"):
@@ -33,8 +36,8 @@ def build(config, classes, dim, jit_compile="auto"):
         head = keras.layers.Dense(classes)
         loss = keras.losses.CategoricalCrossentropy(from_logits=True)
     else:
-        head = kf.heads.CosineHead(classes)
         loss = kf.losses.get(config)
+        head = kf.heads.CosineHead(classes, loss=loss)  # the head the loss needs (norms, state, K)
     model = keras.Sequential([keras.Input((dim,)), head])
     model.compile(optimizer=keras.optimizers.SGD(0.01), loss=loss, jit_compile=jit_compile)
     return model
@@ -60,8 +63,8 @@ def time_steps(model, x, y, steps):
     return (time.perf_counter() - start) / steps
 
 
-def timing(classes, size, dim, repeats, jit_compile):
-    configs = ["baseline"] + LOSSES
+def timing(classes, size, dim, repeats, jit_compile, losses=LOSSES):
+    configs = ["baseline"] + list(losses)
     models = {c: build(c, classes, dim, jit_compile) for c in configs}
     data = {c: batch(c, classes, size, dim) for c in configs}
     steps = max(2, int(20_000 / classes) + 1)
@@ -104,6 +107,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     parser.add_argument("--jit", action="store_true", help="compile every train step with XLA")
+    parser.add_argument("--losses", nargs="+", default=LOSSES, choices=LOSSES, help="default: all")
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_of:
@@ -117,7 +121,8 @@ def main():
     print(f"# {time.strftime('%Y-%m-%d')}; baseline = Dense + CategoricalCrossentropy(from_logits=True); "
           f"XLA: {'forced' if args.jit else 'Keras default (off on CPU-only machines)'}")
     for classes in args.classes:
-        base, rows = timing(classes, args.batch, args.dim, args.repeats, True if args.jit else "auto")
+        base, rows = timing(classes, args.batch, args.dim, args.repeats, True if args.jit else "auto",
+                            args.losses)
         print(f"\nclasses = {classes:,}   (baseline step {base * 1e3:.1f} ms)")
         print(f"{'head + loss':<28}{'step ms':>10}{'ratio':>8}{'peak RSS MiB':>15}")
         for config, (seconds, ratio) in rows.items():

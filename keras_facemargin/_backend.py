@@ -70,3 +70,25 @@ def read(variable):
 
         return tf.convert_to_tensor(variable.value)
     return ops.convert_to_tensor(variable)
+
+
+class _SeedTensor(keras.random.SeedGenerator):
+    """A seed tensor with a `SeedGenerator`'s interface, so that `keras.random` draws from an
+    explicit state on every backend (its own functions take only generators or ints)."""
+
+    def __init__(self, value):  # deliberately no SeedGenerator.__init__: no variable of its own
+        self.value = value
+
+    def next(self, ordered=True):
+        return self.value
+
+
+def normal_from_seed(shape, seed, mean=0.0, stddev=1.0, dtype="float32"):
+    """`keras.random.normal` drawn from the seed tensor `seed` (`[2]`, a generator's state)."""
+    return keras.random.normal(shape, mean=mean, stddev=stddev, dtype=dtype, seed=_SeedTensor(seed))
+
+
+def random_seed_dtype():
+    """The dtype of a `keras.random.SeedGenerator`'s state on this backend (Keras keeps the
+    function itself private)."""
+    return {"tensorflow": "int64", "torch": "int32"}.get(keras.backend.backend(), "uint32")

@@ -16,3 +16,15 @@ def replica_context():
     if context is None or context.num_replicas_in_sync == 1:
         return None, 1
     return context, context.num_replicas_in_sync
+
+
+def global_rows(x):
+    """`(rows of every replica, offset of this replica's first row)` inside a distributed
+    TensorFlow step (the replicas' `x` concatenated in replica order: the global batch), else
+    `(x, 0)`. Statistics of the global batch computed from it agree on every replica."""
+    context, _ = replica_context()
+    if context is None:
+        return x, 0
+    import tensorflow as tf
+
+    return context.all_gather(x, axis=0), context.replica_id_in_sync_group * tf.shape(x)[0]

@@ -16,7 +16,8 @@ from keras_facemargin import _validate as v
 # The names the command line offers. They are the registries' names (tests/test_config.py keeps
 # them equal), listed here so that `--help` and the checks need no Keras import.
 SOFTMAX = "softmax"
-MARGIN_LOSSES = ("normface", "sphereface", "cosface", "arcface", "combined_margin")
+MARGIN_LOSSES = ("normface", "sphereface", "cosface", "arcface", "combined_margin", "adaface", "magface",
+                 "curricularface", "subcenter_arcface", "elasticface", "adacos")
 PAIR_LOSSES = ("triplet", "contrastive", "npair", "unified_pair", "circle", "supcon", "multi_similarity")
 LOSSES = (SOFTMAX, *MARGIN_LOSSES, *PAIR_LOSSES)
 BACKBONES = ("iresnet18", "iresnet34", "iresnet50", "iresnet100", "mobilefacenet", "sphereface20",
@@ -30,8 +31,9 @@ AUTO = "auto"
 
 # The loss hyperparameters a flag sets, and which losses take them.
 LOSS_FLAGS = {
-    "margin": ("sphereface", "cosface", "arcface", "triplet", "npair", "unified_pair", "circle"),
-    "scale": MARGIN_LOSSES,
+    "margin": ("sphereface", "cosface", "arcface", "adaface", "curricularface", "subcenter_arcface",
+               "elasticface", "triplet", "npair", "unified_pair", "circle"),
+    "scale": tuple(name for name in MARGIN_LOSSES if name != "adacos"),  # AdaCos sets its own
     "label_smoothing": MARGIN_LOSSES + (SOFTMAX,),
 }
 

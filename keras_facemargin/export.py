@@ -4,10 +4,11 @@ import os
 
 import keras
 
+from keras_facemargin._maths import norm
 from keras_facemargin.heads.cosine_head import l2_normalize
 
 
-def export_embedder(embedder, path, image_size=None, name="serving_default"):
+def export_embedder(embedder, path, image_size=None, name="serving_default", quality=False):
     """Writes `embedder` as a SavedModel that turns uint8 images into unit-length embeddings.
 
     The signature takes `images`: uint8 `[N, H, W, 3]` at the training size (the model's own
@@ -24,6 +25,9 @@ def export_embedder(embedder, path, image_size=None, name="serving_default"):
     `[N, H, W, C]` at the training size (a single image without its batch axis, grey images, the
     wrong size) raises `InvalidArgumentError` naming the expected and the received shape; an
     empty batch `[0, H, W, C]` returns `[0, dim]`.
+    With `quality=True` the signature also returns `quality`, each image's feature norm `[N]`:
+    a quality score after MagFace training (`keras_facemargin.losses.MagFaceLoss`), where the
+    norm grows with how recognisable a face is.
 
     Args:
         embedder: a Keras model from float32 pixel values `[N, H, W, 3]` in [0, 255] to
@@ -31,12 +35,13 @@ def export_embedder(embedder, path, image_size=None, name="serving_default"):
         path: the SavedModel directory to write (created; an existing export is replaced).
         image_size: `(H, W)`; default: the model's input shape.
         name: the signature name.
+        quality: also serve the feature norms as `quality`.
 
     Returns:
         `path`.
     """
 
-    serve, spec = _serving_function(embedder, image_size)
+    serve, spec = _serving_function(embedder, image_size, quality=quality)
     archive = keras.export.ExportArchive()
     archive.track(embedder)
     archive.add_endpoint(
@@ -49,11 +54,11 @@ def export_embedder(embedder, path, image_size=None, name="serving_default"):
     return path
 
 
-def _serving_function(embedder, image_size, guard=True):
+def _serving_function(embedder, image_size, guard=True, quality=False):
     """The uint8-images -> unit-embeddings function both exports serve, and its input spec.
 
     `guard` adds the shape check and the empty-batch branch (ONNX runtimes check the declared
-    input shape themselves)."""
+    input shape themselves); `quality` adds the feature norm as `quality`."""
     import tensorflow as tf
 
     if keras.backend.backend() != "tensorflow":
@@ -75,12 +80,15 @@ def _serving_function(embedder, image_size, guard=True):
     expected = [height, width, channels]
 
     def embed(images):
-        features = embedder(tf.cast(images, "float32"), training=False)
-        return tf.cast(l2_normalize(tf.cast(features, "float32")), "float32")
+        features = tf.cast(embedder(tf.cast(images, "float32"), training=False), "float32")
+        outputs = {"embeddings": l2_normalize(features)}
+        if quality:
+            outputs["quality"] = norm(features, axis=-1)
+        return outputs
 
     def serve(images):
         if not guard:
-            return {"embeddings": embed(images)}
+            return embed(images)
         # A loaded signature does not check its inputs' shape, and the model's ops can abort the
         # process on a wrong one (oneDNN): the check is a data dependency of everything after it.
         shape = tf.shape(images)
@@ -91,9 +99,12 @@ def _serving_function(embedder, image_size, guard=True):
                  "size); got shape", shape], summarize=8)
         with tf.control_dependencies([check]):
             images = tf.ensure_shape(tf.identity(images), [None, height, width, channels])
-        embeddings = tf.cond(tf.shape(images)[0] > 0, lambda: embed(images),
-                             lambda: tf.zeros([0, dim], tf.float32))
-        return {"embeddings": tf.ensure_shape(embeddings, [None, dim])}
+        empty = {"embeddings": tf.zeros([0, dim], tf.float32)}
+        if quality:
+            empty["quality"] = tf.zeros([0], tf.float32)
+        outputs = tf.cond(tf.shape(images)[0] > 0, lambda: embed(images), lambda: empty)
+        outputs["embeddings"] = tf.ensure_shape(outputs["embeddings"], [None, dim])
+        return outputs
 
     return serve, tf.TensorSpec((None, height, width, channels), tf.uint8, name="images")
 

@@ -23,7 +23,8 @@ import shutil
 
 import numpy as np
 
-from keras_facemargin.config import AUTO, MARGIN_LOSSES, PAIR_LOSSES, SOFTMAX, TrainConfig
+from keras_facemargin import config as config_lib
+from keras_facemargin.config import AUTO, PAIR_LOSSES, SOFTMAX, TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -90,12 +91,12 @@ def resolve(config, num_classes, num_images):
     # Partial FC and mixing need a margin loss (integer or mixed labels over the classes).
     classifier = faces or config.sample_rate != 1.0 or config.mixup or config.cutmix
     auto("loss", "arcface" if classifier else "supcon")
-    margin = config.loss in MARGIN_LOSSES
     pair = config.loss in PAIR_LOSSES
     auto("backbone", "iresnet50" if faces else ("iresnet18" if config.image_size >= 96 else "small_vgg"))
     auto("embedding_dim", 512 if config.image_size >= 96 else 128)
-    auto("scale", (64.0 if faces else auto_scale(num_classes)) if margin else None)
-    if not margin:
+    takes_scale = config.loss in config_lib.LOSS_FLAGS["scale"]
+    auto("scale", (64.0 if faces else auto_scale(num_classes)) if takes_scale else None)
+    if not takes_scale:
         config.scale = None if config.scale == AUTO else config.scale
     auto("batch_size", 128 if num_images >= 512 else max(2, num_images // 4))
     auto("classes_per_batch", max(2, min(128 // config.samples_per_class, num_classes)))
@@ -323,8 +324,9 @@ def make_optimizer(config, steps_per_epoch, sparse_variables=()):
 
 
 def build_model(config, num_classes, backbone=None):
-    """`(training model, embedder)` of a resolved configuration (inside a strategy's scope).
+    """`(training model, embedder, loss)` of a resolved configuration (inside a strategy's scope).
 
+    The loss is None for Partial FC, which holds its loss and adds it to the model.
     `backbone`: a function of no arguments that builds the backbone, instead of `config.backbone`.
     """
     from keras_facemargin import heads, models
@@ -335,15 +337,17 @@ def build_model(config, num_classes, backbone=None):
         backbone = models.get_backbone(config.backbone,
                                        input_shape=(config.image_size, config.image_size, 3),
                                        embedding_dim=config.embedding_dim)
+    loss = _loss(config)
     if config.loss == SOFTMAX:
-        return models.build_recognizer(backbone, num_classes, head="dense")
+        return (*models.build_recognizer(backbone, num_classes, head="dense"), loss)
     if config.loss in PAIR_LOSSES:
-        return models.build_recognizer(backbone)
-    partial_fc = None
+        return (*models.build_recognizer(backbone), loss)
     if config.sample_rate != 1.0:
-        partial_fc = heads.PartialFC(num_classes, loss=_loss(config), sample_rate=config.sample_rate,
+        partial_fc = heads.PartialFC(num_classes, loss=loss, sample_rate=config.sample_rate,
                                      seed=config.seed, name="partial_fc")
-    return models.build_recognizer(backbone, num_classes, partial_fc=partial_fc)
+        return (*models.build_recognizer(backbone, num_classes, partial_fc=partial_fc), None)
+    # The head the loss needs: feature norms (AdaFace, MagFace), running statistics, sub-centres.
+    return (*models.build_recognizer(backbone, num_classes, loss=loss), loss)
 
 
 def _projector_sample(config, index, validation, limit=1000):
@@ -374,7 +378,8 @@ def _write_export(embedder, path, config, strategy):
     with distribute.write_path(path, strategy) as target:
         if os.path.isdir(target) and os.path.isfile(os.path.join(target, _EXPORT_MARK)):
             shutil.rmtree(target)  # this run's earlier export: replaced whole
-        export_embedder(embedder, target)
+        # After MagFace the feature norm is a quality score: the export serves it too.
+        export_embedder(embedder, target, quality=config.loss == "magface")
         _atomic_write_text(os.path.join(target, _EXPORT_MARK),
                            json.dumps({"run_dir": os.path.abspath(config.run_dir)}) + "\n")
 
@@ -426,8 +431,7 @@ def train(config, given=(), callbacks=(), verbose="auto", export=True, index=Non
     if strategy.num_replicas_in_sync > 1 or distribute.is_multi_worker(strategy):
         dataset = strategy.distribute_datasets_from_function(make_dataset)
     with strategy.scope():
-        model, embedder = build_model(config, index.num_classes, backbone)
-        loss = None if config.sample_rate != 1.0 else _loss(config)
+        model, embedder, loss = build_model(config, index.num_classes, backbone)
         sparse = [model.get_layer("partial_fc").kernel] if config.sample_rate != 1.0 else []
         model.compile(optimizer=make_optimizer(config, steps, sparse), loss=loss)
     all_callbacks = [log]

@@ -5,10 +5,12 @@ tests/test_distribute.py, which starts it in subprocesses.
     python tests/distributed_script.py cli-mirrored|cli-worker -- <facemargin train flags>
 
 `mirrored` splits the CPU into two logical devices; `worker` reads the cluster from TF_CONFIG.
-The step mode trains two tiny models for one step on the same global batch of 16 (4 classes x
+The step mode trains tiny models for one step on the same global batch of 16 (4 classes x
 4, class-major, so each of two replicas holds whole classes): Dense -> CosineHead with ArcFace,
 and Dense -> UnitNormalization with a semi-hard triplet loss over the embeddings of all
-replicas (`cross_replica=True`), and the same without it (`triplet_local`). It writes their weights after the step, and the losses of the
+replicas (`cross_replica=True`), and the same without it (`triplet_local`); and Dense ->
+CosineHead(loss=...) with AdaFace, CurricularFace, AdaCos and ElasticFace+, whose head keeps
+their running statistics and random state (among the weights written). It writes their weights after the step, and the losses of the
 step, to OUT.npz.
 """
 
@@ -70,6 +72,17 @@ def step_mode(mode, out):
             kf.losses.TripletLoss(margin=0.3, mining="semi_hard"),
         ),
     }
+    # Losses with running statistics or random draws, kept by the head built for them: the
+    # statistics of the global batch (gathered over replicas) make every replica's step, and the
+    # state they agree on, equal the single-process ones.
+    stateful = {
+        "adaface": kf.losses.AdaFaceLoss(scale=8.0, momentum=0.5),
+        "curricularface": kf.losses.CurricularFaceLoss(scale=8.0, momentum=0.5),
+        "adacos": kf.losses.AdaCosLoss(),
+        "elasticface_plus": kf.losses.ElasticFaceLoss(plus=True, sigma=0.1, seed=3, scale=8.0),
+    }
+    for name, loss in stateful.items():
+        models[name] = (lambda loss=loss: kf.heads.CosineHead(4, loss=loss), loss)
     results = {}
     for name, (last, loss) in models.items():
         with strategy.scope():
@@ -84,6 +97,10 @@ def step_mode(mode, out):
         results[f"{name}_loss"] = np.float64(history.history["loss"][0])
         for i, weight in enumerate(model.weights):
             results[f"{name}_{i}"] = weight.numpy()
+        if name in stateful:  # every local replica's copy of every statistic, side by side
+            copies = [np.stack([np.asarray(c) for c in getattr(v.value, "values", [v.value])])
+                      for v in model.layers[-1].loss_state.variables_by_name.values()]
+            results[f"{name}_local_copies_agree"] = np.bool_(all(np.all(c == c[0]) for c in copies))
     # PartialFC, data-parallel: 4 of 8 classes in the global batch (2 per replica) plus 2 sampled
     # negatives, the same on every replica.
     with strategy.scope():

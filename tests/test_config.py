@@ -10,6 +10,20 @@ from keras_facemargin import recipe
 from keras_facemargin.config import TrainConfig
 
 
+def test_loss_flags_name_exactly_the_losses_that_take_them():
+    for flag, takers in config_lib.LOSS_FLAGS.items():
+        value = 0.1 if flag != "scale" else 16.0
+        for name in config_lib.LOSSES:
+            if name == "softmax":
+                continue
+            try:
+                kf.losses.get(name, **{flag: value if not (flag == "margin" and name == "sphereface") else 2})
+                takes = True
+            except (TypeError, ValueError):
+                takes = False
+            assert takes == (name in takers), (flag, name)
+
+
 def test_the_command_line_offers_exactly_the_registered_names():
     assert sorted(config_lib.LOSSES) == sorted(["softmax", *kf.losses.names()])
     assert sorted(config_lib.BACKBONES) == sorted(kf.models.backbone_names())
@@ -92,7 +106,8 @@ def test_partial_fc_runs_get_sparse_updates_without_decaying_every_centre(tmp_pa
                                         embedding_dim=8, sample_rate=0.05, optimizer="sgd",
                                         batch_size=4).validate(), 100, 400)
     assert config.loss == "arcface" and config.weight_decay == 5e-4  # Partial FC: a margin loss
-    model, _ = recipe.build_model(config, 100)
+    model, _, loss = recipe.build_model(config, 100)
+    assert loss is None  # PartialFC adds its own
     centres = model.get_layer("partial_fc").kernel
     optimizer = recipe.make_optimizer(config, 10, [centres])
     assert type(optimizer).__name__ == "LazySGD"

@@ -80,6 +80,8 @@ def single(tmp_path_factory):
 
 def _check_matches_single(got, single):
     assert int(got["replicas"]) == 2
+    for name in ("adaface", "curricularface", "adacos", "elasticface_plus"):
+        assert bool(got[f"{name}_local_copies_agree"]), name
     for key, value in single.items():
         if key == "replicas" or key.startswith("triplet_local"):  # differs by design
             continue
@@ -92,7 +94,7 @@ def _check_matches_single(got, single):
 
 def test_single_process_step_moves_the_weights(single):
     assert int(single["replicas"]) == 1
-    for name in ("arcface", "triplet"):
+    for name in ("arcface", "triplet", "adaface", "curricularface", "adacos", "elasticface_plus"):
         assert np.isfinite(single[f"{name}_loss"]) and single[f"{name}_loss"] > 0
 
 

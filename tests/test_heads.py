@@ -1,3 +1,5 @@
+import math
+
 import keras
 import margin_reference as ref
 import numpy as np
@@ -158,3 +160,82 @@ def test_model_with_head_and_arcface_saves_loads_and_keeps_training(rng, tmp_pat
     loaded = check_save_load_keeps_training(model, x, y, tmp_path)
     assert isinstance(loaded.layers[-1], kf.heads.CosineHead)
     assert loaded.loss.margin == 0.5 and loaded.loss.scale == 16.0
+
+
+# ---- extreme feature rows in every precision (issue 13) ---------------------------------------
+
+# The largest finite magnitudes used for "huge" rows: near each dtype's limit, with room for the
+# four entries' squares to overflow the dtype itself.
+_HUGE = {"float32": 1e30, "float16": 6e4, "bfloat16": 1e30}
+_TINY = {"float32": 1e-30, "float16": 1e-7, "bfloat16": 1e-30}  # 1e-7 is subnormal in float16
+
+
+def extreme_rows(kind, dtype, rng, dim=4):
+    """An ordinary row, then a zero, tiny or huge one, as `dtype`."""
+    direction = np.array([1.0, -2.0, 0.5, 3.0])[:dim]
+    special = {"zero": 0.0 * direction, "tiny": _TINY[dtype] * direction,
+               "huge": _HUGE[dtype] * direction / 3.0}[kind]
+    rows = np.stack([rng.normal(size=dim), special, rng.normal(size=dim)])
+    return ops.cast(rows.astype("float32"), dtype), direction
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("kind", ["zero", "tiny", "huge"])
+def test_gradients_stay_finite_for_zero_tiny_and_huge_rows(kind, dtype, rng):
+    """No Inf or NaN in the gradient w.r.t. the features (in their own dtype) or the centres."""
+    head = kf.heads.CosineHead(3)
+    head.build((None, 4))
+    kernel = np.asarray(ops.convert_to_numpy(head.kernel))
+    features, direction = extreme_rows(kind, dtype, rng)
+    loss = kf.losses.ArcFaceLoss()
+
+    def fn(f, w):
+        return loss(np.array([0, 1, 2]), head.stateless_call([w], [], f)[0])
+
+    value, (g_features, g_kernel) = value_and_grad(fn, features, kernel)
+    assert np.isfinite(value)
+    assert str(g_features.dtype) == dtype
+    assert finite(g_features) and finite(g_kernel)
+    out = np.asarray(ops.convert_to_numpy(head.stateless_call([kernel], [], features)[0]))
+    if kind == "huge":  # the direction counts, not the magnitude (no overflow to cos = 0)
+        expected = ref.head(direction[None], kernel)[0]
+        np.testing.assert_allclose(out[1], expected, atol=1e-2 if dtype != "float32" else 1e-6)
+
+
+@pytest.mark.parametrize("kind", ["zero", "tiny", "huge"])
+def test_l2_normalize_of_extreme_rows_matches_the_reference(kind, rng):
+    features, direction = extreme_rows(kind, "float32", rng)
+    out = np.asarray(ops.convert_to_numpy(kf.heads.l2_normalize(features)))
+    values = np.asarray(ops.convert_to_numpy(features), "float64")
+    # x / max(||x||, 1e-6), in float64 with the norm computed without overflow.
+    for got, row in zip(out, values):
+        scale = np.max(np.abs(row))
+        norm = scale * np.sqrt(np.sum((row / scale) ** 2)) if scale else 0.0
+        np.testing.assert_allclose(got, row / max(norm, 1e-6), rtol=1e-5, atol=1e-30)
+
+
+def test_mixed_float16_fit_step_with_a_zero_feature_row_updates_every_weight():
+    """Before: the zero row's gradient g/sqrt(epsilon) ≈ 1e6·g overflowed float16 in the input
+    cast's backward pass, whatever the loss scale, so the loss-scale optimizer skipped the step
+    (and every later one: the row's gradient does not shrink with the scale below ~1e-3)."""
+    keras.config.set_dtype_policy("mixed_float16")
+    model = keras.Sequential([
+        keras.Input((4,)),
+        keras.layers.Dense(4, kernel_initializer="identity", bias_initializer="zeros"),
+        kf.heads.CosineHead(3),
+    ])
+    # A loss scale at which the ordinary rows' gradients fit float16, so that only the zero row
+    # could overflow (Keras's default starts at 32768 and skips steps until it has adapted).
+    optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.01), initial_scale=1.0)
+    model.compile(optimizer=optimizer, loss=kf.losses.ArcFaceLoss())
+    x = np.array([[0, 0, 0, 0], [1, 2, 3, 4], [-1, 0.5, 2, 1], [3, -1, 0, 2]], "float32")
+    y = np.array([0, 1, 2, 1])
+    before = [np.asarray(w) for w in model.trainable_weights]
+    scale_before = float(model.optimizer.scale_loss(1.0))
+    loss = model.train_on_batch(x, y)
+    assert math.isfinite(float(loss))
+    for old, weight in zip(before, model.trainable_weights):
+        new = np.asarray(weight)
+        assert np.all(np.isfinite(new)), weight.path
+        assert not np.array_equal(old, new), f"{weight.path} did not move: the step was skipped"
+    assert float(model.optimizer.scale_loss(1.0)) == scale_before  # no overflow seen

@@ -30,11 +30,17 @@ CASES = {
     "arcface_easy": dict(margin=0.5, scale=16.0, easy_margin=True),
     "combined_margin": dict(m1=1.0, m2=0.3, m3=0.2, scale=16.0),
     "combined_margin_m1": dict(m1=1.35, m2=0.25, m3=0.15, scale=16.0),
+    "combined_margin_cm2": dict(m1=0.9, m2=0.4, m3=0.15, scale=16.0),  # the ArcFace paper's CM2
 }
 
 
+def case_name(case):
+    """The registered name a case is built from: the longest name that the case starts with."""
+    return max((n for n in kf.losses.names() if case == n or case.startswith(n + "_")), key=len)
+
+
 def make_loss(case, **extra):
-    name = case.replace("_easy", "").replace("_m1", "")
+    name = case_name(case)
     return kf.losses.get(name, **CASES[case], **extra), name
 
 
@@ -192,8 +198,10 @@ def test_finite_difference_gradient_of_the_implementation(case, rng):
     numerical = numerical_gradient(numeric, cosines, step=1e-7)
     near_kink = np.zeros_like(cosines, dtype=bool)
     if "arcface" in case or "combined" in case:
+        p = CASES[case]
+        kink = (math.pi - p.get("margin", p.get("m2", 0.0))) / p.get("m1", 1.0)
         for i, y in enumerate(labels):
-            near_kink[i, y] = abs(theta[i, y] - (math.pi - CASES[case].get("margin", 0.25))) < 1e-4
+            near_kink[i, y] = abs(theta[i, y] - kink) < 1e-4
     np.testing.assert_allclose(grad[~near_kink], numerical[~near_kink], rtol=1e-5, atol=1e-6)
 
 
@@ -219,7 +227,8 @@ def test_sphereface_extension_is_continuous():
 def test_no_nan_at_zero_features_and_theta_0_and_pi(name, policy):
     """A training step from features at zero, at θ = 0 and at θ = π leaves every weight finite."""
     keras.config.set_dtype_policy(policy)
-    head = kf.heads.CosineHead(3)
+    loss = kf.losses.get(name)
+    head = kf.heads.CosineHead(3, loss=loss)  # the head each loss needs (norms, state, sub-centres)
     model = keras.Sequential([
         keras.Input((4,)),
         keras.layers.Dense(4, kernel_initializer="identity", bias_initializer="zeros"),
@@ -233,9 +242,9 @@ def test_no_nan_at_zero_features_and_theta_0_and_pi(name, policy):
         kernel[:, 2] * 1e-30,  # tiny but non-zero
     ]).astype("float32")
     labels = np.array([0, 0, 1, 2])
-    model.compile(optimizer=keras.optimizers.SGD(0.1), loss=kf.losses.get(name))
-    loss = model.train_on_batch(features, labels)
-    assert math.isfinite(float(loss))
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss=loss)
+    value = model.train_on_batch(features, labels)
+    assert math.isfinite(float(value))
     for weight in model.weights:
         assert finite(weight), weight.path
 
@@ -325,10 +334,9 @@ def test_bad_shapes_and_dense_rows(y_true, y_pred, message):
         (lambda: kf.losses.ArcFaceLoss(scale=-1.0), r"scale must be a finite number > 0; got -1.0"),
         (lambda: kf.losses.ArcFaceLoss(margin=2.0), r"margin must be in \[0.0, 1.57.*radians; got 2.0"),
         (lambda: kf.losses.CosFaceLoss(margin=-0.1), r"margin must be in \[0.0, 1.0\]; got -0.1"),
-        (lambda: kf.losses.CombinedMarginLoss(m1=0.5), r"m1 must be in \[1.0, 4.0\]; got 0.5"),
-        (lambda: kf.losses.CombinedMarginLoss(m3=1.5), "m3 must be in"),
+        (lambda: kf.losses.CombinedMarginLoss(m1=0.0), r"m1 must be a finite number > 0; got 0.0"),
         (lambda: kf.losses.NormFaceLoss(label_smoothing=1.0), r"label_smoothing must be in \[0.0, 1.0\)"),
-        (lambda: kf.losses.get("arcfce"), "Unknown loss 'arcfce'; known names: arcface, circle, combined_margin"),
+        (lambda: kf.losses.get("arcfce"), "Unknown loss 'arcfce'; known names: adacos, adaface, arcface, circle"),
     ],
 )
 def test_bad_arguments(make, message):
@@ -341,9 +349,10 @@ def test_bad_arguments(make, message):
 
 @pytest.mark.parametrize("name", MARGIN_NAMES)
 def test_registry_and_config_round_trip(name):
-    loss = kf.losses.get(name, label_smoothing=0.1, scale=12.0)
+    scaled = "scale" in kf.losses.get(name).get_config()  # AdaCos sets its own
+    loss = kf.losses.get(name, label_smoothing=0.1, **({"scale": 12.0} if scaled else {}))
     clone = check_config_round_trip(loss)
-    assert clone.scale == 12.0 and clone.label_smoothing == 0.1
+    assert clone.label_smoothing == 0.1 and (clone.scale == 12.0 or not scaled)
     assert kf.losses.get(keras.losses.serialize(loss)).get_config() == loss.get_config()
     assert keras.losses.get(keras.losses.serialize(loss)).get_config() == loss.get_config()
 
@@ -398,3 +407,130 @@ def test_subclass_overriding_only_the_margin_gets_exact_gradients(label_smoothin
 
     assert float(loss(labels, cosines)) == pytest.approx(reference(cosines), rel=1e-9)
     np.testing.assert_allclose(grad, numerical_gradient(reference, cosines), rtol=1e-5, atol=1e-7)
+
+
+# ---- float labels (issue 13) ------------------------------------------------------------------
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tf.function graph")
+def test_non_integral_float_labels_raise_in_a_graph():
+    import tensorflow as tf
+
+    loss = kf.losses.ArcFaceLoss()
+    fn = tf.function(lambda y, c: loss(y, c))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="y_true must hold integer class labels"):
+        fn(tf.constant([1.0, 2.9, 3.0]), tf.zeros((3, 10)))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="y_true must hold integer class labels"):
+        fn(tf.constant([1.0, math.nan, 3.0]), tf.zeros((3, 10)))
+    assert math.isfinite(float(fn(tf.constant([1.0, 2.0, 3.0]), tf.zeros((3, 10)))))
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="Keras's compiled train step on TF")
+def test_float_labels_in_fit_are_refused_not_truncated(rng):
+    """CosineHead + margin loss in Keras's (graph-mode) train step: 2.9 must not train as 2."""
+    import tensorflow as tf
+
+    x = rng.normal(size=(4, 5)).astype("float32")
+    model = keras.Sequential([keras.Input((5,)), kf.heads.CosineHead(3)])
+    model.compile(optimizer="sgd", loss=kf.losses.CosFaceLoss())
+    with pytest.raises(tf.errors.InvalidArgumentError, match="y_true must hold integer class labels"):
+        model.fit(x, np.array([0.0, 2.9, 1.0, 2.0], "float32"), epochs=1, batch_size=4, verbose=0)
+    history = model.fit(x, np.array([0.0, 2.0, 1.0, 2.0], "float32"), epochs=1, batch_size=4, verbose=0)
+    assert math.isfinite(history.history["loss"][0])
+
+
+def test_non_integral_float_labels_give_nan_where_nothing_can_raise():
+    loss = kf.losses.ArcFaceLoss()
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        fn = tf.function(lambda y, c: loss(y, c), jit_compile=True)
+    elif keras.backend.backend() == "jax":
+        import jax
+
+        fn = jax.jit(lambda y, c: loss(y, c))
+    else:
+        pytest.skip("no compiler")
+    cos = np.zeros((3, 10), "float32")
+    assert math.isfinite(float(fn(np.array([1.0, 2.0, 3.0], "float32"), cos)))
+    assert math.isnan(float(fn(np.array([1.0, 2.9, 3.0], "float32"), cos)))
+    assert math.isnan(float(fn(np.array([1.0, -0.5, 3.0], "float32"), cos)))  # would cast to 0
+
+
+# ---- the combined margin's admissible range (issue 13) --------------------------------------
+
+# (m1, m2, m3) of the combined-margin literature: InsightFace's README table and scripts
+# (SphereFace-like 1.5 and 1.35, (1.2, 0.4, 0), (1.1, 0, 0.35), CM1 (1, 0.3, 0.2), CM2 (0.9, 0.4,
+# 0.15), (0.9, 0.5, 0)), and the ArcFace paper's CM1/CM2.
+LITERATURE = [(1.0, 0.3, 0.2), (0.9, 0.4, 0.15), (1.2, 0.4, 0.0), (1.1, 0.0, 0.35), (1.5, 0.0, 0.0),
+              (1.35, 0.0, 0.0), (0.9, 0.5, 0.0), (1.0, 0.5, 0.0), (1.0, 0.0, 0.35), (4.0, 0.0, 0.0)]
+
+
+@pytest.mark.parametrize("m1, m2, m3", LITERATURE)
+def test_combined_margins_of_the_literature_are_accepted_monotonic_and_margins(m1, m2, m3):
+    loss = kf.losses.CombinedMarginLoss(m1=m1, m2=m2, m3=m3, dtype="float64" if FLOAT64 else None)
+    # Within 1e-3 rad of 0 and π the package reads θ from a clipped cosine (finite arccos slope).
+    theta = np.linspace(1e-3, math.pi - 1e-3, 4001)
+    psi = np.asarray(ops.convert_to_numpy(loss.apply_margin(np.cos(theta))), "float64")
+    expected = [ref.psi("combined_margin", math.cos(t), m1=m1, m2=m2, m3=m3) for t in theta]
+    np.testing.assert_allclose(psi, expected, atol=1e-9 if FLOAT64 else 2e-5)
+    tol = 1e-12 if FLOAT64 else 1e-5
+    assert np.all(np.diff(psi) <= tol), "ψ must not increase with θ"
+    assert np.all(psi <= np.cos(theta) + tol), "ψ(θ) <= cos θ"
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(m1=0.5, m2=0.1, m3=0.0), r"\(m1, m2, m3\) = \(0.5, 0.1, 0.0\) is not a margin: ψ\(θ\) = "
+                                       r"cos\(m1·θ \+ m2\) − m3 exceeds cos θ .* at θ = "),
+        (dict(m1=0.9, m2=0.0, m3=0.0), r"is not a margin: ψ\(θ\).*exceeds cos θ"),
+        (dict(m1=1.0, m2=0.5, m3=-0.2), r"is not a margin"),
+        (dict(m1=-1.0), r"m1 must be a finite number > 0; got -1.0"),
+        (dict(m1=math.inf), r"m1 must be a finite number > 0; got inf"),
+        (dict(m2=-0.1), r"m2 must be in \[0.0, 3.14159.*\) radians.*; got -0.1"),
+        (dict(m2=math.pi), r"m2 must be in \[0.0, 3.14159"),
+        (dict(m3=math.nan), r"m3 must be a finite number; got nan"),
+        (dict(m1="1"), r"m1 must be a finite number > 0; got '1'"),
+    ],
+)
+def test_combined_margin_refuses_only_what_is_not_a_margin(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        kf.losses.CombinedMarginLoss(**kwargs)
+
+
+def test_combined_margin_accepts_negative_m3_where_the_angle_margin_covers_it():
+    """ψ = cos(θ + 0.5) + 0.1 stays below cos θ (their gap is at least 2 sin²(0.25) = 0.122)."""
+    loss = kf.losses.CombinedMarginLoss(m1=1.0, m2=0.5, m3=-0.1)
+    assert loss.m3 == -0.1
+
+
+# ---- empty batches, non-finite cosines (issue 13) --------------------------------------------
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("dense", [False, True], ids=["sparse", "dense"])
+def test_empty_batch_gives_zero_loss_and_zero_gradients(case, dense):
+    loss, _ = make_loss(case)
+    y = np.zeros((0, 5), "float32") if dense else np.zeros((0,), "int32")
+    value, (grad,) = value_and_grad(lambda c: loss(y, c), np.zeros((0, 5), "float32"))
+    assert value == 0.0 and grad.shape == (0, 5)
+
+
+@pytest.mark.parametrize("bad, shown", [(math.nan, "NaN"), (math.inf, "Inf"), (-math.inf, "Inf")])
+def test_non_finite_cosines_are_named_as_such_not_as_raw_logits(bad, shown):
+    cos = np.array([[0.1, 0.2, 0.3], [0.0, bad, 0.5]], "float32")
+    with pytest.raises(ValueError, match=rf"y_pred must be finite cosines; got {shown} in 1 of 2 rows") as info:
+        kf.losses.ArcFaceLoss()(np.array([0, 1]), cos)
+    assert "Raw logits" not in str(info.value)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tf.function graph")
+def test_non_finite_cosines_in_a_graph():
+    """NaN and Inf trip the graph's range assertion, whose message names them."""
+    import tensorflow as tf
+
+    fn = tf.function(lambda y, c: kf.losses.CosFaceLoss()(y, c))
+    for bad in (math.inf, math.nan):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"finite cosines .*NaN/Inf"):
+            fn(tf.constant([0, 1]), tf.constant([[0.1, bad], [0.2, 0.3]]))

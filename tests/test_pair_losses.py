@@ -710,3 +710,57 @@ def test_sort_path_gradient_matches_reference(case, monkeypatch, rng):
     numerical = numerical_gradient(lambda e: reference(case, e, labels), x)
     assert value == pytest.approx(reference(case, x, labels), **TOL)
     np.testing.assert_allclose(grad, numerical, **GRAD_TOL)
+
+
+# ---- extreme embedding rows in every precision (issue 13) -------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("kind", ["zero", "tiny", "huge"])
+@pytest.mark.parametrize("case", ["triplet_all_cosine", "triplet_semi_cosine", "contrastive_cosine",
+                                  "npair_cosine", "unified_pair", "circle", "supcon", "multi_similarity",
+                                  "triplet_semi_euclidean"])
+def test_gradients_stay_finite_for_zero_tiny_and_huge_rows(case, kind, dtype, rng):
+    """Cosine-based pair losses share l2_normalize with the heads. (Euclidean distances of float32
+    embeddings near 1e30 overflow float32 in the loss value itself: not covered.)"""
+    if "euclidean" in case and kind == "huge" and dtype != "float16":
+        pytest.skip("squared distances of ~1e30 overflow float32")
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    x = rng.normal(size=(6, 4))
+    x[1] = {"zero": 0.0, "tiny": 1e-7 if dtype == "float16" else 1e-30,
+            "huge": 6e4 / 3 if dtype == "float16" else 1e30}[kind] * np.array([1.0, -2.0, 0.5, 3.0])
+    embeddings = ops.cast(x.astype("float32"), dtype)
+    loss = make_loss(case)
+    value, (grad,) = value_and_grad(lambda e: loss(labels, e), embeddings)
+    assert np.isfinite(value) and str(grad.dtype) == dtype
+    assert np.all(np.isfinite(grad.astype("float64")))
+
+
+# ---- empty batches and non-finite embeddings (issue 13) ---------------------------------------
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_empty_batch_gives_zero_loss_and_zero_gradients(case):
+    loss = make_loss(case)
+    value, (grad,) = value_and_grad(lambda e: loss(np.zeros((0,), "int32"), e), np.zeros((0, 4), "float32"))
+    assert value == 0.0 and grad.shape == (0, 4)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tf.function with an unknown batch")
+@pytest.mark.parametrize("case", list(CASES))
+def test_empty_batch_in_a_graph_with_unknown_batch_size(case):
+    import tensorflow as tf
+
+    loss = make_loss(case)
+    fn = tf.function(lambda y, e: loss(y, e), input_signature=[
+        tf.TensorSpec((None,), tf.int32), tf.TensorSpec((None, 4), tf.float32)])
+    assert float(fn(tf.zeros((0,), tf.int32), tf.zeros((0, 4)))) == 0.0
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+@pytest.mark.parametrize("name", PAIR_NAMES)
+def test_non_finite_embeddings_are_named_as_such(name, bad, rng):
+    x = rng.normal(size=(6, 4)).astype("float32")
+    x[2, 1] = bad
+    with pytest.raises(ValueError, match=r"y_pred must be finite embeddings; got NaN or Inf in 1 of 6 rows"):
+        kf.losses.get(name)(np.array([0, 0, 1, 1, 2, 2]), x)

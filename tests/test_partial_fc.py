@@ -303,7 +303,7 @@ def test_bad_num_classes(num_classes):
     (dict(loss=keras.losses.MeanSquaredError()), "loss must be a keras_facemargin.losses.MarginSoftmaxLoss"),
     (dict(loss="triplet"), "loss must be a keras_facemargin.losses.MarginSoftmaxLoss"),
     (dict(seed=1.5), "seed must be an integer or None; got 1.5"),
-    (dict(epsilon=0), "epsilon must be > 0; got 0"),
+    (dict(epsilon=0), "epsilon must be a finite number > 0; got 0"),
 ])
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -332,3 +332,19 @@ def test_computes_in_float32_under_half_precision(policy):
     out = layer(np.ones((2, 4), "float32"), np.array([1, 2]), training=True)
     assert layer.compute_dtype == "float32" and layer.variable_dtype == "float32"
     assert "float32" in str(out.dtype) and math.isfinite(float(numpy(layer.losses[0])))
+
+
+@multibackend
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("kind", ["zero", "tiny", "huge"])
+@pytest.mark.parametrize("sample_rate", [1.0, 0.5])
+def test_gradients_stay_finite_for_zero_tiny_and_huge_rows(kind, dtype, sample_rate, rng):
+    from test_heads import extreme_rows
+
+    layer = kf.heads.PartialFC(6, sample_rate=sample_rate, seed=0)
+    layer.build((None, 4))
+    embeddings, _ = extreme_rows(kind, dtype, rng)
+    value, (g_emb, g_centres) = value_and_grad(
+        layer_loss(layer, np.array([0, 3, 5])), embeddings, numpy(layer.kernel))
+    assert np.isfinite(value) and str(g_emb.dtype) == dtype
+    assert np.all(np.isfinite(g_emb.astype("float64"))) and np.all(np.isfinite(g_centres))

@@ -132,3 +132,38 @@ def test_log_rows_after_the_last_backup_are_written_once(tmp_path):
     path.write_text("epoch,loss\n0,1.5\n1,1.2\n2,1.1\n")
     _truncate_log(str(path), 2)  # killed after the row of epoch 2 but before its backup
     assert path.read_text() == "epoch,loss\n0,1.5\n1,1.2\n"
+@pytest.mark.parametrize("name", ["adaface", "elasticface"])
+def test_sigkill_then_resume_gives_the_statistics_of_an_uninterrupted_run(name, tmp_path):
+    """A stateful loss's statistics (and ElasticFace's random state) live in the head's weights,
+    so a run killed mid-epoch and resumed from its last epoch backup ends exactly where an
+    uninterrupted run ends."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    whole, split = str(tmp_path / "whole"), str(tmp_path / "split")
+    done = subprocess.run([sys.executable, SCRIPT, whole, name, "epoch"], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    process = subprocess.Popen([sys.executable, SCRIPT, split, name, "epoch"], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 240
+    state = None
+    while time.time() < deadline:
+        state = latest_state(os.path.join(split, "backup")) if os.path.isdir(split) else None
+        if state and state["epoch"] >= 1:
+            break
+        time.sleep(0.02)
+    assert state and state["epoch"] >= 1, "no epoch backup appeared"
+    time.sleep(0.3)  # into the next epoch (40 batches of >= 20 ms each)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+    assert latest_state(os.path.join(split, "backup"))["epoch"] < 4
+    again = subprocess.run([sys.executable, SCRIPT, split, name, "epoch"], env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "from its backup after" in again.stderr
+    expected = keras.models.load_model(os.path.join(whole, "model.keras"))
+    resumed = keras.models.load_model(os.path.join(split, "model.keras"))
+    head = resumed.layers[-1]
+    assert head.loss_state.variables_by_name
+    for a, b in zip(expected.weights, resumed.weights, strict=True):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6, err_msg=a.path)

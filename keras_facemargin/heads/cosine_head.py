@@ -1,25 +1,14 @@
 import math
+import random
 
 import keras
 from keras import ops
 
-from keras_facemargin import _backend
+from keras_facemargin import _backend, _checks, _loss_state, _maths
+from keras_facemargin._loss_state import LossState
+from keras_facemargin._maths import HALF, l2_normalize
 
-_HALF = ("float16", "bfloat16")
-
-
-def l2_normalize(x, axis=-1, epsilon=1e-12):
-    """`x / max(||x||, sqrt(epsilon))`: zero vectors map to zero with finite gradients.
-
-    Half-precision inputs are normalised in float32 (an epsilon of 1e-12 underflows in float16)
-    and returned in their own dtype.
-    """
-    dtype = x.dtype
-    if dtype in _HALF:
-        x = ops.cast(x, "float32")
-    squared = ops.sum(ops.square(x), axis=axis, keepdims=True)
-    out = x * ops.rsqrt(ops.maximum(squared, epsilon))
-    return ops.cast(out, dtype) if dtype in _HALF else out
+__all__ = ["CosineHead", "cosine_to_columns", "cosine_to_rows", "l2_normalize"]
 
 
 def cosine_to_columns(features, kernel, epsilon=1e-12):
@@ -92,7 +81,7 @@ def cosine_to_rows(features, centres, epsilon=1e-12):
 def float32_under_half_policy(dtype):
     """The layer dtype for a head: "float32" where `dtype` (or the global policy) is half precision."""
     policy = keras.config.dtype_policy() if dtype is None else keras.dtype_policies.get(dtype)
-    if policy.compute_dtype in _HALF or policy.variable_dtype in _HALF:
+    if policy.compute_dtype in HALF or policy.variable_dtype in HALF:
         return "float32"
     return dtype
 
@@ -111,6 +100,65 @@ def check_num_classes(num_classes):
         raise ValueError(f"num_classes must be an integer >= 2; got {num_classes!r}")
 
 
+def margin_loss(loss, default=None):
+    """A margin-softmax loss from an instance, a registered name or a config dict (or `default`)."""
+    from keras_facemargin import losses  # heads build from a loss's declared needs
+
+    if loss is None:
+        return default
+    given = loss
+    if isinstance(loss, (str, dict)):
+        try:
+            loss = losses.get(loss)
+        except ValueError:
+            loss = None
+    if not isinstance(loss, losses.MarginSoftmaxLoss):
+        raise ValueError(
+            "loss must be a keras_facemargin.losses.MarginSoftmaxLoss (ArcFaceLoss, AdaFaceLoss, ...), "
+            f"its registered name ({', '.join(losses.names(kind='margin_softmax'))}), or None; got {given!r}"
+        )
+    return loss
+
+
+def sub_centers_for(sub_centers, loss):
+    """The number of sub-centres per class: `sub_centers`, or what `loss` needs (default 1)."""
+    needed = loss.sub_centers if loss is not None else 1
+    if sub_centers is None:
+        return needed
+    sub_centers = _checks.check_integer("sub_centers", sub_centers, 1)
+    if needed > 1 and sub_centers != needed:
+        raise ValueError(
+            f"sub_centers must be {needed} for {type(loss).__name__}(sub_centers={needed}); got {sub_centers}"
+        )
+    return sub_centers
+
+
+def loss_state_for(loss, num_classes):
+    """The `LossState` a head keeps for `loss` (its running statistics and random state)."""
+    seed = None
+    if loss.uses_seed:
+        seed = loss.seed if loss.seed is not None else random.randint(1, 2**31 - 1)
+    state = LossState(loss.state_variables(num_classes), num_classes, seed=seed, name="loss_state",
+                      dtype="float32")
+    state.build()
+    return state
+
+
+def signature(loss, num_classes):
+    """What a head built for `loss` hands over: (feature norms, statistics, random state)."""
+    if loss is None:
+        return (False, (), False)
+    return (loss.needs_feature_norms, tuple(loss.state_variables(num_classes)), loss.uses_seed)
+
+
+def max_over_sub_centers(cosines, sub_centers):
+    """`[batch, classes × K]` cosines (class-major: column c·K + k) → the best of each class's K."""
+    if sub_centers == 1:
+        return cosines
+    classes = cosines.shape[-1] // sub_centers
+    return ops.max(ops.reshape(cosines, (-1, classes, sub_centers)), axis=-1)
+
+
 @keras.saving.register_keras_serializable(package="keras_facemargin")
 class CosineHead(keras.layers.Layer):
     """Cosine similarity between features and learned class centres.
@@ -121,75 +169,138 @@ class CosineHead(keras.layers.Layer):
     target class and scale it; keeping the scale in the loss means the head's output stays
     interpretable (a cosine) and the same trained model works with any margin.
 
+    Sub-centres (`sub_centers=K`, SubCenter-ArcFace): each class has K centres and its cosine is
+    the largest of the K, so a class's noisy images can gather around a non-dominant sub-centre
+    instead of pulling the dominant one; it works with every margin loss. The centres are stored
+    class-major (column c·K + k of the kernel). `sub_center_report` and
+    `drop_non_dominant_sub_centers` (in `keras_facemargin.heads`) find the outliers and keep one
+    centre per class after training.
+
+    Built for a loss (`loss=...`), the head hands that loss what it declares it needs: the
+    feature norm of each sample as a last output column (`AdaFaceLoss`, `MagFaceLoss`:
+    `[batch, num_classes + 1]`), and it keeps the loss's running statistics (AdaFace's norm
+    mean/std, CurricularFace's t, AdaCos's scale, ElasticFace's random state) as non-trainable
+    weights of a `LossState` sublayer, so that they are saved, restored and mirrored with the
+    model. The statistics are updated only in a training call (`training=True`, as `fit` makes it).
+    The compiled loss must be of the same class (its hyperparameters are the ones used).
+
     The head computes in float32 even under a `mixed_float16`/`mixed_bfloat16` policy: cosines close
-    to ±1 and the scale of 64 that the losses apply need more than half precision.
+    to ±1 and the scale of 64 that the losses apply need more than half precision. It casts
+    half-precision features itself (Keras's input autocast is off), with a backward pass that
+    saturates instead of overflowing; features shorter than sqrt(epsilon) count as zero and pass
+    no gradient back (their exact gradient, g / sqrt(epsilon) ≈ 1e6·g, became Inf in float16, so
+    the loss-scale optimizer skipped every step of a batch with a zero feature row). For every
+    finite input, huge rows included, the output and the gradients w.r.t. the features and the
+    centres are finite.
 
     Args:
         num_classes: number of classes (identities), at least 2.
-        kernel_initializer: initializer of the `[dim, num_classes]` class-centre matrix.
+        sub_centers: K >= 1 centres per class (default: what `loss` needs, else 1).
+        loss: the margin loss this head is built for (an instance, a registered name or a config),
+            or None for any loss that needs nothing but the cosines.
+        kernel_initializer: initializer of the `[dim, num_classes × K]` class-centre matrix.
         kernel_regularizer: optional regularizer of that matrix.
-        epsilon: floor of the squared norm, so zero features give zero cosines, not NaN.
+        epsilon: floor of the squared norm: features shorter than sqrt(epsilon) give zero cosines
+            and no gradient.
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
         inputs: features `[batch, dim]`.
+        training: whether this is a training step (the loss's statistics are updated).
 
     Returns:
-        cos θ, `[batch, num_classes]`, in [-1, 1] up to float rounding.
+        cos θ, `[batch, num_classes]`, in [-1, 1] up to float rounding; with the feature norm as
+        one more column, `[batch, num_classes + 1]`, for a loss that needs it.
 
     Example:
 
     ```python
     model = keras.Sequential([backbone, keras_facemargin.heads.CosineHead(num_classes)])
     model.compile(optimizer="sgd", loss=keras_facemargin.losses.ArcFaceLoss())
+
+    loss = keras_facemargin.losses.AdaFaceLoss()
+    model = keras.Sequential([backbone, keras_facemargin.heads.CosineHead(num_classes, loss=loss)])
+    model.compile(optimizer="sgd", loss=loss)
     ```
 
     Reference:
-        Wang et al., "NormFace: L2 Hypersphere Embedding for Face Verification", 2017.
+        Wang et al., "NormFace: L2 Hypersphere Embedding for Face Verification", 2017;
+        Deng et al., "Sub-center ArcFace: Boosting Face Recognition by Large-scale Noisy Web
+        Faces", ECCV 2020.
     """
 
     def __init__(
         self,
         num_classes,
+        sub_centers=None,
+        loss=None,
         kernel_initializer="glorot_uniform",
         kernel_regularizer=None,
         epsilon=1e-12,
         **kwargs,
     ):
-        super().__init__(dtype=float32_under_half_policy(kwargs.pop("dtype", None)), **kwargs)
+        kwargs.pop("autocast", None)
+        super().__init__(
+            dtype=float32_under_half_policy(kwargs.pop("dtype", None)), autocast=False, **kwargs
+        )
         check_num_classes(num_classes)
-        if not epsilon > 0:
-            raise ValueError(f"epsilon must be > 0; got {epsilon!r}")
+        epsilon = _checks.check_positive("epsilon", epsilon)
         self.num_classes = num_classes
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.loss = margin_loss(loss)
+        self.sub_centers = sub_centers_for(sub_centers, self.loss)
+        self.feature_norms = bool(self.loss is not None and self.loss.needs_feature_norms)
+        self.kernel_initializer = _checks.keras_object(
+            "kernel_initializer", kernel_initializer, keras.initializers.get, "a Keras initializer"
+        )
+        self.kernel_regularizer = _checks.keras_object(
+            "kernel_regularizer", kernel_regularizer, keras.regularizers.get, "a Keras regularizer or None"
+        )
         self.epsilon = epsilon
+        self.loss_state = None
 
     def build(self, input_shape):
         dim = check_features_shape("CosineHead", "features", input_shape)
         self.kernel = self.add_weight(
             name="kernel",
-            shape=(dim, self.num_classes),
+            shape=(dim, self.num_classes * self.sub_centers),
             initializer=self.kernel_initializer,
             regularizer=self.kernel_regularizer,
         )
+        if self.loss is not None:
+            self.loss_state = loss_state_for(self.loss, self.num_classes)
 
-    def call(self, inputs):
-        features = l2_normalize(inputs, axis=-1, epsilon=self.epsilon)
-        return cosine_to_columns(features, _backend.read(self.kernel), self.epsilon)
+    def call(self, inputs, training=None):
+        features = l2_normalize(inputs, axis=-1, epsilon=self.epsilon, dtype=self.compute_dtype)
+        cosines = cosine_to_columns(features, _backend.read(self.kernel), self.epsilon)
+        out = max_over_sub_centers(cosines, self.sub_centers)
+        if self.feature_norms:
+            norms = _maths.norm(inputs, axis=-1, dtype=self.compute_dtype, keepdims=True)
+            out = ops.concatenate([out, norms], axis=-1)
+        _loss_state.record(self, out, training)
+        return out
+
+    def loss_signature(self):
+        """What this head hands its loss: (feature norms, statistic names, random state)."""
+        return signature(self.loss, self.num_classes)
 
     @property
     def centers(self):
-        """The L2-normalised class centres, `[num_classes, dim]`."""
-        return ops.transpose(l2_normalize(self.kernel, axis=0, epsilon=self.epsilon))
+        """The L2-normalised class centres, `[num_classes, dim]` (`[num_classes, K, dim]` with K
+        sub-centres)."""
+        centres = ops.transpose(l2_normalize(self.kernel, axis=0, epsilon=self.epsilon))
+        if self.sub_centers == 1:
+            return centres
+        return ops.reshape(centres, (self.num_classes, self.sub_centers, -1))
 
     def compute_output_shape(self, input_shape):
-        return (input_shape[0], self.num_classes)
+        return (input_shape[0], self.num_classes + (1 if self.feature_norms else 0))
 
     def get_config(self):
         config = super().get_config()
         config.update(
             num_classes=self.num_classes,
+            sub_centers=self.sub_centers,
+            loss=None if self.loss is None else keras.saving.serialize_keras_object(self.loss),
             kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
             kernel_regularizer=keras.regularizers.serialize(self.kernel_regularizer),
             epsilon=self.epsilon,

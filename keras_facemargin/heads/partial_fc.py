@@ -4,7 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_facemargin import _backend, _checks
+from keras_facemargin import _backend, _checks, _loss_state, _maths
 from keras_facemargin._replicas import replica_context
 from keras_facemargin.heads.cosine_head import (
     check_features_shape,
@@ -12,6 +12,11 @@ from keras_facemargin.heads.cosine_head import (
     cosine_to_rows,
     float32_under_half_policy,
     l2_normalize,
+    loss_state_for,
+    margin_loss,
+    max_over_sub_centers,
+    signature,
+    sub_centers_for,
 )
 
 # Sampling scores are uniform in [0, 1); a positive class scores this, so top-k always keeps it.
@@ -35,16 +40,7 @@ def _check_one_replica_per_process():
 def _margin_loss(loss):
     from keras_facemargin import losses
 
-    if loss is None:
-        return losses.ArcFaceLoss()
-    if isinstance(loss, (str, dict)):
-        loss = losses.get(loss)
-    if not isinstance(loss, losses.MarginSoftmaxLoss):
-        raise ValueError(
-            "loss must be a keras_facemargin.losses.MarginSoftmaxLoss (ArcFaceLoss, CosFaceLoss, ...), "
-            f"its registered name, or None for ArcFaceLoss(); got {loss!r}"
-        )
-    return loss
+    return margin_loss(loss, default=losses.ArcFaceLoss())
 
 
 @keras.saving.register_keras_serializable(package="keras_facemargin")
@@ -84,7 +80,11 @@ class PartialFC(keras.layers.Layer):
     and under XLA or `jax.jit` the loss is NaN. With training=False, or when S = num_classes,
     every class is used and no sampling is done.
 
-    The layer computes in float32 even under a half-precision policy, like `CosineHead`.
+    The layer computes in float32 even under a half-precision policy, and casts half-precision
+    embeddings itself with a saturating backward pass, like `CosineHead`. As `CosineHead` does, it
+    keeps the running statistics of its loss (AdaFace, CurricularFace, AdaCos, ElasticFace) as
+    weights, hands a loss that needs them the feature norms, and supports K sub-centres per class
+    (the sampled classes bring all K of their centres; rows c·K + k of the centre matrix).
 
     Not done: the paper's model parallelism (each replica holding a shard of the centres, the
     embeddings all-gathered, a softmax reduced across shards). Under a data-parallel
@@ -96,8 +96,9 @@ class PartialFC(keras.layers.Layer):
             `keras_facemargin.losses.MarginSoftmaxLoss` (`ArcFaceLoss`, `CosFaceLoss`, ...), its
             registered name, or None for `ArcFaceLoss()`. Its reduction should give a scalar.
         sample_rate: fraction of the classes used per training step, in (0, 1].
+        sub_centers: K >= 1 centres per class (default: what `loss` needs, else 1).
         seed: seed of the negative sampling (int or None).
-        kernel_initializer: initializer of the `[num_classes, dim]` centre matrix. InsightFace's
+        kernel_initializer: initializer of the `[num_classes × K, dim]` centre matrix. InsightFace's
             N(0, 0.01²) by default: the scale matters only through the gradient (∝ 1 / norm).
         kernel_regularizer: optional regularizer of that matrix (makes the update dense).
         epsilon: floor of the squared norms, so zero vectors give zero cosines, not NaN.
@@ -139,12 +140,16 @@ class PartialFC(keras.layers.Layer):
         loss=None,
         sample_rate=0.1,
         seed=None,
+        sub_centers=None,
         kernel_initializer=None,
         kernel_regularizer=None,
         epsilon=1e-12,
         **kwargs,
     ):
-        super().__init__(dtype=float32_under_half_policy(kwargs.pop("dtype", None)), **kwargs)
+        kwargs.pop("autocast", None)
+        super().__init__(
+            dtype=float32_under_half_policy(kwargs.pop("dtype", None)), autocast=False, **kwargs
+        )
         check_num_classes(num_classes)
         number = isinstance(sample_rate, (int, float, np.integer, np.floating)) and not isinstance(
             sample_rate, bool
@@ -153,39 +158,58 @@ class PartialFC(keras.layers.Layer):
             raise ValueError(f"sample_rate must be a number in (0, 1]; got {sample_rate!r}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
             raise ValueError(f"seed must be an integer or None; got {seed!r}")
-        if not epsilon > 0:
-            raise ValueError(f"epsilon must be > 0; got {epsilon!r}")
+        epsilon = _checks.check_positive("epsilon", epsilon)
         self.num_classes = num_classes
         self.loss = _margin_loss(loss)
+        self.sub_centers = sub_centers_for(sub_centers, self.loss)
+        self.feature_norms = self.loss.needs_feature_norms
         self.sample_rate = float(sample_rate)
         self.seed = None if seed is None else int(seed)
         if kernel_initializer is None:
             kernel_initializer = keras.initializers.RandomNormal(stddev=0.01)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.kernel_initializer = _checks.keras_object(
+            "kernel_initializer", kernel_initializer, keras.initializers.get, "a Keras initializer"
+        )
+        self.kernel_regularizer = _checks.keras_object(
+            "kernel_regularizer", kernel_regularizer, keras.regularizers.get, "a Keras regularizer or None"
+        )
         self.epsilon = epsilon
         self.num_sampled = min(num_classes, math.ceil(self.sample_rate * num_classes))
         self.seed_generator = keras.random.SeedGenerator(self.seed)
+        self.loss_state = None
 
     def build(self, embeddings_shape, labels_shape=None):
         dim = check_features_shape("PartialFC", "embeddings", embeddings_shape)
         self.kernel = self.add_weight(
             name="kernel",
-            shape=(self.num_classes, dim),
+            shape=(self.num_classes * self.sub_centers, dim),
             initializer=self.kernel_initializer,
             regularizer=self.kernel_regularizer,
         )
+        self.loss_state = loss_state_for(self.loss, self.num_classes)
+
+    def loss_signature(self):
+        """What this layer hands its loss: (feature norms, statistic names, random state)."""
+        return signature(self.loss, self.num_classes)
+
+    def _apply_loss(self, labels, embeddings, cosines, training):
+        """The loss on `cosines` (with the feature norms appended for a loss that needs them)."""
+        if self.feature_norms:
+            norms = _maths.norm(embeddings, axis=-1, dtype=self.compute_dtype, keepdims=True)
+            cosines = ops.concatenate([cosines, norms], axis=-1)
+        _loss_state.record(self, cosines, training)
+        return self.loss(labels, cosines)
 
     def call(self, embeddings, labels=None, training=None):
         if labels is None:
             return self.cosines(embeddings)
         if not training or self.num_sampled == self.num_classes:
             cosines = self.cosines(embeddings)
-            self.add_loss(self._unscaled(self.loss(labels, cosines)))
+            self.add_loss(self._unscaled(self._apply_loss(labels, embeddings, cosines, training)))
             return cosines
         class_ids, remapped, found = self._sample(labels)
         cosines = self.cosines(embeddings, class_ids)
-        loss = self.loss(remapped, cosines)
+        loss = self._apply_loss(remapped, embeddings, cosines, training)
         if found is not None:
             loss = ops.where(ops.all(found), loss, ops.full_like(loss, math.nan))
         self.add_loss(self._unscaled(loss))
@@ -201,9 +225,15 @@ class PartialFC(keras.layers.Layer):
 
     def cosines(self, embeddings, class_ids=None):
         """cos θ `[batch, len(class_ids)]` between embeddings and the given classes (default all)."""
-        features = l2_normalize(embeddings, axis=-1, epsilon=self.epsilon)
-        centers = _backend.read(self.kernel) if class_ids is None else self._gather(class_ids)
-        return cosine_to_rows(features, centers, self.epsilon)
+        features = l2_normalize(embeddings, axis=-1, epsilon=self.epsilon, dtype=self.compute_dtype)
+        if class_ids is None:
+            centers = _backend.read(self.kernel)
+        else:
+            rows = class_ids if self.sub_centers == 1 else ops.reshape(
+                ops.cast(class_ids, "int32")[:, None] * self.sub_centers
+                + ops.arange(self.sub_centers, dtype="int32")[None, :], (-1,))
+            centers = self._gather(rows)
+        return max_over_sub_centers(cosine_to_rows(features, centers, self.epsilon), self.sub_centers)
 
     def _gather(self, class_ids):
         if keras.backend.backend() == "tensorflow":
@@ -289,8 +319,12 @@ class PartialFC(keras.layers.Layer):
 
     @property
     def centers(self):
-        """The L2-normalised class centres, `[num_classes, dim]`."""
-        return l2_normalize(self.kernel, axis=1, epsilon=self.epsilon)
+        """The L2-normalised class centres, `[num_classes, dim]` (`[num_classes, K, dim]` with K
+        sub-centres)."""
+        centres = l2_normalize(self.kernel, axis=1, epsilon=self.epsilon)
+        if self.sub_centers == 1:
+            return centres
+        return ops.reshape(centres, (self.num_classes, self.sub_centers, -1))
 
     def compute_output_shape(self, embeddings_shape, labels_shape=None):
         return (embeddings_shape[0], self.num_classes)
@@ -302,6 +336,7 @@ class PartialFC(keras.layers.Layer):
             loss=keras.saving.serialize_keras_object(self.loss),
             sample_rate=self.sample_rate,
             seed=self.seed,
+            sub_centers=self.sub_centers,
             kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
             kernel_regularizer=keras.regularizers.serialize(self.kernel_regularizer),
             epsilon=self.epsilon,

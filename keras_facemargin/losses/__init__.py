@@ -10,6 +10,14 @@ subclasses) take embeddings `[batch, dim]` and integer identity labels of a P×K
 
 import keras
 
+from keras_facemargin.losses.adaptive_margins import (
+    AdaCosLoss,
+    AdaFaceLoss,
+    CurricularFaceLoss,
+    ElasticFaceLoss,
+    MagFaceLoss,
+    SubCenterArcFaceLoss,
+)
 from keras_facemargin.losses.margin_losses import (
     ArcFaceLoss,
     CombinedMarginLoss,
@@ -36,6 +44,12 @@ _REGISTRY = {
     "cosface": CosFaceLoss,
     "arcface": ArcFaceLoss,
     "combined_margin": CombinedMarginLoss,
+    "adaface": AdaFaceLoss,
+    "magface": MagFaceLoss,
+    "curricularface": CurricularFaceLoss,
+    "subcenter_arcface": SubCenterArcFaceLoss,
+    "elasticface": ElasticFaceLoss,
+    "adacos": AdaCosLoss,
     "triplet": TripletLoss,
     "contrastive": ContrastiveLoss,
     "npair": NPairLoss,
@@ -46,9 +60,33 @@ _REGISTRY = {
 }
 
 
-def names():
-    """The registered loss names, sorted."""
-    return sorted(_REGISTRY)
+def names(kind=None):
+    """The registered loss names, sorted; `kind="margin_softmax"` or `"pair"` for one family."""
+    if kind is None:
+        return sorted(_REGISTRY)
+    families = {"margin_softmax": MarginSoftmaxLoss, "pair": PairLoss}
+    if kind not in families:
+        raise ValueError(f"kind must be None, 'margin_softmax' or 'pair'; got {kind!r}")
+    return sorted(n for n, cls in _REGISTRY.items() if issubclass(cls, families[kind]))
+
+
+def get_class(name):
+    """The loss class registered as `name`, without building it.
+
+    Its class attributes say what it needs: a `MarginSoftmaxLoss` subclass trains with a head
+    (`needs_feature_norms`, `uses_seed`, `state_variables`), a `PairLoss` subclass on embeddings.
+
+    Example:
+
+    ```python
+    cls = keras_facemargin.losses.get_class("adaface")
+    issubclass(cls, keras_facemargin.losses.MarginSoftmaxLoss), cls.needs_feature_norms  # True, True
+    ```
+    """
+    key = name.lower().replace("-", "_") if isinstance(name, str) else name
+    if key not in _REGISTRY:
+        raise ValueError(f"Unknown loss {name!r}; known names: {', '.join(names())}")
+    return _REGISTRY[key]
 
 
 def get(identifier, **kwargs):
@@ -69,25 +107,42 @@ def get(identifier, **kwargs):
     if isinstance(identifier, str):
         key = identifier.lower().replace("-", "_")
         if key in _REGISTRY:
-            return _REGISTRY[key](**kwargs)
+            cls = _REGISTRY[key]
+            try:
+                return cls(**kwargs)
+            except TypeError as error:
+                if "unexpected keyword argument" not in str(error):
+                    raise
+                unknown = str(error).split("argument", 1)[1].strip()
+                raise ValueError(
+                    f"{key} ({cls.__name__}) takes no argument {unknown}; its arguments are those of "
+                    f"{cls.__name__}(...) and {cls.__mro__[1].__name__}; got {kwargs}"
+                ) from None
     raise ValueError(f"Unknown loss {identifier!r}; known names: {', '.join(names())}")
 
 __all__ = [
+    "AdaCosLoss",
+    "AdaFaceLoss",
     "ArcFaceLoss",
     "CircleLoss",
     "CombinedMarginLoss",
     "ContrastiveLoss",
     "CosFaceLoss",
+    "CurricularFaceLoss",
+    "ElasticFaceLoss",
+    "MagFaceLoss",
     "MarginSoftmaxLoss",
     "MultiSimilarityLoss",
     "NPairLoss",
     "NormFaceLoss",
     "PairLoss",
     "SphereFaceLoss",
+    "SubCenterArcFaceLoss",
     "SupConLoss",
     "TripletLoss",
     "UnifiedPairLoss",
     "unified_pair_loss",
     "get",
+    "get_class",
     "names",
 ]

@@ -108,10 +108,16 @@ class PairLoss(keras.losses.Loss):
 
     def __init__(self, check_inputs=True, cross_replica=False, reduction="sum_over_batch_size",
                  name=None, dtype=None):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.check_inputs = bool(check_inputs)
-        self.cross_replica = bool(cross_replica)
+        super().__init__(name=name, reduction=reduction, dtype=_checks.loss_dtype(dtype))
+        self.check_inputs = _checks.check_bool("check_inputs", check_inputs)
+        self.cross_replica = _checks.check_bool("cross_replica", cross_replica)
         self._warned_no_pairs = False
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        # Half-precision embeddings are cast here, with a backward pass that saturates instead
+        # of overflowing (Keras's own cast would turn a large float32 gradient into Inf).
+        loss = super().__call__(y_true, _checks.to_loss_dtype(y_pred, self.dtype), sample_weight)
+        return _checks.reduce_empty(loss, self.reduction)
 
     def anchor_terms(self, embeddings, positive, negative, candidates=None):
         """(sum of each anchor's loss terms, number of its terms), `[batch]` each.
@@ -125,6 +131,8 @@ class PairLoss(keras.losses.Loss):
         if embeddings.dtype in _HALF:
             embeddings = ops.cast(embeddings, "float32")
         labels, labels_ok = self._labels(y_true, embeddings)
+        if embeddings.shape[0] == 0:  # an empty batch: no anchors, loss 0 (reductions need rows)
+            return ops.sum(embeddings, axis=-1)
         context, replicas = replica_context() if self.cross_replica else (None, 1)
         candidates = None
         if context is None:
@@ -161,6 +169,7 @@ class PairLoss(keras.losses.Loss):
         _checks.check_same_batch(y_true, embeddings)
         if not self.check_inputs:
             return y_true, None
+        _checks.check_finite_rows("y_pred", embeddings, "embeddings")
         values = _checks.concrete(y_true)
         if values is None:
             is_integer = ops.equal(y_true, ops.round(y_true))
@@ -250,13 +259,13 @@ class TripletLoss(PairLoss):
         self.margin = _checks.check_positive("margin", margin, allow_zero=True)
         self.distance = _check_choice("distance", distance, pairwise.DISTANCES)
         self.mining = _check_choice("mining", mining, _MININGS)
-        self.soft = bool(soft)
+        self.soft = _checks.check_bool("soft", soft)
         if self.soft and self.mining == "all":
             raise ValueError(
                 "soft=True needs mining='batch_hard' or 'semi_hard'; got mining='all' (a softplus "
                 "per triplet would cost batch³)"
             )
-        self.average_nonzero = bool(average_nonzero)
+        self.average_nonzero = _checks.check_bool("average_nonzero", average_nonzero)
 
     def _hinge(self, x):
         return ops.softplus(x) if self.soft else ops.relu(x)

@@ -16,7 +16,7 @@ import math
 from keras import ops
 
 from keras_facemargin import _backend
-from keras_facemargin.heads.cosine_head import l2_normalize
+from keras_facemargin._maths import l2_normalize
 
 DISTANCES = ("cosine", "euclidean", "squared_euclidean")
 _TINY = 1e-30
