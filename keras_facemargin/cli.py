@@ -432,6 +432,7 @@ def _train_config(args):
     else:
         config = config_lib.TrainConfig()
     config = dataclasses.replace(config, **flags).validate()
+    config.check_combination(given)  # refusals now; warnings come when the run is prepared
     return config, given
 
 
