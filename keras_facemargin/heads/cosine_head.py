@@ -4,7 +4,7 @@ import random
 import keras
 from keras import ops
 
-from keras_facemargin import _backend, _checks, _loss_state, _maths
+from keras_facemargin import _backend, _checks, _loss_state, _maths, registry
 from keras_facemargin._loss_state import LossState
 from keras_facemargin._maths import HALF, l2_normalize
 
@@ -159,6 +159,7 @@ def max_over_sub_centers(cosines, sub_centers):
     return ops.max(ops.reshape(cosines, (-1, classes, sub_centers)), axis=-1)
 
 
+@registry.register("head", "cosine")
 @keras.saving.register_keras_serializable(package="keras_facemargin")
 class CosineHead(keras.layers.Layer):
     """Cosine similarity between features and learned class centres.

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_facemargin import _backend, _checks, _loss_state, _maths
+from keras_facemargin import _backend, _checks, _loss_state, _maths, registry
 from keras_facemargin._replicas import replica_context
 from keras_facemargin.heads.cosine_head import (
     check_features_shape,
@@ -43,6 +43,7 @@ def _margin_loss(loss):
     return margin_loss(loss, default=losses.ArcFaceLoss())
 
 
+@registry.register("head", "partial_fc")
 @keras.saving.register_keras_serializable(package="keras_facemargin")
 class PartialFC(keras.layers.Layer):
     """Margin-softmax head that trains on the batch's classes plus a random sample of the others.

@@ -10,6 +10,7 @@ subclasses) take embeddings `[batch, dim]` and integer identity labels of a P×K
 
 import keras
 
+from keras_facemargin import registry
 from keras_facemargin.losses.adaptive_margins import (
     AdaCosLoss,
     AdaFaceLoss,
@@ -38,36 +39,15 @@ from keras_facemargin.losses.pair_losses import (
     unified_pair_loss,
 )
 
-_REGISTRY = {
-    "normface": NormFaceLoss,
-    "sphereface": SphereFaceLoss,
-    "cosface": CosFaceLoss,
-    "arcface": ArcFaceLoss,
-    "combined_margin": CombinedMarginLoss,
-    "adaface": AdaFaceLoss,
-    "magface": MagFaceLoss,
-    "curricularface": CurricularFaceLoss,
-    "subcenter_arcface": SubCenterArcFaceLoss,
-    "elasticface": ElasticFaceLoss,
-    "adacos": AdaCosLoss,
-    "triplet": TripletLoss,
-    "contrastive": ContrastiveLoss,
-    "npair": NPairLoss,
-    "unified_pair": UnifiedPairLoss,
-    "circle": CircleLoss,
-    "supcon": SupConLoss,
-    "multi_similarity": MultiSimilarityLoss,
-}
-
 
 def names(kind=None):
     """The registered loss names, sorted; `kind="margin_softmax"` or `"pair"` for one family."""
     if kind is None:
-        return sorted(_REGISTRY)
+        return registry.names("loss")
     families = {"margin_softmax": MarginSoftmaxLoss, "pair": PairLoss}
     if kind not in families:
         raise ValueError(f"kind must be None, 'margin_softmax' or 'pair'; got {kind!r}")
-    return sorted(n for n, cls in _REGISTRY.items() if issubclass(cls, families[kind]))
+    return [n for n in registry.names("loss") if issubclass(registry.get_class("loss", n), families[kind])]
 
 
 def get_class(name):
@@ -83,10 +63,7 @@ def get_class(name):
     issubclass(cls, keras_facemargin.losses.MarginSoftmaxLoss), cls.needs_feature_norms  # True, True
     ```
     """
-    key = name.lower().replace("-", "_") if isinstance(name, str) else name
-    if key not in _REGISTRY:
-        raise ValueError(f"Unknown loss {name!r}; known names: {', '.join(names())}")
-    return _REGISTRY[key]
+    return registry.get_class("loss", name)
 
 
 def get(identifier, **kwargs):
@@ -104,21 +81,8 @@ def get(identifier, **kwargs):
         return identifier
     if isinstance(identifier, dict):
         return keras.losses.deserialize(identifier)
-    if isinstance(identifier, str):
-        key = identifier.lower().replace("-", "_")
-        if key in _REGISTRY:
-            cls = _REGISTRY[key]
-            try:
-                return cls(**kwargs)
-            except TypeError as error:
-                if "unexpected keyword argument" not in str(error):
-                    raise
-                unknown = str(error).split("argument", 1)[1].strip()
-                raise ValueError(
-                    f"{key} ({cls.__name__}) takes no argument {unknown}; its arguments are those of "
-                    f"{cls.__name__}(...) and {cls.__mro__[1].__name__}; got {kwargs}"
-                ) from None
-    raise ValueError(f"Unknown loss {identifier!r}; known names: {', '.join(names())}")
+    return registry.get("loss", identifier, **kwargs)
+
 
 __all__ = [
     "AdaCosLoss",

@@ -18,7 +18,7 @@ import math
 import keras
 from keras import ops
 
-from keras_facemargin import _backend, _checks
+from keras_facemargin import _backend, _checks, registry
 from keras_facemargin._replicas import global_rows
 from keras_facemargin.losses.margin_losses import (
     ArcFaceLoss,
@@ -45,6 +45,7 @@ def _ema(batch_value, running, momentum, ok):
     return ops.where(ok, momentum * batch_value + (1.0 - momentum) * running, running)
 
 
+@registry.register("loss", "adaface")
 @keras.saving.register_keras_serializable(package="keras_facemargin")
 class AdaFaceLoss(MarginSoftmaxLoss):
     """AdaFace: a margin that moves between ArcFace and CosFace with the feature norm.
@@ -137,6 +138,7 @@ class AdaFaceLoss(MarginSoftmaxLoss):
         return {**super().get_config(), "margin": self.margin, "h": self.h, "momentum": self.momentum}
 
 
+@registry.register("loss", "magface")
 @keras.saving.register_keras_serializable(package="keras_facemargin")
 class MagFaceLoss(MarginSoftmaxLoss):
     """MagFace: an ArcFace margin that grows with the feature norm, and a norm regulariser.
@@ -232,6 +234,7 @@ class MagFaceLoss(MarginSoftmaxLoss):
                 "regularizer_weight": self.regularizer_weight}
 
 
+@registry.register("loss", "curricularface")
 @keras.saving.register_keras_serializable(package="keras_facemargin")
 class CurricularFaceLoss(MarginSoftmaxLoss):
     """CurricularFace: ArcFace on the target, and hard negatives re-weighted by training progress.
@@ -330,6 +333,7 @@ class CurricularFaceLoss(MarginSoftmaxLoss):
         return {**super().get_config(), "margin": self.margin, "momentum": self.momentum}
 
 
+@registry.register("loss", "subcenter_arcface")
 @keras.saving.register_keras_serializable(package="keras_facemargin")
 class SubCenterArcFaceLoss(ArcFaceLoss):
     """Sub-center ArcFace: ArcFace on the best of K sub-centres per class.
@@ -372,6 +376,7 @@ class SubCenterArcFaceLoss(ArcFaceLoss):
 _ELASTIC_KINDS = {"arc": 0.5, "cos": 0.35}
 
 
+@registry.register("loss", "elasticface")
 @keras.saving.register_keras_serializable(package="keras_facemargin")
 class ElasticFaceLoss(MarginSoftmaxLoss):
     """ElasticFace: ArcFace or CosFace with a margin drawn per sample from N(m, σ²).
@@ -471,6 +476,7 @@ class ElasticFaceLoss(MarginSoftmaxLoss):
                 "plus": self.plus, "seed": self.seed}
 
 
+@registry.register("loss", "adacos")
 @keras.saving.register_keras_serializable(package="keras_facemargin")
 class AdaCosLoss(MarginSoftmaxLoss):
     """AdaCos: normalised softmax without margin, with the scale set by the data.

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_facemargin import _backend, _checks, _loss_state
+from keras_facemargin import _backend, _checks, _loss_state, registry
 
 # arccos is clipped to [-1 + _CLIP, 1 - _CLIP] so that its gradient stays finite at cos θ = ±1.
 _CLIP = 1e-7
@@ -541,6 +541,7 @@ class MarginSoftmaxLoss(keras.losses.Loss):
         return config
 
 
+@registry.register("loss", "normface")
 @keras.saving.register_keras_serializable(package="keras_facemargin")
 class NormFaceLoss(MarginSoftmaxLoss):
     """Normalised softmax: cross-entropy on s·cos θ, no margin.
@@ -563,6 +564,7 @@ class NormFaceLoss(MarginSoftmaxLoss):
         super().__init__(scale=scale, **kwargs)
 
 
+@registry.register("loss", "sphereface")
 @keras.saving.register_keras_serializable(package="keras_facemargin")
 class SphereFaceLoss(MarginSoftmaxLoss):
     """Multiplicative angular margin: ψ(θ) = (−1)^k cos(mθ) − 2k for θ in [kπ/m, (k+1)π/m].
@@ -617,6 +619,7 @@ class SphereFaceLoss(MarginSoftmaxLoss):
         return {**super().get_config(), "margin": self.margin}
 
 
+@registry.register("loss", "cosface")
 @keras.saving.register_keras_serializable(package="keras_facemargin")
 class CosFaceLoss(MarginSoftmaxLoss):
     """Additive cosine margin: ψ(θ) = cos θ − m.
@@ -669,6 +672,7 @@ def _combined_margin_slope(cosine, m1, m2):
     return ops.where(cosine > math.cos(theta_max), slope, ops.ones_like(cosine))
 
 
+@registry.register("loss", "arcface")
 @keras.saving.register_keras_serializable(package="keras_facemargin")
 class ArcFaceLoss(MarginSoftmaxLoss):
     """Additive angular margin: ψ(θ) = cos(θ + m).
@@ -736,6 +740,7 @@ def _combined_margin_excess(m1, m2, m3, points=200_001):
 _MARGIN_TOLERANCE = 1e-9
 
 
+@registry.register("loss", "combined_margin")
 @keras.saving.register_keras_serializable(package="keras_facemargin")
 class CombinedMarginLoss(MarginSoftmaxLoss):
     """All three margins at once: ψ(θ) = cos(m1·θ + m2) − m3.

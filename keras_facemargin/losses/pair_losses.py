@@ -12,7 +12,7 @@ import warnings
 import keras
 from keras import ops
 
-from keras_facemargin import _checks
+from keras_facemargin import _checks, registry
 from keras_facemargin._replicas import replica_context
 from keras_facemargin.losses import pairwise
 
@@ -205,6 +205,7 @@ def _one_term_each(per_anchor):
     return per_anchor, ops.ones_like(per_anchor)
 
 
+@registry.register("loss", "triplet")
 @keras.saving.register_keras_serializable(package="keras_facemargin")
 class TripletLoss(PairLoss):
     """Triplet loss max(d_ap − d_an + m, 0), with the triplets mined inside the batch.
@@ -318,6 +319,7 @@ _CONTRASTIVE_DEFAULTS = {
 }
 
 
+@registry.register("loss", "contrastive")
 @keras.saving.register_keras_serializable(package="keras_facemargin")
 class ContrastiveLoss(PairLoss):
     """Contrastive loss: positive pairs pulled within one margin, negatives pushed beyond another.
@@ -398,6 +400,7 @@ class ContrastiveLoss(PairLoss):
         }
 
 
+@registry.register("loss", "npair")
 @keras.saving.register_keras_serializable(package="keras_facemargin")
 class NPairLoss(PairLoss):
     """Multi-class N-pair loss: log(1 + Σ_n exp(s_an − s_ap + m)) per anchor–positive pair.
@@ -442,6 +445,7 @@ class NPairLoss(PairLoss):
         return {**super().get_config(), "margin": self.margin, "similarity": self.similarity}
 
 
+@registry.register("loss", "unified_pair")
 @keras.saving.register_keras_serializable(package="keras_facemargin")
 class UnifiedPairLoss(PairLoss):
     """The unified pair loss: log(1 + Σ_i Σ_j exp(γ(s_nj − s_pi + m))) per anchor.
@@ -484,6 +488,7 @@ class UnifiedPairLoss(PairLoss):
         return {**super().get_config(), "gamma": self.gamma, "margin": self.margin}
 
 
+@registry.register("loss", "circle")
 @keras.saving.register_keras_serializable(package="keras_facemargin")
 class CircleLoss(PairLoss):
     """Circle loss: the unified pair loss with a self-paced weight on every similarity.
@@ -531,6 +536,7 @@ class CircleLoss(PairLoss):
         return {**super().get_config(), "margin": self.margin, "gamma": self.gamma}
 
 
+@registry.register("loss", "supcon")
 @keras.saving.register_keras_serializable(package="keras_facemargin")
 class SupConLoss(PairLoss):
     """Supervised contrastive loss: −mean_p log(exp(s_ap/τ) / Σ_{k≠a} exp(s_ak/τ)) per anchor.
@@ -567,6 +573,7 @@ class SupConLoss(PairLoss):
         return {**super().get_config(), "temperature": self.temperature}
 
 
+@registry.register("loss", "multi_similarity")
 @keras.saving.register_keras_serializable(package="keras_facemargin")
 class MultiSimilarityLoss(PairLoss):
     """Multi-Similarity loss, with its pair mining, on cosine similarities.

@@ -7,6 +7,7 @@ accepts any input size its downsampling supports and any embedding size, and is 
 under a mixed-precision policy, with float32 embeddings.
 """
 
+from keras_facemargin import registry
 from keras_facemargin.models.iresnet import (
     iresnet,
     iresnet18,
@@ -21,29 +22,17 @@ from keras_facemargin.models.simple_cnn import simple_cnn
 from keras_facemargin.models.small_vgg import small_vgg
 from keras_facemargin.models.sphereface import sphereface20
 
-_REGISTRY = {
-    "iresnet18": iresnet18,
-    "iresnet34": iresnet34,
-    "iresnet50": iresnet50,
-    "iresnet100": iresnet100,
-    "sphereface20": sphereface20,
-    "mobilefacenet": mobilefacenet,
-    "simple_cnn": simple_cnn,
-    "small_resnet": small_resnet,
-    "small_vgg": small_vgg,
-}
-
 
 def backbone_names():
     """The registered backbone names, sorted."""
-    return sorted(_REGISTRY)
+    return registry.names("backbone")
 
 
 def get_backbone(name, input_shape=(112, 112, 3), embedding_dim=512, **kwargs):
     """A new backbone from its registered name.
 
     Args:
-        name: one of `backbone_names()`; case, `-` and `_` do not matter (`"IResNet-50"` works).
+        name: one of `backbone_names()`; case and `-` for `_` do not matter (`"IResNet50"`).
         input_shape: `(height, width, channels)` of the preprocessed images.
         embedding_dim: size of the embedding, > 0.
         **kwargs: the builder's other arguments, such as `width` or `dropout` (see each builder).
@@ -58,15 +47,9 @@ def get_backbone(name, input_shape=(112, 112, 3), embedding_dim=512, **kwargs):
     backbone = keras_facemargin.models.get_backbone("iresnet50", input_shape=(112, 112, 3))
     ```
     """
-    builders = {_squash(key): build for key, build in _REGISTRY.items()}
-    build = builders.get(_squash(name)) if isinstance(name, str) else None
-    if build is None:
+    if not isinstance(name, str):
         raise ValueError(f"Unknown backbone {name!r}; known names: {', '.join(backbone_names())}")
-    return build(input_shape=input_shape, embedding_dim=embedding_dim, **kwargs)
-
-
-def _squash(name):
-    return name.lower().replace("-", "").replace("_", "")
+    return registry.get("backbone", name, input_shape=input_shape, embedding_dim=embedding_dim, **kwargs)
 
 
 __all__ = [

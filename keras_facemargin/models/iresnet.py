@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_facemargin import registry
 from keras_facemargin.models import _common
 
 _STAGES = {
@@ -98,12 +99,13 @@ def _variant(depth):
     return build
 
 
-iresnet18 = _variant(18)
-iresnet34 = _variant(34)
-iresnet50 = _variant(50)
-iresnet100 = _variant(100)
+iresnet18 = registry.register("backbone", "iresnet18")(_variant(18))
+iresnet34 = registry.register("backbone", "iresnet34")(_variant(34))
+iresnet50 = registry.register("backbone", "iresnet50")(_variant(50))
+iresnet100 = registry.register("backbone", "iresnet100")(_variant(100))
 
 
+@registry.register("backbone", "small_resnet")
 def small_resnet(input_shape=(48, 48, 3), embedding_dim=128, width=0.5, dropout=0.2, name="small_resnet"):
     """IR-ResNet-18 at half width (stages of 32, 64, 128 and 256 channels) for 32–64 px images.
 

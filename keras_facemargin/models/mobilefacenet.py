@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_facemargin import registry
 from keras_facemargin.models import _common
 
 # (expansion t, output channels c, repeats n, first stride s), Table 1 of the paper.
@@ -32,6 +33,7 @@ def _bottleneck(x, expansion, filters, strides, name):
     return y
 
 
+@registry.register("backbone", "mobilefacenet")
 def mobilefacenet(input_shape=(112, 112, 3), embedding_dim=512, width=1.0, name="mobilefacenet"):
     """MobileFaceNet: depthwise-separable bottlenecks and a global depthwise conv (GDConv).
 

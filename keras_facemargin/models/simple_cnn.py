@@ -2,9 +2,11 @@
 
 import keras
 
+from keras_facemargin import registry
 from keras_facemargin.models import _common
 
 
+@registry.register("backbone", "simple_cnn")
 def simple_cnn(
     input_shape=(32, 32, 3), embedding_dim=64, filters=(16, 32, 64), width=1.0, name="simple_cnn"
 ):

@@ -2,9 +2,11 @@
 
 import keras
 
+from keras_facemargin import registry
 from keras_facemargin.models import _common
 
 
+@registry.register("backbone", "small_vgg")
 def small_vgg(input_shape=(48, 48, 3), embedding_dim=128, filters=(32, 64, 128, 256), width=1.0,
               dropout=0.2, name="small_vgg"):
     """Blocks of two 3×3 Conv-BN-ReLU and a 2×2 max pooling, then Flatten-Dropout-Dense-BN.

@@ -2,12 +2,14 @@
 
 import keras
 
+from keras_facemargin import registry
 from keras_facemargin.models import _common
 
 _STAGES = ((64, 1), (128, 2), (256, 4), (512, 1))
 _DOWNSAMPLING = 16
 
 
+@registry.register("backbone", "sphereface20")
 def sphereface20(input_shape=(112, 96, 3), embedding_dim=512, width=1.0, name="sphereface20"):
     """SphereFace-20: four stride-2 convs, each followed by 1, 2, 4 and 1 residual units.
 
