@@ -28,3 +28,19 @@ def global_rows(x):
     import tensorflow as tf
 
     return context.all_gather(x, axis=0), context.replica_id_in_sync_group * tf.shape(x)[0]
+
+
+def replica_share(input_context, name, total):
+    """`(replicas, local replicas, first local replica)` of the pipeline of `input_context`
+    (None: one replica); `total` (argument `name`) must split evenly across the replicas."""
+    if input_context is None:
+        return 1, 1, 0
+    replicas = input_context.num_replicas_in_sync
+    pipelines = input_context.num_input_pipelines
+    if total % replicas or replicas % pipelines:
+        raise ValueError(
+            f"{name} must be a multiple of the number of replicas (num_replicas_in_sync={replicas}, "
+            f"input pipelines={pipelines}); got {name}={total}"
+        )
+    local = replicas // pipelines
+    return replicas, local, input_context.input_pipeline_id * local

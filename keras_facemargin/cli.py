@@ -19,7 +19,7 @@ import logging
 import os
 import sys
 
-from keras_facemargin import _validate
+from keras_facemargin import _checks
 from keras_facemargin import config as config_lib
 
 logger = logging.getLogger("keras_facemargin")
@@ -183,7 +183,7 @@ def pack(args):
     if not os.path.isdir(args.folder):
         raise UsageError(f"FOLDER must be an image folder with one sub-folder per identity; got "
                          f"{args.folder!r} (no such folder)")
-    _validate.check_writable_dir("OUT.rec's folder", os.path.dirname(os.path.abspath(args.out)))
+    _checks.check_writable_dir("OUT.rec's folder", os.path.dirname(os.path.abspath(args.out)))
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     index = data.pack_recordio(args.folder, args.out, layout=args.layout)
     print(f"packed {len(index)} images of {index.num_classes} identities into {args.out} "

@@ -11,7 +11,7 @@ import dataclasses
 import json
 import os
 
-from keras_facemargin import _validate as v
+from keras_facemargin import _checks as v
 
 # The names the command line offers. They are the registries' names (tests/test_config.py keeps
 # them equal), listed here so that `--help` and the checks need no Keras import.

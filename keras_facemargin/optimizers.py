@@ -91,12 +91,12 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
     KINDS = ("cosine", "step", "constant")
 
     def __init__(self, peak, total_steps, warmup_steps=0, kind="cosine"):
-        from keras_facemargin import _validate
+        from keras_facemargin import _checks
 
-        self.peak = _validate.check_number("peak", peak, low=0, low_open=True)
-        self.total_steps = _validate.check_int("total_steps", total_steps, minimum=1)
-        self.warmup_steps = _validate.check_int("warmup_steps", warmup_steps, 0, self.total_steps - 1)
-        self.kind = _validate.check_choice("kind", kind, self.KINDS)
+        self.peak = _checks.check_number("peak", peak, low=0, low_open=True)
+        self.total_steps = _checks.check_int("total_steps", total_steps, minimum=1)
+        self.warmup_steps = _checks.check_int("warmup_steps", warmup_steps, 0, self.total_steps - 1)
+        self.kind = _checks.check_choice("kind", kind, self.KINDS)
 
     def __call__(self, step):
         step = ops.cast(step, "float32")

@@ -176,13 +176,13 @@ def default_export_path(config):
 
 
 def _check_folders(config, saved_config):
-    from keras_facemargin import _validate
+    from keras_facemargin import _checks
     from keras_facemargin.training import check_run_config
 
-    _validate.check_writable_dir("--run-dir", config.run_dir)
+    _checks.check_writable_dir("--run-dir", config.run_dir)
     check_run_config(config.run_dir, saved_config, write=False)
     export = default_export_path(config)
-    _validate.check_writable_dir("--export", export)
+    _checks.check_writable_dir("--export", export)
     mark = os.path.join(export, _EXPORT_MARK)
     if os.path.isdir(export) and os.listdir(export):
         owner = None
@@ -373,14 +373,14 @@ def _projector_sample(config, index, validation, limit=1000):
 def _write_export(embedder, path, config, strategy):
     from keras_facemargin import distribute
     from keras_facemargin.export import export_embedder
-    from keras_facemargin.training import _atomic_write_text
+    from keras_facemargin.training import atomic_write_text
 
     with distribute.write_path(path, strategy) as target:
         if os.path.isdir(target) and os.path.isfile(os.path.join(target, _EXPORT_MARK)):
             shutil.rmtree(target)  # this run's earlier export: replaced whole
         # After MagFace the feature norm is a quality score: the export serves it too.
         export_embedder(embedder, target, quality=config.loss == "magface")
-        _atomic_write_text(os.path.join(target, _EXPORT_MARK),
+        atomic_write_text(os.path.join(target, _EXPORT_MARK),
                            json.dumps({"run_dir": os.path.abspath(config.run_dir)}) + "\n")
 
 

@@ -8,8 +8,8 @@
     registry.get_class("backbone", "iresnet50")   # the builder, not built
 
 One naming rule: lower-case words joined by `_` (`combined_margin`, `small_vgg`); a name is
-looked up ignoring case, `-` and `_` (`"IResNet-50"` finds `iresnet50`). Plain Python: a kind's subpackage is imported
-(and so registers its members) the first time the kind is asked for.
+looked up ignoring case, `-` and `_` (`"IResNet-50"` finds `iresnet50`). Plain Python: a kind's
+subpackage is imported (and so registers its members) the first time the kind is asked for.
 """
 
 import importlib

@@ -27,7 +27,8 @@ class TrainingDiverged(RuntimeError):
     """Raised by `fit_resumable` when the loss became NaN or infinite; no state was saved after it."""
 
 
-def _atomic_write_text(path, text):
+def atomic_write_text(path, text):
+    """Writes `text` to `path` through a temporary file and a rename: never a half-written file."""
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
     try:
@@ -109,7 +110,7 @@ class TrainingBackup(keras.callbacks.Callback):
         name = f"backup-{self._counter:06d}.weights.h5"
         self.model.save_weights(os.path.join(self.backup_dir, name))
         state = {"epoch": completed_epochs, "batch": batch, "weights": name, "counter": self._counter}
-        _atomic_write_text(os.path.join(self.backup_dir, _STATE), json.dumps(state))
+        atomic_write_text(os.path.join(self.backup_dir, _STATE), json.dumps(state))
         for old in os.listdir(self.backup_dir):
             if old.startswith("backup-") and old != name:
                 os.remove(os.path.join(self.backup_dir, old))
@@ -181,7 +182,7 @@ def check_run_config(run_dir, config, write=True, may_change=("epochs",)):
     elif not write:
         return
     os.makedirs(run_dir, exist_ok=True)
-    _atomic_write_text(path, text + "\n")
+    atomic_write_text(path, text + "\n")
 
 
 def _truncate_log(path, epochs):
@@ -198,7 +199,7 @@ def _truncate_log(path, epochs):
     kept = [row for row in body if row and row[column].isdigit() and int(row[column]) < epochs]
     if len(kept) != len(body):
         lines = [",".join(header)] + [",".join(row) for row in kept]
-        _atomic_write_text(path, "\n".join(lines) + "\n")
+        atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def fit_resumable(model, data, epochs, run_dir, config=None, save_freq="epoch", callbacks=(),

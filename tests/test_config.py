@@ -47,7 +47,7 @@ def test_every_field_is_checked_and_named_as_its_flag(tmp_path):
         ("val_pairs", [1], "--val-pairs must be a list of file paths; got [1]"),
         ("seed", -1, "--seed must be an integer >= 0; got -1"),
         ("samples_per_class", 1, "--samples-per-class must be an integer >= 2; got 1"),
-        ("tensorboard", "yes", "--tensorboard must be true or false; got 'yes' (a string)"),
+        ("tensorboard", "yes", "--tensorboard must be True or False; got 'yes' (a string)"),
     ]:
         with pytest.raises(ValueError) as error:
             dataclasses.replace(good, **{name: value}).validate()

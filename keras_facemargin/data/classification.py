@@ -3,9 +3,11 @@
 import numpy as np
 import tensorflow as tf
 
+from keras_facemargin import _checks
+from keras_facemargin._replicas import replica_share
 from keras_facemargin.data import decoding
 from keras_facemargin.data.batch_mix import BatchMix
-from keras_facemargin.data.image_index import ImageIndex, _check_int, _replica_share
+from keras_facemargin.data.image_index import ImageIndex
 
 
 def classification_dataset(
@@ -76,7 +78,7 @@ def classification_dataset(
         raise ValueError(f"index must be an ImageIndex; got {type(index).__name__}")
     if len(index) == 0:
         raise ValueError(f"index must hold at least one image; got {index}")
-    batch_size = _check_int("batch_size", batch_size, 1)
+    batch_size = _checks.check_int("batch_size", batch_size, 1)
     if mix is not None and not isinstance(mix, BatchMix):
         raise ValueError(f"mix must be a BatchMix or None; got {mix!r}")
     if mix is not None and not training:
@@ -90,7 +92,7 @@ def classification_dataset(
         )
     num = len(index)
     steps = num // batch_size if drop_remainder else -(-num // batch_size)
-    replicas, local_replicas, first_replica = _replica_share(input_context, "batch_size", batch_size)
+    replicas, local_replicas, first_replica = replica_share(input_context, "batch_size", batch_size)
     if replicas > 1 and not drop_remainder:
         raise ValueError("input_context needs drop_remainder=True (equal batches on every replica)")
     # This pipeline feeds `local_replicas` replicas, one per-replica batch each per step.

@@ -11,38 +11,11 @@ import os
 
 import numpy as np
 
+from keras_facemargin import _checks
+
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
-
-
-def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
-    return int(value)
-
-
-def _replica_share(input_context, name, total):
-    """`(replicas, local replicas, first local replica)` of the pipeline of `input_context`
-    (None: one replica); `total` (argument `name`) must split evenly across the replicas."""
-    if input_context is None:
-        return 1, 1, 0
-    replicas = input_context.num_replicas_in_sync
-    pipelines = input_context.num_input_pipelines
-    if total % replicas or replicas % pipelines:
-        raise ValueError(
-            f"{name} must be a multiple of the number of replicas (num_replicas_in_sync={replicas}, "
-            f"input pipelines={pipelines}); got {name}={total}"
-        )
-    local = replicas // pipelines
-    return replicas, local, input_context.input_pipeline_id * local
-
-
-def _check_fraction(name, value):
-    ok = isinstance(value, (float, int, np.floating, np.integer)) and not isinstance(value, bool)
-    if not ok or not 0.0 < value < 1.0:
-        raise ValueError(f"{name} must be a number in (0, 1); got {value!r}")
-    return float(value)
 
 
 def _walk_images(top, extensions, follow_links, seen, repeated, links):
@@ -369,7 +342,7 @@ class ImageIndex:
 
     def filter_min_images(self, min_images):
         """Only the classes with at least `min_images` images, relabelled `0..C'-1`."""
-        min_images = _check_int("min_images", min_images, 1)
+        min_images = _checks.check_int("min_images", min_images, 1)
         keep = self.class_counts() >= min_images
         if not keep.any():
             raise ValueError(
@@ -403,10 +376,10 @@ class ImageIndex:
                 f"split_identities needs an index with >= 2 classes; got {self.num_classes}"
             )
         if num_test_classes is None:
-            fraction = _check_fraction("test_fraction", test_fraction)
+            fraction = _checks.check_fraction("test_fraction", test_fraction)
             num_test = min(max(1, round(fraction * self.num_classes)), self.num_classes - 1)
         else:
-            num_test = _check_int("num_test_classes", num_test_classes, 1)
+            num_test = _checks.check_int("num_test_classes", num_test_classes, 1)
             if num_test >= self.num_classes:
                 raise ValueError(
                     f"num_test_classes must be in [1, num_classes={self.num_classes}); got "
@@ -424,7 +397,7 @@ class ImageIndex:
         Each class puts `round(test_fraction × n)` of its n images in the test part, but always
         keeps at least one in the training part (so a 1-image class stays all in training).
         """
-        fraction = _check_fraction("test_fraction", test_fraction)
+        fraction = _checks.check_fraction("test_fraction", test_fraction)
         rng = np.random.default_rng(seed)
         counts = self.class_counts()
         # Shuffle, then stably sort by class: a random order within each class, in one pass.
@@ -466,7 +439,7 @@ class ImageIndex:
         pairs = VerificationPairs(unseen.paths[a], unseen.paths[b], is_same)
         ```
         """
-        num_pairs = _check_int("num_pairs", num_pairs, 2)
+        num_pairs = _checks.check_int("num_pairs", num_pairs, 2)
         counts = self.class_counts()
         within = counts * (counts - 1) // 2
         if self.num_classes < 2 or within.sum() == 0:

@@ -11,8 +11,10 @@ import logging
 import numpy as np
 import tensorflow as tf
 
+from keras_facemargin import _checks
+from keras_facemargin._replicas import replica_share
 from keras_facemargin.data import decoding
-from keras_facemargin.data.image_index import ImageIndex, _check_int, _replica_share
+from keras_facemargin.data.image_index import ImageIndex
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +52,8 @@ class PKSampler:
         if not isinstance(index, ImageIndex):
             raise ValueError(f"index must be an ImageIndex; got {type(index).__name__}")
         self.index = index
-        self.classes_per_batch = _check_int("classes_per_batch", classes_per_batch, 1)
-        self.samples_per_class = _check_int("samples_per_class", samples_per_class, 1)
+        self.classes_per_batch = _checks.check_int("classes_per_batch", classes_per_batch, 1)
+        self.samples_per_class = _checks.check_int("samples_per_class", samples_per_class, 1)
         if small_classes not in SMALL_CLASSES:
             raise ValueError(f"small_classes must be one of {SMALL_CLASSES}; got {small_classes!r}")
         self.small_classes = small_classes
@@ -80,7 +82,7 @@ class PKSampler:
         self._starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
         if steps_per_epoch is None:
             steps_per_epoch = len(self.classes) // self.classes_per_batch
-        self.steps_per_epoch = _check_int("steps_per_epoch", steps_per_epoch, 1)
+        self.steps_per_epoch = _checks.check_int("steps_per_epoch", steps_per_epoch, 1)
 
     @property
     def batch_size(self):
@@ -113,7 +115,7 @@ class PKSampler:
         number the samples of all epochs (the augmentation seeds of `pk_dataset`).
         """
         p, k = self.classes_per_batch, self.samples_per_class
-        replicas, local, first = _replica_share(input_context, "classes_per_batch", p)
+        replicas, local, first = replica_share(input_context, "classes_per_batch", p)
         per_replica = p // replicas
         source = decoding.IndexSource(self.index)
         labels = self.index.labels.astype(np.int32)

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from keras_facemargin.evaluation.scores import _as_2d, _check_metric, normalize_rows
+from keras_facemargin.evaluation.scores import as_matrix, check_metric, normalize_rows
 
 
 def _similarities(query, reference, metric):
@@ -37,8 +37,8 @@ def retrieval_metrics(
     Reference:
         Musgrave et al., "A Metric Learning Reality Check", ECCV 2020.
     """
-    _check_metric(metric)
-    query = _as_2d("query", query).astype(np.float32)
+    check_metric(metric)
+    query = as_matrix("query", query).astype(np.float32)
     query_labels = np.asarray(query_labels)
     same_set = reference is None
     if same_set:
@@ -46,7 +46,7 @@ def retrieval_metrics(
     else:
         if reference_labels is None:
             raise ValueError("reference_labels must be given with reference; got None")
-        reference = _as_2d("reference", reference).astype(np.float32)
+        reference = as_matrix("reference", reference).astype(np.float32)
         reference_labels = np.asarray(reference_labels)
     if query.shape[1] != reference.shape[1]:
         raise ValueError(

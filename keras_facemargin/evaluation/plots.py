@@ -7,7 +7,7 @@ a dict `{name: (labels, scores)}` and a path, drawn on one figure with a legend.
 import numpy as np
 from sklearn import metrics as sk_metrics
 
-from keras_facemargin.evaluation.verification import _check, roc
+from keras_facemargin.evaluation.verification import check_pairs, roc
 
 
 def _pyplot():
@@ -63,7 +63,7 @@ def plot_roc(labels_or_curves, scores_or_path, path=None, greater_is_same=True, 
 
 
 def _auc(labels, scores, greater_is_same):
-    same, similarities = _check(labels, scores, greater_is_same)
+    same, similarities = check_pairs(labels, scores, greater_is_same)
     return sk_metrics.roc_auc_score(same, similarities)
 
 
@@ -181,7 +181,7 @@ def plot_score_histogram(labels, scores, path, threshold=None, greater_is_same=T
         The path.
     """
     plt = _pyplot()
-    same, _ = _check(labels, scores, greater_is_same)
+    same, _ = check_pairs(labels, scores, greater_is_same)
     scores = np.asarray(scores, dtype=np.float64)
     fig, ax = plt.subplots(figsize=(5.5, 4.2), dpi=120)
     bins = np.linspace(scores.min(), scores.max(), 60)

@@ -6,12 +6,12 @@ import numpy as np
 METRICS = ("cosine", "squared_euclidean")
 
 
-def _check_metric(metric):
+def check_metric(metric):
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}; got {metric!r}")
 
 
-def _as_2d(name, x):
+def as_matrix(name, x):
     x = np.asarray(x)
     if x.ndim != 2:
         raise ValueError(f"{name} must have shape [n, dim]; got shape {x.shape}")
@@ -29,8 +29,8 @@ def pair_scores(a, b, metric="cosine"):
 
     Returns `[n]` float32 scores; similarities are "higher is same", distances "lower is same".
     """
-    _check_metric(metric)
-    a, b = _as_2d("a", a), _as_2d("b", b)
+    check_metric(metric)
+    a, b = as_matrix("a", a), as_matrix("b", b)
     if a.shape != b.shape:
         raise ValueError(
             f"a and b must be embeddings of the same shape; got {a.shape} and {b.shape}"
@@ -56,13 +56,13 @@ def indexed_pair_scores(embeddings, index_a, index_b, metric="cosine", chunk_siz
     This is how a million pairs over a few thousand images are scored without materialising
     two `[pairs, dim]` copies.
     """
-    embeddings = _as_2d("embeddings", embeddings)
+    embeddings = as_matrix("embeddings", embeddings)
     index_a, index_b = np.asarray(index_a), np.asarray(index_b)
     if index_a.shape != index_b.shape or index_a.ndim != 1:
         raise ValueError(
             f"index_a and index_b must be 1-D of equal length; got {index_a.shape}, {index_b.shape}"
         )
-    _check_metric(metric)
+    check_metric(metric)
     if metric == "cosine":
         embeddings = normalize_rows(embeddings)
     else:

@@ -13,7 +13,8 @@ import numpy as np
 from sklearn import metrics as sk_metrics
 
 
-def _check(labels, scores, greater_is_same):
+def check_pairs(labels, scores, greater_is_same):
+    """`(labels as booleans, scores as similarities)`, or a ValueError naming what is wrong."""
     labels = np.asarray(labels)
     scores = np.asarray(scores, dtype=np.float64)
     if labels.ndim != 1 or scores.ndim != 1:
@@ -59,7 +60,7 @@ def roc(labels, scores, greater_is_same=True):
     Returns arrays `(far, tar, thresholds)`; thresholds are in the caller's units (distances stay
     distances) and the first point is the reject-all threshold.
     """
-    labels, scores = _check(labels, scores, greater_is_same)
+    labels, scores = check_pairs(labels, scores, greater_is_same)
     far, tar, thresholds = sk_metrics.roc_curve(labels, scores, drop_intermediate=False)
     return far, tar, thresholds if greater_is_same else -thresholds
 
@@ -157,7 +158,7 @@ class _Sorted:
 
 def best_accuracy(labels, scores, greater_is_same=True):
     """(accuracy, threshold) of the single threshold that classifies the pairs best."""
-    labels, scores = _check(labels, scores, greater_is_same)
+    labels, scores = check_pairs(labels, scores, greater_is_same)
     threshold, accuracy = _Sorted(labels, scores, 2).best()
     return float(accuracy), float(threshold if greater_is_same else -threshold)
 
@@ -170,7 +171,7 @@ def kfold_accuracy(labels, scores, folds=10, greater_is_same=True):
     is the midpoint between distinct training scores that maximises training accuracy (the
     highest-scoring such cut if several tie).
     """
-    labels, scores = _check(labels, scores, greater_is_same)
+    labels, scores = check_pairs(labels, scores, greater_is_same)
     accuracies = _Sorted(labels, scores, folds).kfold()
     return float(accuracies.mean()), float(accuracies.std()), accuracies
 
@@ -193,7 +194,7 @@ def kfold_accuracy_insightface(labels, scores, folds=10, thresholds=None):
     Returns:
         `(mean, std, per_fold_accuracies)`, what InsightFace prints as `Accuracy-Flip: mean+-std`.
     """
-    labels, similarities = _check(labels, scores, True)
+    labels, similarities = check_pairs(labels, scores, True)
     distances = 2.0 - 2.0 * similarities
     grid = np.arange(0, 4, 0.01) if thresholds is None else np.asarray(thresholds, np.float64)
     n = len(labels)
@@ -315,7 +316,7 @@ def verification_report(
     ```
     """
     fars = _check_fars(far_targets)
-    checked_labels, similarities = _check(labels, scores, greater_is_same)
+    checked_labels, similarities = check_pairs(labels, scores, greater_is_same)
     far, tar, thresholds = sk_metrics.roc_curve(checked_labels, similarities, drop_intermediate=False)
     sign = 1.0 if greater_is_same else -1.0
     ordered = _Sorted(checked_labels, similarities, folds)
