@@ -6,6 +6,8 @@ import math
 import keras
 from keras import ops
 
+from keras_facemargin import _backend
+
 
 @keras.saving.register_keras_serializable(package="keras_facemargin")
 class LazySGD(keras.optimizers.SGD):
@@ -36,33 +38,13 @@ class LazySGD(keras.optimizers.SGD):
     """
 
     def update_step(self, gradient, variable, learning_rate):
-        if self.momentum == 0 or not _is_indexed_slices(gradient):
+        if self.momentum == 0 or not _backend.is_sparse_gradient(gradient):
             return super().update_step(gradient, variable, learning_rate)
-        import tensorflow as tf
-
-        rows, positions = tf.unique(gradient.indices)
-        grad = tf.math.unsorted_segment_sum(
-            ops.cast(gradient.values, variable.dtype), positions, ops.shape(rows)[0]
-        )
-        learning_rate = ops.cast(learning_rate, variable.dtype)
-        momentum = ops.convert_to_tensor(self.momentum, dtype=variable.dtype)
         m = self.momentums[self._get_variable_index(variable)]
-        new_m = tf.gather(_tensor(m), rows) * momentum - grad * learning_rate
-        self.assign(m, tf.IndexedSlices(new_m, rows, m.shape))
-        step = new_m * momentum - grad * learning_rate if self.nesterov else new_m
-        self.assign_add(variable, tf.IndexedSlices(step, rows, variable.shape))
-
-
-def _is_indexed_slices(value):
-    if keras.backend.backend() != "tensorflow":
-        return False
-    import tensorflow as tf
-
-    return isinstance(value, tf.IndexedSlices)
-
-
-def _tensor(variable):
-    return variable.value if isinstance(variable, keras.Variable) else variable
+        new_m, step = _backend.sparse_momentum_step(gradient, m, self.momentum, learning_rate,
+                                                   self.nesterov)
+        self.assign(m, new_m)
+        self.assign_add(variable, step)
 
 
 @keras.saving.register_keras_serializable(package="keras_facemargin")

@@ -406,12 +406,24 @@ class MarginSoftmaxLoss(keras.losses.Loss):
         """dψ/d params[name] for a name in `differentiable_parameters`, elementwise."""
         raise NotImplementedError(f"{type(self).__name__} declares no slope for the parameter {name!r}")
 
+    # Whether `margin_slope` is the derivative of the `apply_margin` in use, so that the
+    # hand-written backward pass may use it. A subclass that overrides `apply_margin` without
+    # `margin_slope` trains with autodiff's gradient instead (set when the class is defined).
+    slope_is_exact = True
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "margin_slope" in vars(cls):
+            cls.slope_is_exact = True
+        elif "apply_margin" in vars(cls):
+            cls.slope_is_exact = False
+
     def _fast_backward(self):
-        return self._slope_matches_margin()
+        return self.slope_is_exact
 
     def _sparse_loss(self, labels, cosine, params, scale):
         num_classes = cosine.shape[-1]
-        fused = self.label_smoothing == 0.0 and keras.backend.backend() == "tensorflow"
+        fused = self.label_smoothing == 0.0 and _backend.fused_cross_entropy_available()
         if fused and self._fast_backward():
             return self._margin_logits(cosine, labels, params, scale, cross_entropy=True)
         logits = self._margin_logits(cosine, labels, params, scale)
@@ -461,11 +473,7 @@ class MarginSoftmaxLoss(keras.losses.Loss):
             values = cosine if modulated is None else modulated[0]
             out = ops.scatter_update(scale * values, indices, scale * self._psi(target, params_in))
             if cross_entropy:
-                import tensorflow as tf
-
-                out, softmax_minus_one_hot = tf.raw_ops.SparseSoftmaxCrossEntropyWithLogits(
-                    features=out, labels=labels
-                )
+                out, softmax_minus_one_hot = _backend.sparse_cross_entropy_with_gradient(out, labels)
 
             def grad(*args, upstream=None):
                 if upstream is None:
@@ -485,14 +493,6 @@ class MarginSoftmaxLoss(keras.losses.Loss):
             return out, grad
 
         return margin_logits(cosine, *[params[n] for n in names])
-
-    def _slope_matches_margin(self):
-        """Whether `margin_slope` is defined with (or below) the `apply_margin` in use."""
-
-        def defining_class(name):
-            return next(c for c in type(self).__mro__ if name in vars(c))
-
-        return issubclass(defining_class("margin_slope"), defining_class("apply_margin"))
 
     def _dense_targets(self, y_true, cosine):
         """Dense target rows `[batch, num_classes]`, checked and cast to the cosines' dtype."""
