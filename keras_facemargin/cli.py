@@ -300,8 +300,13 @@ def _parse_value(kind, name):
     return parse
 
 
-_KINDS = {"margin": float, "scale": float, "learning_rate": float, "weight_decay": float,
-          "warmup_epochs": float, "embedding_dim": int, "batch_size": int, "classes_per_batch": int}
+def _kind(field):
+    """The value type of a field, from its annotation (`float | None` → float)."""
+    annotation = field.type.__name__ if isinstance(field.type, type) else str(field.type)
+    for name, kind in (("bool", bool), ("int", int), ("float", float)):
+        if annotation.split("|")[0].strip() == name:
+            return kind
+    return str
 
 
 class _Parser(argparse.ArgumentParser):
@@ -324,7 +329,7 @@ def _add_train_flags(p):
     for field in config_lib.TrainConfig.fields():
         meta = field.metadata
         default = getattr(defaults, field.name)
-        kind = _KINDS.get(field.name) or (type(default) if default not in (None, config_lib.AUTO) else str)
+        kind = _kind(field)
         shown = default is not None and default is not False and default != ""
         options = {"help": meta["help"] + (f" (default: {default})" if shown else ""),
                    "default": argparse.SUPPRESS}

@@ -478,3 +478,19 @@ def test_the_recent_margin_losses_train_from_the_command_line(tmp_path, loss):
 
         served = tf.saved_model.load(export).signatures["serving_default"](images=tf.constant(images))
         assert served["quality"].shape == (3,) and np.all(served["quality"].numpy() > 0)
+
+
+def test_every_numeric_flag_parses_numbers_and_auto(tmp_path):
+    import dataclasses
+
+    from keras_facemargin import config as config_lib
+
+    parser = cli._parser()
+    for field in dataclasses.fields(config_lib.TrainConfig):
+        kind = cli._kind(field)
+        if kind not in (int, float):
+            continue
+        args = parser.parse_args(["train", config_lib.flag(field.name), "2"])
+        assert getattr(args, field.name) == kind(2) and type(getattr(args, field.name)) is kind, field.name
+        if getattr(config_lib.TrainConfig(), field.name) == config_lib.AUTO:
+            assert getattr(parser.parse_args(["train", config_lib.flag(field.name), "auto"]), field.name) == "auto"
