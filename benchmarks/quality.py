@@ -18,6 +18,7 @@ seconds and its peak memory (`wait4`'s ru_maxrss).
 
     python benchmarks/quality.py --data ../shared/data/emoji-4vendor --out runs/quality
     python benchmarks/quality.py --data DIR --rows plain_softmax,default --seeds 0 --epochs 2 ...
+    python benchmarks/quality.py --digits --train-identities 7 --unseen 3 --image-size 32 ...
 """
 
 import argparse
@@ -187,7 +188,10 @@ def table(results, rows, commands):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True, help="image folder, one sub-folder per identity")
+    parser.add_argument("--data", help="image folder, one sub-folder per identity")
+    parser.add_argument("--digits", action="store_true",
+                        help="instead of --data: scikit-learn's digits as a 32 px folder (use "
+                        "--train-identities 7 --unseen 3 --image-size 32)")
     parser.add_argument("--rows", default=",".join(DEFAULT_ROWS),
                         help="comma-separated: plain_softmax, plain_arcface, default, best, or a --loss name")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -200,6 +204,13 @@ def main(argv=None):
     parser.add_argument("--out", default="runs/quality")
     args = parser.parse_args(argv)
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    if args.digits == bool(args.data):
+        parser.error("give exactly one of --data and --digits")
+    if args.digits:
+        from keras_facemargin import experiments
+
+        args.data = os.path.join(args.out, "digits")
+        experiments.digit_folder(args.data, size=32)
     if not os.path.isdir(args.data):
         parser.error(f"argument --data: expected an image folder; got {args.data!r}")
     if "best" in rows and not args.best:
