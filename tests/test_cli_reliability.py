@@ -24,7 +24,8 @@ pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason=
 FACES = os.path.join(os.path.dirname(__file__), "data", "faces")
 # The installed `facemargin` script: argument errors must come before TensorFlow loads.
 SCRIPT = os.path.join(os.path.dirname(sys.executable), "facemargin")
-SMALL = ["--image-size", "32", "--backbone", "simple_cnn", "--embedding-dim", "8", "--batch-size", "5",
+# A margin loss, so that --batch-size and --scale apply (the automatic loss on 5 classes is a pair loss).
+SMALL = ["--loss", "arcface", "--image-size", "32", "--backbone", "simple_cnn", "--embedding-dim", "8", "--batch-size", "5",
          "--optimizer", "adam", "--learning-rate", "0.001"]
 
 

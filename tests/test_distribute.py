@@ -120,7 +120,7 @@ def test_two_worker_cli_training_writes_once_from_the_chief(tmp_path):
 
     def args(i):
         return ["cli-worker", "--", "train", "--data", FACES, "--strategy", "multi_worker",
-                "--run-dir", str(run), "--export", str(export), "--image-size", "32",
+                "--run-dir", str(run), "--export", str(export), "--loss", "arcface", "--image-size", "32",
                 "--embedding-dim", "16", "--batch-size", "10", "--epochs", "2", "--scale", "16",
                 "--optimizer", "adam", "--learning-rate", "0.01"]
 

@@ -270,5 +270,5 @@ def test_examples_name_a_missing_data_folder_or_model(tmp_path, capsys):
     assert "argument --data" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         run("evaluate_bin", ["--model", str(tmp_path / "nowhere"), str(tmp_path / "x.bin")])
-    assert "argument --model: must be a SavedModel folder (with saved_model.pb) or a .keras file" \
+    assert "argument --model must be a SavedModel folder (with saved_model.pb) or a .keras file" \
         in capsys.readouterr().err

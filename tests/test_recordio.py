@@ -385,3 +385,41 @@ def test_property_file(tmp_path):
     with pytest.raises(ValueError, match="must read 'num_classes,height,width'.*got '85742;112'"):
         read_property(tmp_path)
 
+
+
+def test_a_record_reader_opens_once_under_a_parallel_map(tmp_path, monkeypatch):
+    # tf.data's parallel map calls one reader from many threads; the first call opens the file.
+    # A slow fstat widens the window in which a second thread used to see the file half-opened
+    # (AttributeError: 'RecordReader' object has no attribute '_size').
+    import threading
+    import time
+
+    rec = str(tmp_path / "train.rec")
+    ref.write_insightface(rec, face_bytes())
+    index = ImageIndex.from_recordio(rec)
+    real_fstat = os.fstat
+
+    def slow_fstat(fd):
+        time.sleep(0.05)
+        return real_fstat(fd)
+
+    monkeypatch.setattr(recordio.os, "fstat", slow_fstat)
+    reader = recordio.RecordReader(rec)
+    start = threading.Barrier(8)
+    results, errors = [], []
+
+    def work():
+        start.wait()
+        try:
+            results.append(reader.images(index.offsets[:3]))
+        except Exception as error:  # noqa: BLE001 - any failure is the test's finding
+            errors.append(error)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    expected = [b for b in face_bytes()[0][:3]]
+    assert len(results) == 8 and all(list(r) == expected for r in results)

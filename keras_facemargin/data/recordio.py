@@ -25,6 +25,7 @@ import os
 import re
 import struct
 import tempfile
+import threading
 import weakref
 
 import numpy as np
@@ -441,21 +442,23 @@ class RecordReader:
 
     def __init__(self, rec_path):
         self.rec_path = os.fspath(rec_path)
-        self._fd = None
+        self._opened = None  # (fd, size), set once; a parallel map calls images() from many threads
+        self._lock = threading.Lock()
 
     def _open(self):
-        if self._fd is None:
-            self._fd = os.open(self.rec_path, os.O_RDONLY)
-            self._size = os.fstat(self._fd).st_size
-            weakref.finalize(self, os.close, self._fd)
-        return self._fd
+        with self._lock:
+            if self._opened is None:
+                fd = os.open(self.rec_path, os.O_RDONLY)
+                weakref.finalize(self, os.close, fd)
+                self._opened = (fd, os.fstat(fd).st_size)
+        return self._opened
 
     def images(self, offsets):
-        fd = self._open()
+        fd, size = self._open()
         out = np.empty(len(offsets), dtype=object)
         for i, offset in enumerate(np.asarray(offsets).tolist()):
             try:
-                out[i] = unpack_record(read_record_at(fd, offset, self._size))[3]
+                out[i] = unpack_record(read_record_at(fd, offset, size))[3]
             except (RecordError, OSError):
                 out[i] = b""
         return out
