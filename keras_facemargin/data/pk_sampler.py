@@ -202,6 +202,11 @@ def pk_dataset(
         mix: must be None. Mixup/cutmix blend identities, which pair losses cannot use.
         prefetch: whether to end with `prefetch(AUTOTUNE)`.
 
+    Returns:
+        A finite `tf.data.Dataset` of `(images, labels)` batches as above, `steps_per_epoch` of
+        them (with `input_context`, per-replica batches of P/R classes × K, `steps_per_epoch`
+        for each replica this pipeline feeds).
+
     Example:
 
     ```python
