@@ -165,6 +165,9 @@ def read_pair_sets(paths, root=None, names=None, check_files=True, argument="pai
         names: the sets' names; by default the file names without extension.
         check_files: whether to check that every image file exists.
         argument: what the files are called in error messages (a flag, say `--val-pairs`).
+
+    Returns:
+        A `PairSets`, one set per file in order.
     """
     from keras_facemargin.data import read_pairs
 
@@ -227,10 +230,14 @@ def evaluate_pair_sets(embedder, pair_sets, image_size=None, flip=False,
 class PairSetsReport:
     """The reports of several verification sets: one row each in `table()`, one JSON, plots.
 
-    Attributes:
+    Made by `PairSets.evaluate` (and so `evaluate_pair_sets`); the first two arguments are kept
+    as attributes of the same names.
+
+    Args:
         reports: `name -> VerificationReport`.
         insightface: `name -> (mean, std)` of `kfold_accuracy_insightface`, the figure
             InsightFace prints (`Accuracy-Flip: 0.99817+-0.00229`).
+        curves: `name -> (labels, scores)`, `[pairs]` each, for the figures `save` draws.
     """
 
     def __init__(self, reports, insightface, curves):
