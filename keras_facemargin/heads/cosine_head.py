@@ -24,6 +24,15 @@ def cosine_to_columns(features, kernel, epsilon=1e-12):
         d w_j      = featuresᵀ (g_:j r_j) − w_j · r_j² Σ_b g_bj cos_bj   (0 for floored columns)
 
     the second term removing the radial part, as the cosine does not depend on a column's norm.
+
+    Args:
+        features: unit-length features `[batch, dim]` (normalised by the caller: only the
+            columns are normalised here).
+        kernel: class centres as columns, `[dim, classes]`, of any norm.
+        epsilon: floor of the squared column norms, so a zero column gives cosines of 0, not NaN.
+
+    Returns:
+        cos θ `[batch, classes]`, in the dtype of `features @ kernel`.
     """
     floor = math.sqrt(epsilon)
 

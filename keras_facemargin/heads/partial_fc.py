@@ -68,11 +68,10 @@ class PartialFC(keras.layers.Layer):
     sampled centres with a scatter. Optimizers with per-weight state (SGD with momentum, Adam,
     AdamW) and weight decay or a `kernel_regularizer` touch the whole matrix every step (Keras
     densifies the sparse gradient in the slot updates): correct, but a dense gradient and
-    O(num_classes × dim) memory traffic per step. Measured at 1M × 512 on a 2-core CPU
-    (`benchmarks/bench_partial_fc.py`): SGD 3.7 s and 3.3 GiB per step, SGD(momentum=0.9) 9.3 s and
-    8.6 GiB. `keras_facemargin.optimizers.LazySGD` keeps momentum sparse (only the sampled rows
-    and their momentum change): 1.2× plain SGD's step. On JAX every gradient is dense. Only the
-    sampled rows are normalised.
+    O(num_classes × dim) memory traffic per step, which dominates the step at a million classes
+    (step times and memory: BENCHMARKS.md, "Partial FC"). `keras_facemargin.optimizers.LazySGD`
+    keeps momentum sparse: only the sampled rows and their momentum change. On JAX every
+    gradient is dense. Only the sampled rows are normalised.
 
     Sampling is static-shaped (random scores, positives scored 2, `top_k` of S), so the step
     compiles under `tf.function`, XLA and `jax.jit`. S must be at least the number of distinct

@@ -225,9 +225,9 @@ class TripletLoss(PairLoss):
     while the model improves.
 
     Nothing of size batch³ is built: `"all"` and `"semi_hard"` take O(batch²) memory and, in P×K
-    batches, O(batch² × K) time (one pass over the row per positive); where some anchor has many
-    positives (more than `pairwise.SLOT_LIMIT` = 32 under XLA, 16 without) they sort each
-    anchor's row once and binary-search it instead (O(batch² log batch)).
+    batches, O(batch² × K) time (one pass over the row per positive); where some anchor has more
+    positives than `pairwise.SLOT_LIMIT` allows, they sort each anchor's row once and
+    binary-search it instead (O(batch² log batch)), which is then the faster.
 
     Args:
         margin: m >= 0.
