@@ -153,7 +153,11 @@ class OpenSetSplit:
     pairs: tuple
 
     def verification_pairs(self):
-        """The pairs as a `data.VerificationPairs` of file paths."""
+        """The verification pairs as a `data.VerificationPairs`.
+
+        Returns:
+            `VerificationPairs` of the unseen identities' file paths, named "unseen pairs".
+        """
         from keras_facemargin import data
 
         a, b, is_same = self.pairs
@@ -161,7 +165,11 @@ class OpenSetSplit:
         return data.VerificationPairs(paths[a], paths[b], is_same, name="unseen pairs")
 
     def describe(self):
-        """One line: identities, images and pairs of each part."""
+        """The split in one line, for logs and reports.
+
+        Returns:
+            A string with the identities, images and pairs of each part.
+        """
         held = f", {len(self.held_out)} held-out images of them" if self.held_out is not None else ""
         return (f"{self.train.num_classes} training identities ({len(self.train)} images{held}); "
                 f"{len(self.pairs[2])} verification pairs ({int(self.pairs[2].sum())} genuine) of "

@@ -168,6 +168,12 @@ class DivergenceGuard(keras.callbacks.Callback):
             self.model.stop_training = True
 
     def message(self):
+        """What `TrainingDiverged` says, once `diverged` is set.
+
+        Returns:
+            A sentence with the loss, the epoch and the step where it diverged (both 1-based)
+            and what to try.
+        """
         loss, epoch, step = self.diverged
         return (f"training diverged (loss {'NaN' if math.isnan(loss) else loss} at epoch {epoch}, "
                 f"step {step}); lower the learning rate or the scale, or use a warm-up")

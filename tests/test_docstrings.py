@@ -2,7 +2,7 @@
 and no docstring quotes a timing (figures that age belong in BENCHMARKS.md).
 
 Public means what a subpackage's `__init__.py` exports in `__all__`, plus the public functions and
-classes defined in the top-level modules. A function with parameters (besides self, cls, *args and
+classes defined in the top-level modules, and the public methods those classes define. A function with parameters (besides self, cls, *args and
 **kwargs) needs an `Args:` section naming each of them (a dataclass or named tuple may call it
 `Attributes:`); a function whose body has a `return <value>` needs `Returns:` (a generator
 `Yields:`; classes are exempt from both).
@@ -162,8 +162,36 @@ def test_the_walk_finds_the_public_api():
     assert len(found) > 120
 
 
+def public_methods():
+    """`{"data.ImageIndex.subset": function, ...}`: the public methods a public class defines.
+
+    A method that overrides one of a base class (Keras's `call`, `get_config`, `on_epoch_end`; a
+    loss's `apply_margin`) is documented where the base defines it, and is not listed again.
+    """
+    found = {}
+    for name, cls in public_objects().items():
+        if not inspect.isclass(cls):
+            continue
+        for attribute, member in vars(cls).items():
+            function = member.__func__ if isinstance(member, (classmethod, staticmethod)) else member
+            if attribute.startswith("_") or not inspect.isfunction(function):
+                continue
+            if any(attribute in vars(base) for base in cls.__mro__[1:]):
+                continue
+            found[f"{name}.{attribute}"] = function
+    return found
+
+
 def test_every_public_function_and_class_documents_its_arguments_and_result():
     problems = [p for name, obj in sorted(public_objects().items()) for p in _problems(name, obj)]
+    assert not problems, f"{len(problems)} docstring problems:\n" + "\n".join(problems)
+
+
+def test_every_public_method_documents_its_arguments_and_result():
+    found = public_methods()
+    assert "data.ImageIndex.from_directory" in found and "heads.PartialFC.sample" in found
+    assert "losses.ArcFaceLoss.apply_margin" not in found  # documented on MarginSoftmaxLoss
+    problems = [p for name, method in sorted(found.items()) for p in _problems(name, method)]
     assert not problems, f"{len(problems)} docstring problems:\n" + "\n".join(problems)
 
 

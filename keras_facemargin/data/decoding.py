@@ -503,8 +503,14 @@ class CorruptFileLog(keras.callbacks.Callback):
         self.records = []
 
     def record(self, names, failed, sources=None):
-        """Inside the pipeline: adds the `names [n]` where `failed [n]` is true (and their
-        `sources [n]`, the paths or encoded images, for the diagnosis)."""
+        """Records the failures of one batch; called inside the pipeline, in TensorFlow ops.
+
+        Args:
+            names: string `[n]`, what each sample is reported as.
+            failed: bool `[n]`, which samples failed to decode.
+            sources: string `[n]`, the encoded images (kept for the diagnosis of the first
+                `max_sources` failures), or None where the names are the files' paths.
+        """
         failed_names = tf.boolean_mask(names, failed)
         room = tf.maximum(self.max_paths - tf.size(self._names), 0)
         kept = failed_names[:room]
@@ -525,7 +531,12 @@ class CorruptFileLog(keras.callbacks.Callback):
         return int(self._count.numpy())
 
     def collect(self):
-        """Diagnoses and logs the failures recorded since the last call; returns them."""
+        """Diagnoses and logs the failures recorded since the last call.
+
+        Returns:
+            The new failures as a list of `CorruptFile(path, reason)` (also appended to
+            `records`).
+        """
         start = len(self.records)
         names = [n.decode("utf-8", "replace") for n in self._names.numpy()[start:]]
         sources = list(self._sources.numpy()[start:])
@@ -539,6 +550,7 @@ class CorruptFileLog(keras.callbacks.Callback):
         return new
 
     def reset(self):
+        """Forgets every failure recorded so far: the count, the names and `records`."""
         self._count.assign(0)
         self._names.assign(tf.zeros([0], tf.string))
         self._sources.assign(tf.zeros([0], tf.string))

@@ -273,7 +273,12 @@ class IJBReport:
     curve: tuple = dataclasses.field(default=None, repr=False, compare=False)
 
     def to_dict(self):
-        """Plain JSON types, without the ROC curve."""
+        """The report in plain JSON types, without the ROC curve.
+
+        Returns:
+            A dict of the fields but `curve`, FAR keys as short strings (`"1e-3"`), and None for
+            a threshold that accepts nothing (±inf).
+        """
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "curve"}
         for key in ("tar_at_far", "tar_at_far_insightface"):
             data[key] = {far_name(k): v for k, v in data[key].items()}
@@ -282,6 +287,14 @@ class IJBReport:
         return data
 
     def to_json(self, path=None):
+        """The report as indented JSON text (`to_dict`), also written to `path` if given.
+
+        Args:
+            path: a file to write the JSON to (with a final newline), or None.
+
+        Returns:
+            The JSON text.
+        """
         text = json.dumps(self.to_dict(), indent=2)
         if path is not None:
             with open(path, "w") as f:

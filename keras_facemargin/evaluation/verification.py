@@ -310,12 +310,23 @@ class VerificationReport:
         return self.num_pairs - self.num_genuine
 
     def unresolved_fars(self):
-        """The FAR targets below 1 / (impostor pairs): too few impostors to measure them, so
-        their TAR is that of FAR = 0 (with 275 impostors, TAR@FAR=1e-4 equals TAR@FAR=1e-3)."""
+        """The FAR targets too small for the number of impostor pairs to measure.
+
+        Below 1 / (impostor pairs) no impostor can be accepted, so the TAR reported is that of
+        FAR = 0 (with 275 impostors, TAR@FAR=1e-4 equals TAR@FAR=1e-3).
+
+        Returns:
+            A list of those FAR targets (floats), in the order of `tar_at_far`.
+        """
         return [far for far in self.tar_at_far if far * self.num_impostors < 1]
 
     def to_dict(self):
-        """Plain JSON types; a threshold that accepts nothing (±inf) becomes None."""
+        """The report in plain JSON types.
+
+        Returns:
+            A dict of the fields, with `num_impostors` and `unresolved_fars` added, FAR keys as
+            short strings (`"1e-3"`), and None for a threshold that accepts nothing (±inf).
+        """
         data = dataclasses.asdict(self)
         data["num_impostors"] = self.num_impostors
         data["unresolved_fars"] = [far_name(k) for k in self.unresolved_fars()]
@@ -326,6 +337,14 @@ class VerificationReport:
         return data
 
     def to_json(self, path=None):
+        """The report as indented JSON text (`to_dict`), also written to `path` if given.
+
+        Args:
+            path: a file to write the JSON to (with a final newline), or None.
+
+        Returns:
+            The JSON text.
+        """
         text = json.dumps(self.to_dict(), indent=2)
         if path is not None:
             with open(path, "w") as f:
@@ -333,7 +352,15 @@ class VerificationReport:
         return text
 
     def as_logs(self, prefix="val_"):
-        """The Keras-log form: `val_auc`, `val_eer`, `val_tar@far=1e-3`, `val_accuracy_10fold`."""
+        """The metrics as Keras logs, for a callback's `logs`.
+
+        Args:
+            prefix: the start of every key.
+
+        Returns:
+            A dict `{prefix}auc`, `{prefix}eer`, `{prefix}accuracy_10fold`,
+            `{prefix}best_accuracy` and `{prefix}tar@far=1e-3` (one per FAR target) to floats.
+        """
         logs = {
             f"{prefix}auc": self.auc,
             f"{prefix}eer": self.eer,

@@ -290,7 +290,13 @@ class CosineHead(keras.layers.Layer):
         return out
 
     def loss_signature(self):
-        """What this head hands its loss: (feature norms, statistic names, random state)."""
+        """What this head hands its loss, which the loss checks against what it needs.
+
+        Returns:
+            `(feature_norms, statistic_names, seeded)`: whether a column of feature norms
+            follows the cosines, the names of the running statistics it keeps for the loss (a
+            tuple), and whether it keeps a random state; `(False, (), False)` without a loss.
+        """
         return signature(self.loss, self.num_classes)
 
     @property

@@ -120,10 +120,21 @@ class PairLoss(keras.losses.Loss):
         return _checks.reduce_empty(loss, self.reduction)
 
     def anchor_terms(self, embeddings, positive, negative, candidates=None):
-        """(sum of each anchor's loss terms, number of its terms), `[batch]` each.
+        """Each anchor's loss terms, summed, and how many there are: what a subclass defines.
 
-        `positive` and `negative` are `[batch, others]` masks over `candidates` `[others, dim]`
-        (None: the embeddings themselves)."""
+        `call` divides the sums by the batch's total count, so the loss is the mean over all
+        terms of the batch; anchors without a positive or a negative are left out.
+
+        Args:
+            embeddings: the batch's embeddings `[batch, dim]`, the anchors.
+            positive: bool `[batch, others]`: same identity as the anchor (itself excluded).
+            negative: bool `[batch, others]`: another identity.
+            candidates: the embeddings `[others, dim]` the masks are over (every replica's,
+                with `cross_replica`), or None: `embeddings` themselves.
+
+        Returns:
+            `(sums, counts)`, `[batch]` each.
+        """
         raise NotImplementedError
 
     def call(self, y_true, y_pred):
