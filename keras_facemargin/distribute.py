@@ -73,8 +73,8 @@ def is_multi_worker(strategy):
         strategy: a `tf.distribute.Strategy`.
 
     Returns:
-        True for a `MultiWorkerMirroredStrategy` whose cluster has more than one chief or worker
-        task; False otherwise (a one-worker cluster included).
+        True for a `MultiWorkerMirroredStrategy` whose cluster has more than one task (chief and
+        workers together); False otherwise (a one-worker cluster included).
     """
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):

@@ -403,7 +403,7 @@ class ImageIndex:
         """Open-set split: `(train, test)` indices over disjoint sets of classes (people).
 
         Verification is measured on people the model never saw; this split gives them. Exactly
-        one of `test_fraction` or `num_test_classes` is given.
+        one of `test_fraction` or `num_test_classes` must be given.
 
         Args:
             test_fraction: fraction of the classes for the test part, in (0, 1); rounded, and at

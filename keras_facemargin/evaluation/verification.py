@@ -63,7 +63,7 @@ def roc(labels, scores, greater_is_same=True):
         greater_is_same: whether a higher score means "same identity" (False for distances).
 
     Returns:
-        Arrays `(far, tar, thresholds)`, one point per distinct score, FAR increasing; thresholds
+        Arrays `(far, tar, thresholds)`, one point per distinct score, FAR non-decreasing; thresholds
         are in the caller's units (distances stay distances) and the first point is the
         reject-all threshold.
     """

@@ -240,7 +240,7 @@ class PartialFC(keras.layers.Layer):
 
         Returns:
             `[batch, n]` (`[batch, num_classes]` without `class_ids`), in the layer's compute
-            dtype (float32).
+            dtype (float32 under a half-precision policy).
         """
         features = l2_normalize(embeddings, axis=-1, epsilon=self.epsilon, dtype=self.compute_dtype)
         if class_ids is None:
