@@ -2,10 +2,10 @@
 and no docstring quotes a timing (figures that age belong in BENCHMARKS.md).
 
 Public means what a subpackage's `__init__.py` exports in `__all__`, plus the public functions and
-classes defined in the top-level modules, and the public methods those classes define. A function with parameters (besides self, cls, *args and
-**kwargs) needs an `Args:` section naming each of them (a dataclass or named tuple may call it
-`Attributes:`); a function whose body has a `return <value>` needs `Returns:` (a generator
-`Yields:`; classes are exempt from both).
+classes defined in the top-level modules, and the public methods those classes define. A function
+with parameters (besides self, cls, *args and **kwargs) needs an `Args:` section naming each of
+them (a dataclass or named tuple may call it `Attributes:`); a function whose body has a
+`return <value>` needs `Returns:` (a generator `Yields:`; classes are exempt from both).
 """
 
 import ast
