@@ -112,8 +112,9 @@ def sparse_cross_entropy_with_gradient(logits, labels):
 
 
 def searchsorted_rows(sorted_rows, values, side):
-    """TensorFlow's native batched search where it is the fast one (a plain graph or eager:
-    3-4× the portable rounds), else None: the caller runs its portable `keras.ops` search."""
+    """TensorFlow's native batched search where it is the fast one (a plain graph or eager;
+    XLA compiles it into something slower than the portable rounds), else None: the caller runs
+    its portable `keras.ops` search."""
     if not tensorflow_without_xla():
         return None
     import tensorflow as tf

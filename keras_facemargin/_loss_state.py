@@ -89,10 +89,20 @@ class LossState(keras.layers.Layer):
         self.built = True
 
     def values(self):
-        """`{name: current value}`, tensors."""
+        """The current values of the statistics (and the `seed` state, if any).
+
+        Returns:
+            A dict `{name: tensor}`, float32 scalars (the seed `[2]`).
+        """
         return {name: variable.value for name, variable in self.variables_by_name.items()}
 
     def assign(self, new_values):
+        """Sets statistics after a training step (the loss calls it with its new state).
+
+        Args:
+            new_values: `{name: value}` for some or all of the names of `values()`; each is cast
+                to its weight's dtype.
+        """
         for name, value in new_values.items():
             variable = self.variables_by_name[name]
             variable.assign(keras.ops.cast(value, variable.dtype))

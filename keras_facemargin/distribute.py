@@ -67,7 +67,15 @@ def get_strategy(name="default", devices=None):
 
 
 def is_multi_worker(strategy):
-    """Whether `strategy` spans several worker processes."""
+    """Whether `strategy` spans several worker processes.
+
+    Args:
+        strategy: a `tf.distribute.Strategy`.
+
+    Returns:
+        True for a `MultiWorkerMirroredStrategy` whose cluster has more than one task (chief and
+        workers together); False otherwise (a one-worker cluster included).
+    """
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return False
@@ -76,8 +84,15 @@ def is_multi_worker(strategy):
 
 
 def is_chief(strategy=None):
-    """Whether this process writes the run's files: the chief (or worker 0) of a cluster, or the
-    only process of a single-machine run."""
+    """Whether this process writes the run's files.
+
+    Args:
+        strategy: a `tf.distribute.Strategy`; None: the current one.
+
+    Returns:
+        True for the chief of a multi-worker cluster (worker 0 where the cluster has no chief
+        task) and for the only process of a single-machine run; False for the other workers.
+    """
     strategy = strategy or tf.distribute.get_strategy()
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or not is_multi_worker(strategy):
@@ -96,6 +111,16 @@ def write_path(path, strategy=None):
     Saving reads distributed variables, which can take collective operations that every worker
     must join; so every worker saves, and all but the chief save into a temporary folder that is
     removed when the `with` block ends.
+
+    Args:
+        path: the file or folder the run writes.
+        strategy: a `tf.distribute.Strategy`; None: the current one.
+
+    Yields:
+        `path` on the chief (`is_chief`); on every other worker a path with the same base name
+        in a temporary folder, deleted with what was written there when the block ends.
+
+    Example:
 
     ```python
     with write_path("runs/a/model.keras", strategy) as path:

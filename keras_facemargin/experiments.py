@@ -31,13 +31,25 @@ SOFTMAX = config_lib.SOFTMAX
 
 
 def objective_names():
-    """`"softmax"` (Dense + cross-entropy) and every registered loss name."""
+    """The objectives `train_objective` takes.
+
+    Returns:
+        A tuple: `"softmax"` (Dense + cross-entropy), then the margin-softmax losses' names,
+        then the pair losses' names.
+    """
     return config_lib.LOSSES
 
 
 def is_classifier(objective):
-    """Whether `objective` trains a classifier over the training identities (softmax or a
-    margin-softmax loss), as opposed to a pair loss on the embeddings of P×K batches."""
+    """Whether `objective` trains a classifier over the training identities.
+
+    Args:
+        objective: one of `objective_names()` (not `"auto"`).
+
+    Returns:
+        True for softmax and the margin-softmax losses (a head over the identities), False for
+        the pair losses (trained on the embeddings of P×K batches).
+    """
     if objective == config_lib.AUTO or objective not in objective_names():
         raise ValueError(f"objective must be one of {', '.join(objective_names())}; got {objective!r}")
     return objective not in config_lib.PAIR_LOSSES
@@ -50,7 +62,17 @@ def _check_objective(objective):
 
 @dataclasses.dataclass
 class TrainedObjective:
-    """What `train_objective` returns."""
+    """What `train_objective` returns.
+
+    Attributes:
+        objective: the objective's name, as given.
+        model: the trained model (with its head, if any); None if training diverged.
+        embedder: the model from images to embeddings; None if training diverged.
+        seconds: the wall time of `fit`; NaN if training diverged.
+        final_loss: the last epoch's training loss; NaN if training diverged.
+        config: the run's `TrainConfig`, with every "auto" resolved (as given, if training
+            diverged).
+    """
 
     objective: str
     model: keras.Model
@@ -131,7 +153,11 @@ class OpenSetSplit:
     pairs: tuple
 
     def verification_pairs(self):
-        """The pairs as a `data.VerificationPairs` of file paths."""
+        """The verification pairs as a `data.VerificationPairs`.
+
+        Returns:
+            `VerificationPairs` of the unseen identities' file paths, named "unseen pairs".
+        """
         from keras_facemargin import data
 
         a, b, is_same = self.pairs
@@ -139,7 +165,11 @@ class OpenSetSplit:
         return data.VerificationPairs(paths[a], paths[b], is_same, name="unseen pairs")
 
     def describe(self):
-        """One line: identities, images and pairs of each part."""
+        """The split in one line, for logs and reports.
+
+        Returns:
+            A string with the identities, images and pairs of each part.
+        """
         held = f", {len(self.held_out)} held-out images of them" if self.held_out is not None else ""
         return (f"{self.train.num_classes} training identities ({len(self.train)} images{held}); "
                 f"{len(self.pairs[2])} verification pairs ({int(self.pairs[2].sum())} genuine) of "
@@ -245,7 +275,14 @@ def digit_images(size=32):
 
 
 def positive_int(text):
-    """An `argparse` type for the experiment scripts: an integer >= 1."""
+    """An `argparse` type for the experiment scripts: an integer >= 1.
+
+    Args:
+        text: the command-line value.
+
+    Returns:
+        The int; anything else is an `argparse.ArgumentTypeError`, which argparse reports.
+    """
     try:
         value = int(text)
     except ValueError:
@@ -256,7 +293,14 @@ def positive_int(text):
 
 
 def fraction(text):
-    """An `argparse` type for the experiment scripts: a number in (0, 1)."""
+    """An `argparse` type for the experiment scripts: a number in (0, 1).
+
+    Args:
+        text: the command-line value.
+
+    Returns:
+        The float; anything else is an `argparse.ArgumentTypeError`, which argparse reports.
+    """
     try:
         value = float(text)
     except ValueError:

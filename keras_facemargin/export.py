@@ -120,6 +120,18 @@ def export_onnx(embedder, path, image_size=None, opset=17):
     session = onnxruntime.InferenceSession("embedder.onnx")
     embeddings = session.run(["embeddings"], {"images": uint8_images})[0]
     ```
+
+    Unlike the SavedModel, the graph has no shape check of its own: ONNX runtimes check the
+    declared input shape themselves.
+
+    Args:
+        embedder: as for `export_embedder`.
+        path: the `.onnx` file to write (its folder is created).
+        image_size: `(H, W)`; default: the model's input shape.
+        opset: the ONNX opset version tf2onnx targets.
+
+    Returns:
+        `path`.
     """
     import tensorflow as tf
 

@@ -24,7 +24,13 @@ class LazySGD(keras.optimizers.SGD):
     every Keras optimizer.
 
     Args:
-        Those of `keras.optimizers.SGD`.
+        learning_rate: a float, a `keras.optimizers.schedules.LearningRateSchedule` (such as
+            `WarmupSchedule`) or a callable of no arguments; default 0.01.
+        momentum: μ >= 0; 0 (the default) is plain SGD, which is sparse already.
+        nesterov: whether to use Nesterov momentum.
+        weight_decay, clipnorm, clipvalue, global_clipnorm, use_ema, ema_momentum,
+            ema_overwrite_frequency, loss_scale_factor, gradient_accumulation_steps, name:
+            as in `keras.optimizers.SGD`.
 
     Example:
 

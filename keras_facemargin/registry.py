@@ -61,13 +61,28 @@ def _entries(kind):
 
 
 def names(kind):
-    """The registered names of a kind, sorted."""
+    """The registered names of a kind, sorted.
+
+    Args:
+        kind: `"loss"`, `"head"` or `"backbone"`.
+
+    Returns:
+        A sorted list of names (importing the kind's subpackage first, which registers them).
+    """
     return sorted(_entries(kind))
 
 
 def get_class(kind, name):
-    """The class (or builder) registered as `name`, not built; a `ValueError` that lists the
-    known names if there is none."""
+    """The class (or builder) registered as `name`, not built.
+
+    Args:
+        kind: `"loss"`, `"head"` or `"backbone"`.
+        name: the registered name; case, `-` and `_` do not matter (`"IResNet-50"`).
+
+    Returns:
+        The class (losses, heads) or builder function (backbones); an unknown name is a
+        `ValueError` that lists the known ones.
+    """
     entries = _entries(kind)
     if isinstance(name, str):
         matches = [entry for key, entry in entries.items() if _squash(key) == _squash(name)]
@@ -81,7 +96,17 @@ def _squash(name):
 
 
 def get(kind, name, /, **kwargs):
-    """`get_class(kind, name)(**kwargs)`; an argument the member does not take is a `ValueError`."""
+    """A new member built from its registered name: `get_class(kind, name)(**kwargs)`.
+
+    Args:
+        kind: `"loss"`, `"head"` or `"backbone"`.
+        name: the registered name, as for `get_class`.
+        **kwargs: the constructor's (or builder's) arguments; one it does not take is a
+            `ValueError` that names it.
+
+    Returns:
+        The built loss, head or backbone model.
+    """
     cls = get_class(kind, name)
     try:
         return cls(**kwargs)

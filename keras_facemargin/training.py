@@ -28,7 +28,15 @@ class TrainingDiverged(RuntimeError):
 
 
 def atomic_write_text(path, text):
-    """Writes `text` to `path` through a temporary file and a rename: never a half-written file."""
+    """Writes `text` to `path` through a temporary file and a rename: never a half-written file.
+
+    The temporary file is in the same folder (so the rename is atomic) and is synced to disk
+    before the rename; on any error it is removed and the error raised, leaving `path` as it was.
+
+    Args:
+        path: the file to write; its folder must exist.
+        text: the whole new content.
+    """
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
     try:
@@ -44,7 +52,15 @@ def atomic_write_text(path, text):
 
 
 def save_model_atomically(model, path):
-    """`model.save(path)` through a temporary file and a rename: never a half-written file."""
+    """`model.save(path)` through a temporary file and a rename: never a half-written file.
+
+    Args:
+        model: the `keras.Model` to save.
+        path: the `.keras` file to write; its folder is created if needed.
+
+    Returns:
+        `path`.
+    """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     tmp = os.path.join(directory, f".tmp-{os.getpid()}-{os.path.basename(path)}")
@@ -54,7 +70,16 @@ def save_model_atomically(model, path):
 
 
 def latest_state(backup_dir):
-    """`{"epoch": completed epochs, "weights": path}` of the newest complete backup, or None."""
+    """The newest complete backup that `TrainingBackup` wrote in `backup_dir`.
+
+    Args:
+        backup_dir: the folder of the backups.
+
+    Returns:
+        A dict: `"epoch"` (completed epochs), `"batch"` (batches of the next epoch done, 0 for a
+        backup at an epoch's end), `"weights"` (the path of the weights file, with the optimizer's
+        state) and `"counter"` (the backup's number); None when there is no backup yet.
+    """
     path = os.path.join(backup_dir, _STATE)
     if not os.path.exists(path):
         return None
@@ -143,6 +168,12 @@ class DivergenceGuard(keras.callbacks.Callback):
             self.model.stop_training = True
 
     def message(self):
+        """What `TrainingDiverged` says, once `diverged` is set.
+
+        Returns:
+            A sentence with the loss, the epoch and the step where it diverged (both 1-based)
+            and what to try.
+        """
         loss, epoch, step = self.diverged
         return (f"training diverged (loss {'NaN' if math.isnan(loss) else loss} at epoch {epoch}, "
                 f"step {step}); lower the learning rate or the scale, or use a warm-up")

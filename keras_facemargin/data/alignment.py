@@ -40,6 +40,13 @@ def arcface_template(image_size=112):
     128 (that is not one of 112) scales it by `image_size / 128` and shifts it right by
     `8 · image_size / 128` (the face centred in the wider crop); any other size scales by
     `image_size / 112`.
+
+    Args:
+        image_size: side of the square crop in pixels, an integer >= 1 (112 for ArcFace models).
+
+    Returns:
+        float64 `[5, 2]` (x, y) pixel positions: left eye, right eye, nose tip, left and right
+        mouth corner, as seen in the image.
     """
     size = _check_size(image_size)
     if size % 112 != 0 and size % 128 == 0:

@@ -62,6 +62,11 @@ def classification_dataset(
         one_hot: labels as float32 one-hot rows `[batch, num_classes]` (as with `mix`), for
             Keras's `CategoricalCrossentropy(label_smoothing=...)`.
 
+    Returns:
+        A finite `tf.data.Dataset` of `(images, labels)` batches as above, one epoch of them
+        (with `input_context`, per-replica batches of `batch_size / R` images: this pipeline's
+        replicas' share of each global batch).
+
     Example:
 
     ```python

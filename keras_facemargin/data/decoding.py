@@ -32,6 +32,14 @@ RESIZE_MODES = ("resize", "center_crop")
 
 
 class CorruptFile(NamedTuple):
+    """One image that did not decode, as a `CorruptFileLog` reports it.
+
+    Attributes:
+        path: the file's path, or the name the pipeline gave the source (`file.rec[key]` for a
+            RecordIO record, `file[i]` for an image of an InsightFace `.bin`).
+        reason: why it failed: TensorFlow's error when it is decoded again, eagerly.
+    """
+
     path: str
     reason: str
 
@@ -434,6 +442,10 @@ def image_dataset(sources, batch_size=64, image_size=(112, 112), from_bytes=Fals
         resize_mode: `"resize"` or `"center_crop"`.
         corrupt_files: a `CorruptFileLog`, or None (failures are printed to stderr).
         prefetch: whether to end with `prefetch(AUTOTUNE)`.
+
+    Returns:
+        A `tf.data.Dataset` of float32 image batches `[batch, height, width, 3]` (no labels), one
+        image per source in order, the last batch partial.
     """
     sources = [bytes(s) if from_bytes else str(s) for s in sources]
     if not sources:
@@ -491,8 +503,14 @@ class CorruptFileLog(keras.callbacks.Callback):
         self.records = []
 
     def record(self, names, failed, sources=None):
-        """Inside the pipeline: adds the `names [n]` where `failed [n]` is true (and their
-        `sources [n]`, the paths or encoded images, for the diagnosis)."""
+        """Records the failures of one batch; called inside the pipeline, in TensorFlow ops.
+
+        Args:
+            names: string `[n]`, what each sample is reported as.
+            failed: bool `[n]`, which samples failed to decode.
+            sources: string `[n]`, the encoded images (kept for the diagnosis of the first
+                `max_sources` failures), or None where the names are the files' paths.
+        """
         failed_names = tf.boolean_mask(names, failed)
         room = tf.maximum(self.max_paths - tf.size(self._names), 0)
         kept = failed_names[:room]
@@ -513,7 +531,12 @@ class CorruptFileLog(keras.callbacks.Callback):
         return int(self._count.numpy())
 
     def collect(self):
-        """Diagnoses and logs the failures recorded since the last call; returns them."""
+        """Diagnoses and logs the failures recorded since the last call.
+
+        Returns:
+            The new failures as a list of `CorruptFile(path, reason)` (also appended to
+            `records`).
+        """
         start = len(self.records)
         names = [n.decode("utf-8", "replace") for n in self._names.numpy()[start:]]
         sources = list(self._sources.numpy()[start:])
@@ -527,6 +550,7 @@ class CorruptFileLog(keras.callbacks.Callback):
         return new
 
     def reset(self):
+        """Forgets every failure recorded so far: the count, the names and `records`."""
         self._count.assign(0)
         self._names.assign(tf.zeros([0], tf.string))
         self._sources.assign(tf.zeros([0], tf.string))
@@ -603,7 +627,19 @@ def diagnose(path, contents=None):
 
 
 def find_corrupt_files(paths, batch_size=256, num_parallel_calls=None):
-    """The files among `paths` that do not decode, as a list of `CorruptFile`, each logged."""
+    """The files among `paths` that do not decode, each logged as a warning.
+
+    Every file is read and decoded once in `tf.data` (decoding only, no resizing), so a large
+    folder is checked at the speed of the input pipeline; use it before training to clean a set.
+
+    Args:
+        paths: image file paths.
+        batch_size: files decoded per batch of the pipeline.
+        num_parallel_calls: how many batches are decoded at once; None: `tf.data.AUTOTUNE`.
+
+    Returns:
+        A list of `CorruptFile(path, reason)`, in the order of `paths`; empty if every file decodes.
+    """
     paths = np.asarray(paths, dtype=object)
     if paths.size == 0:
         return []

@@ -44,6 +44,8 @@ def _walk_images(top, extensions, follow_links, seen, repeated, links):
         subfolders[:] = kept
         found.extend(os.path.join(folder, f) for f in sorted(files) if f.lower().endswith(extensions))
     return found
+
+
 def _check_landmarks(landmarks, num_images):
     landmarks = np.asarray(landmarks)
     ok = landmarks.shape == (num_images, 5, 2) and np.issubdtype(landmarks.dtype, np.number)
@@ -167,6 +169,9 @@ class ImageIndex:
             root: the data set folder.
             extensions: the file name endings that count as images.
             follow_links: whether to follow symbolic links to folders.
+
+        Returns:
+            An `ImageIndex` of the image files, class by class in sorted order.
         """
         root = os.fspath(root)
         if not os.path.isdir(root):
@@ -222,6 +227,10 @@ class ImageIndex:
             list_path: the list file.
             root: folder that relative paths are relative to; defaults to the list's folder.
             delimiter: the column separator; by default `,` for `.csv` files, else whitespace.
+
+        Returns:
+            An `ImageIndex` of the listed files, in list order (the files are not checked: see
+            `verify`).
         """
         list_path = os.fspath(list_path)
         if not os.path.isfile(list_path):
@@ -285,6 +294,10 @@ class ImageIndex:
                 image record's own label), or `"auto"`: identities, unless the set has more
                 than 2^24 records, which float32 record ranges cannot address exactly.
 
+        Returns:
+            An `ImageIndex` whose `record_file` is `rec_path` and `offsets` the records' byte
+            offsets.
+
         Example:
 
         ```python
@@ -298,9 +311,17 @@ class ImageIndex:
         return cls(names, labels, class_names, record_file=rec_path, offsets=offsets)
 
     def with_landmarks(self, landmarks):
-        """The same index carrying five face landmarks per image, `[num_images, 5, 2]` (x, y)
-        pixels: left eye, right eye, nose tip, left and right mouth corner as they appear in the
-        image (InsightFace's order); the pipelines then align every face as they decode it."""
+        """The same index carrying five face landmarks per image; the pipelines then align every
+        face to ArcFace's template as they decode it.
+
+        Args:
+            landmarks: `[num_images, 5, 2]` finite (x, y) pixels: left eye, right eye, nose tip,
+                left and right mouth corner as they appear in the image (InsightFace's order),
+                not all at one point.
+
+        Returns:
+            A new `ImageIndex`, the same images and labels with these landmarks.
+        """
         return ImageIndex(
             self.paths,
             self.labels,
@@ -320,7 +341,11 @@ class ImageIndex:
         return len(self.class_names)
 
     def class_counts(self):
-        """Images per class, `[num_classes]`."""
+        """Images per class.
+
+        Returns:
+            int64 counts `[num_classes]`, indexed by label.
+        """
         return np.bincount(self.labels, minlength=self.num_classes)
 
     def __repr__(self):
@@ -329,8 +354,16 @@ class ImageIndex:
     # -- derived indices ----------------------------------------------------------------------
 
     def subset(self, positions, relabel=True):
-        """The images at `positions` (indices or a boolean mask); empty classes are dropped when
-        `relabel` (the default), and the remaining classes keep their order."""
+        """The images at `positions`, as a new index.
+
+        Args:
+            positions: int positions into this index, or a boolean mask `[num_images]`.
+            relabel: drop the classes left without images and number the rest `0..C'-1`, in
+                their previous order; False keeps every class and label.
+
+        Returns:
+            A new `ImageIndex` (with the images' landmarks and record offsets, if any).
+        """
         positions = np.asarray(positions)
         labels = self.labels[positions]
         if not relabel:
@@ -341,7 +374,14 @@ class ImageIndex:
         )
 
     def filter_min_images(self, min_images):
-        """Only the classes with at least `min_images` images, relabelled `0..C'-1`."""
+        """Only the classes with at least `min_images` images, relabelled `0..C'-1`.
+
+        Args:
+            min_images: the fewest images a class must have to stay, >= 1.
+
+        Returns:
+            A new `ImageIndex`; one with no class left is a `ValueError`.
+        """
         min_images = _checks.check_int("min_images", min_images, 1)
         keep = self.class_counts() >= min_images
         if not keep.any():
@@ -363,8 +403,16 @@ class ImageIndex:
         """Open-set split: `(train, test)` indices over disjoint sets of classes (people).
 
         Verification is measured on people the model never saw; this split gives them. Exactly
-        one of `test_fraction` (of the classes, rounded, at least 1) or `num_test_classes`.
-        Both parts are relabelled `0..C-1` in class-name order.
+        one of `test_fraction` or `num_test_classes` must be given.
+
+        Args:
+            test_fraction: fraction of the classes for the test part, in (0, 1); rounded, and at
+                least 1 class in each part.
+            num_test_classes: the number of test classes instead, in [1, num_classes).
+            seed: seed of which classes are drawn for the test part.
+
+        Returns:
+            `(train, test)`, two `ImageIndex`es, each relabelled `0..C-1` in the previous order.
         """
         if (test_fraction is None) == (num_test_classes is None):
             raise ValueError(
@@ -396,6 +444,14 @@ class ImageIndex:
 
         Each class puts `round(test_fraction × n)` of its n images in the test part, but always
         keeps at least one in the training part (so a 1-image class stays all in training).
+
+        Args:
+            test_fraction: fraction of each class's images for the test part, in (0, 1).
+            seed: seed of which images are drawn.
+
+        Returns:
+            `(train, test)`, two `ImageIndex`es with this index's classes and labels (a class
+            may have no test image).
         """
         fraction = _checks.check_fraction("test_fraction", test_fraction)
         rng = np.random.default_rng(seed)
@@ -483,19 +539,33 @@ class ImageIndex:
         return positions_a[shuffle], positions_b[shuffle], is_same[shuffle]
 
     def remove_paths(self, paths):
-        """The index without the given paths (for example the corrupt files `verify` found);
-        classes left empty are dropped and the rest relabelled."""
+        """The index without the given paths, for example the corrupt files `verify` found.
+
+        Args:
+            paths: the paths to drop, as they appear in `self.paths`; others are ignored.
+
+        Returns:
+            A new `ImageIndex`; classes left empty are dropped and the rest relabelled. Removing
+            every image is a `ValueError`.
+        """
         drop = np.isin(self.paths, np.asarray(list(paths), dtype=object))
         if drop.all():
             raise ValueError(f"remove_paths would remove every image of {self}")
         return self.subset(~drop)
 
     def verify(self, num_parallel_calls=None):
-        """Decodes every file and returns the unreadable ones as a list of `CorruptFile`
-        `(path, reason)`, each also logged as a warning.
+        """Decodes every image and returns the unreadable ones, each also logged as a warning.
 
         The decoding runs in a `tf.data` pipeline (in parallel) with the same decoder as the
-        training pipelines; only the failures are decoded again, eagerly, to get the reason.
+        training pipelines; only the failures are decoded again, eagerly, to get the reason. A
+        RecordIO index has its records read and decoded the same way.
+
+        Args:
+            num_parallel_calls: how many batches are decoded at once; None: `tf.data.AUTOTUNE`.
+
+        Returns:
+            A list of `CorruptFile(path, reason)` (for a RecordIO index, the record's name with
+            its key and byte offset in the reason); empty if every image decodes.
         """
         from keras_facemargin.data import decoding
 

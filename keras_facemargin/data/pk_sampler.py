@@ -89,8 +89,15 @@ class PKSampler:
         return self.classes_per_batch * self.samples_per_class
 
     def epoch(self, epoch):
-        """Positions into the index for one epoch, `[steps_per_epoch, P × K]`, each row
-        class-major (K consecutive images per class)."""
+        """Positions into the index for one epoch.
+
+        Args:
+            epoch: the epoch's number (0-based); the same `(seed, epoch)` gives the same epoch.
+
+        Returns:
+            int64 positions `[steps_per_epoch, P × K]`, each row class-major (K consecutive
+            images per class).
+        """
         p, k, steps = self.classes_per_batch, self.samples_per_class, self.steps_per_epoch
         rng = np.random.default_rng([self.seed, int(epoch)])
         per_round = len(self.classes) // p * p
@@ -107,12 +114,18 @@ class PKSampler:
         return positions.reshape(steps, p * k)
 
     def as_dataset(self, input_context=None):
-        """The epochs as a `tf.data.Dataset` of undecoded batches `(paths, labels, sample_ids)`,
-        each `[P·K]` (or `[P/R·K]` per replica with an `input_context`, see `pk_dataset`).
-        For a RecordIO index or one with landmarks, `paths` are int64 positions into the index.
+        """The epochs as a `tf.data.Dataset` of undecoded batches, for a pipeline to decode.
 
         The dataset is one epoch long; each new iteration draws the next epoch. `sample_ids`
         number the samples of all epochs (the augmentation seeds of `pk_dataset`).
+
+        Args:
+            input_context: a `tf.distribute.InputContext`, or None (see `pk_dataset`).
+
+        Returns:
+            A `tf.data.Dataset` of `(paths, labels, sample_ids)`, each `[P·K]` (or `[P/R·K]` per
+            replica with an `input_context`); for a RecordIO index or one with landmarks,
+            `paths` are int64 positions into the index.
         """
         p, k = self.classes_per_batch, self.samples_per_class
         replicas, local, first = replica_share(input_context, "classes_per_batch", p)
@@ -201,6 +214,11 @@ def pk_dataset(
         corrupt_files: a `CorruptFileLog`, or None (failures are then printed to stderr).
         mix: must be None. Mixup/cutmix blend identities, which pair losses cannot use.
         prefetch: whether to end with `prefetch(AUTOTUNE)`.
+
+    Returns:
+        A finite `tf.data.Dataset` of `(images, labels)` batches as above, `steps_per_epoch` of
+        them (with `input_context`, per-replica batches of P/R classes × K, `steps_per_epoch`
+        for each replica this pipeline feeds).
 
     Example:
 

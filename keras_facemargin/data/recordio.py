@@ -296,8 +296,17 @@ def _first_error(errors, what, rec_path, count):
 
 
 def read_property(folder):
-    """`(num_classes, height, width)` from InsightFace's `property` file (`85742,112,112`), or
-    None when the folder has none."""
+    """The class count and image size an InsightFace RecordIO folder declares.
+
+    InsightFace writes them to a one-line `property` file beside `train.rec` (`85742,112,112`);
+    a malformed one is a `ValueError` that quotes it.
+
+    Args:
+        folder: the folder that holds the `.rec`/`.idx` pair.
+
+    Returns:
+        `(num_classes, height, width)` as ints, or None when the folder has no `property` file.
+    """
     path = os.path.join(os.fspath(folder), "property")
     if not os.path.isfile(path):
         return None

@@ -99,6 +99,14 @@ def read_pair_list(list_path, root=None, check_files=True):
     are quoted (`"a b.jpg" c.jpg 1`) or the three fields separated by tabs; the file is UTF-8.
     A malformed line or (with `check_files`) a missing image is a `ValueError` naming the line
     and the path.
+
+    Args:
+        list_path: the pair list, a UTF-8 text file; `#` starts a comment line.
+        root: the folder that relative image paths are relative to; None: the list's folder.
+        check_files: whether to check that every image file exists.
+
+    Returns:
+        `VerificationPairs` of image paths, named after the list's file name.
     """
     list_path = os.fspath(list_path)
     if not os.path.isfile(list_path):
@@ -127,7 +135,16 @@ def read_lfw_pairs(pairs_path, images_root, check_files=True):
 
     The header is `folds pairs_per_fold` (pairs.txt: `10 300`, each fold 300 same then 300
     different pairs) or a single count (pairsDevTrain/DevTest). Lines are `name n1 n2` (same
-    person) or `name1 n1 name2 n2` (different people). `folds` holds each pair's fold.
+    person) or `name1 n1 name2 n2` (different people).
+
+    Args:
+        pairs_path: LFW's pair file.
+        images_root: the LFW image folder, with one folder per person (`lfw-deepfunneled`, ...).
+        check_files: whether to check that every image file exists.
+
+    Returns:
+        `VerificationPairs` of image paths whose `folds` holds each pair's fold (0-based, in
+        file order), named after the pair file's name.
     """
     pairs_path = os.fspath(pairs_path)
     if not os.path.isfile(pairs_path):
@@ -216,6 +233,13 @@ def read_insightface_bin(bin_path):
     consecutive) and a list of N booleans. It is loaded with an unpickler that refuses every
     function or class (see the module doc), so a malicious file raises a `ValueError` before
     anything runs.
+
+    Args:
+        bin_path: the `.bin` file.
+
+    Returns:
+        `VerificationPairs` of encoded images (`from_bytes=True`), named after the file's name;
+        a failure to decode reports an image as `name[i]`, its position in the file.
     """
     bin_path = os.fspath(bin_path)
     if not os.path.isfile(bin_path):
@@ -310,6 +334,17 @@ def pair_dataset(
     evaluation preprocessing as `classification_dataset(training=False)`; `is_same` is bool
     `[batch]`. An image that does not decode is blank and recorded in `corrupt_files` (a
     `CorruptFileLog`; without one, failures are printed to stderr).
+
+    Args:
+        pairs: `VerificationPairs`.
+        batch_size: pairs per batch.
+        image_size: `(height, width)`.
+        resize_mode: `"resize"` or `"center_crop"`.
+        corrupt_files: a `CorruptFileLog`, or None (failures are printed to stderr).
+        prefetch: whether to end with `prefetch(AUTOTUNE)`.
+
+    Returns:
+        A `tf.data.Dataset` of `(images_a, images_b, is_same)`, the last batch partial.
 
     Example:
 

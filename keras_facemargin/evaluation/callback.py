@@ -15,6 +15,14 @@ def embedding_model(model):
     The head is the last `CosineHead` or `PartialFC` (whose labels input is then dropped), or
     the `Dense` layer named `"softmax_logits"` that `build_recognizer(..., head="dense")` puts
     there. A model without a head (one trained with a pair loss) is its own embedding model.
+
+    Args:
+        model: a built functional `keras.Model` (a training model, or an embedding model).
+
+    Returns:
+        A `keras.Model` from the model's first input (the images) to the head's input features
+        `[batch, dim]` (sharing the model's layers and weights), or `model` itself when it has
+        no head.
     """
     from keras_facemargin.heads import CosineHead, PartialFC
     from keras_facemargin.models.recognizer import SOFTMAX_HEAD

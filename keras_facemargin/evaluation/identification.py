@@ -26,13 +26,24 @@ def retrieval_metrics(
     Without `reference`, every query is matched against all the others (self-matches excluded),
     the usual protocol on a single labelled set. For each query, R is the number of references
     with its label. Queries with R = 0 cannot be scored and are counted in
-    `queries_without_match`.
+    `queries_without_match`. Memory: one `[chunk, references]` similarity block of about
+    `memory_mb`.
 
-    Returns a dict: `precision_at_1`, `recall_at_k` ({k: fraction of queries with a correct
-    reference among their k nearest}), `r_precision` (the fraction of correct references among the
-    R nearest), `map_at_r` (mean average precision over those R, Musgrave et al. 2020),
-    `num_queries`, `queries_without_match`. Memory: one `[chunk, references]` similarity block of
-    about `memory_mb`.
+    Args:
+        query: query embeddings `[queries, dim]`.
+        query_labels: their identities `[queries]`.
+        reference: reference (gallery) embeddings `[references, dim]`; None: the queries
+            themselves, each matched against all the others.
+        reference_labels: their identities `[references]`; required with `reference`.
+        ks: the k of `recall_at_k`, positive integers.
+        metric: `"cosine"` (rows L2-normalised here) or `"squared_euclidean"`.
+        memory_mb: the size of the similarity block computed at a time, in MiB.
+
+    Returns:
+        A dict: `precision_at_1`, `recall_at_k` ({k: fraction of queries with a correct reference
+        among their k nearest}), `r_precision` (the fraction of correct references among the R
+        nearest), `map_at_r` (mean average precision over those R, Musgrave et al. 2020), each
+        averaged over the queries with R > 0; `num_queries` and `queries_without_match` (ints).
 
     Reference:
         Musgrave et al., "A Metric Learning Reality Check", ECCV 2020.

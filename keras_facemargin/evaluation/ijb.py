@@ -37,8 +37,9 @@ class IJBProtocol:
         image_paths: each face's loose crop, `[faces]`.
         landmarks: `[faces, 5, 2]` float32 (x, y) pixels.
         detector_scores: `[faces]` float32, the face detector's score of each face.
-        templates, medias: `[faces]` int64 ids.
-        template_a, template_b: `[pairs]` int64 template ids; `labels` `[pairs]` int8, 1 = same.
+        templates, medias: `[faces]` int64 ids: the template and the media of each face.
+        template_a, template_b: `[pairs]` int64 template ids of the pairs to score.
+        labels: `[pairs]` int8, 1 where the two templates are the same person, else 0.
     """
 
     target: str
@@ -203,10 +204,20 @@ def template_features(features, templates, medias, weights=None):
 
 
 def score_template_pairs(template_ids, features, template_a, template_b, chunk_size=65536):
-    """Cosine scores of template pairs, `chunk_size` pairs at a time (float32 `[pairs]`).
+    """Cosine scores of template pairs, `chunk_size` pairs at a time.
 
-    The gathered rows of one chunk take `2 · chunk_size · dim · 4` bytes (256 MB at 65,536 ×
+    The gathered rows of one chunk take `2 · chunk_size · dim · 4` bytes (256 MiB at 65,536 ×
     512): IJB-C's 15.6M pairs are scored in that much memory beyond the scores themselves.
+
+    Args:
+        template_ids: `[templates]` ids, one per row of `features` (as `template_features`
+            returns them; any order).
+        features: `[templates, dim]` template features (L2-normalised: their dot is the cosine).
+        template_a, template_b: `[pairs]` template ids; an id without features is a `ValueError`.
+        chunk_size: pairs scored at a time.
+
+    Returns:
+        float32 cosine scores `[pairs]`.
     """
     template_ids = np.asarray(template_ids)
     order = np.argsort(template_ids)
@@ -236,7 +247,19 @@ class IJBReport:
 
     `tar_at_far` uses the smallest threshold whose FAR does not exceed the target (as
     `verification_report`); `tar_at_far_insightface` reads the ROC point nearest the target,
-    as the table of `eval_ijbc.py` that published IJB figures come from.
+    as the table of `eval_ijbc.py` that published IJB figures come from. FAR targets are the
+    float keys of the three dicts.
+
+    Attributes:
+        target: `"IJBB"`, `"IJBC"`, or the name given to `ijb_report`.
+        num_templates: templates that were pooled (0 where unknown).
+        num_pairs: template pairs scored.
+        num_genuine: of which same-identity pairs.
+        auc: area under the ROC curve.
+        tar_at_far: `{far_target: tar}`.
+        thresholds_at_far: `{far_target: threshold}` (cosines; ±inf where nothing is accepted).
+        tar_at_far_insightface: `{far_target: tar}` at the ROC point nearest each target.
+        curve: the ROC `(far, tar)` that `plot_ijb_roc` draws, or None; not saved in JSON.
     """
 
     target: str
@@ -250,7 +273,12 @@ class IJBReport:
     curve: tuple = dataclasses.field(default=None, repr=False, compare=False)
 
     def to_dict(self):
-        """Plain JSON types, without the ROC curve."""
+        """The report in plain JSON types, without the ROC curve.
+
+        Returns:
+            A dict of the fields but `curve`, FAR keys as short strings (`"1e-3"`), and None for
+            a threshold that accepts nothing (±inf).
+        """
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "curve"}
         for key in ("tar_at_far", "tar_at_far_insightface"):
             data[key] = {far_name(k): v for k, v in data[key].items()}
@@ -259,6 +287,14 @@ class IJBReport:
         return data
 
     def to_json(self, path=None):
+        """The report as indented JSON text (`to_dict`), also written to `path` if given.
+
+        Args:
+            path: a file to write the JSON to (with a final newline), or None.
+
+        Returns:
+            The JSON text.
+        """
         text = json.dumps(self.to_dict(), indent=2)
         if path is not None:
             with open(path, "w") as f:
@@ -276,8 +312,19 @@ class IJBReport:
 
 
 def ijb_report(labels, scores, far_targets=FAR_TARGETS, target="IJB", num_templates=0):
-    """An `IJBReport` of template-pair scores (cosines) and labels (1 = same); `curve` holds the
-    ROC `(far, tar)` with scikit-learn's `drop_intermediate`, as eval_ijbc.py plots it."""
+    """TAR at each FAR target of template-pair scores, both ways the IJB protocol is reported.
+
+    Args:
+        labels: `[pairs]`, 1 = same identity, 0 = different; both must occur.
+        scores: `[pairs]` finite cosine scores (higher is same).
+        far_targets: FARs at which TAR is reported.
+        target: the name of the set in the report (`"IJBC"`, ...).
+        num_templates: how many templates the scores came from, for the report.
+
+    Returns:
+        An `IJBReport`, whose `curve` holds the ROC `(far, tar)` with scikit-learn's
+        `drop_intermediate`, as eval_ijbc.py plots it.
+    """
     labels = np.asarray(labels)
     scores = np.asarray(scores)
     if labels.shape != scores.shape or labels.ndim != 1:
@@ -305,7 +352,15 @@ def ijb_report(labels, scores, far_targets=FAR_TARGETS, target="IJB", num_templa
 
 
 def plot_ijb_roc(report, path):
-    """The ROC of an `IJBReport` on eval_ijbc.py's axes (FAR 1e-6 … 1e-1, log scale)."""
+    """The ROC of an `IJBReport` on eval_ijbc.py's axes (FAR 1e-6 … 1e-1, log scale).
+
+    Args:
+        report: an `IJBReport` with its `curve` (as `ijb_report` makes it).
+        path: the PNG to write.
+
+    Returns:
+        The path.
+    """
     from keras_facemargin.evaluation.plots import plot_roc_curves
 
     far, tar = report.curve

@@ -50,8 +50,16 @@ class KerasEmbedder:
 
 
 def load_keras_model(path):
-    """`keras.models.load_model(path, compile=False)` with every keras_facemargin class known; a
-    file that is not a Keras model is a `ValueError` that says so."""
+    """`keras.models.load_model(path, compile=False)` with every keras_facemargin class known.
+
+    A file that is not a Keras model is a `ValueError` that names it and quotes Keras's reason.
+
+    Args:
+        path: a `.keras` file.
+
+    Returns:
+        The `keras.Model`, not compiled (evaluation needs no loss or optimizer).
+    """
     import keras
 
     import keras_facemargin

@@ -102,9 +102,18 @@ class PairSets:
 
     def dataset(self, image_size=(112, 112), batch_size=256, resize_mode="resize",
                 corrupt_files=None):
-        """The unique images in table order, a `tf.data.Dataset` of float32 batches
-        `[batch, height, width, 3]` in [0, 255]; undecodable ones are blank and recorded in
-        `corrupt_files` (or printed)."""
+        """The unique images in table order, decoded for evaluation.
+
+        Args:
+            image_size: `(height, width)`.
+            batch_size: images per batch.
+            resize_mode: `"resize"` or `"center_crop"`.
+            corrupt_files: a `CorruptFileLog`, or None (failures are printed to stderr).
+
+        Returns:
+            A `tf.data.Dataset` of float32 batches `[batch, height, width, 3]` in [0, 255],
+            `len(self)` images in all; an image that does not decode is blank.
+        """
         import tensorflow as tf
 
         from keras_facemargin.data import decoding
@@ -128,16 +137,33 @@ class PairSets:
         return ds.map(lambda images: images).prefetch(decoding.AUTOTUNE)
 
     def images(self, image_size=(112, 112), batch_size=256, corrupt_files=None):
-        """The unique images as one uint8 array `[len(self), height, width, 3]` (rounded)."""
+        """The unique images in memory, in table order (what `VerificationCallback` keeps).
+
+        Args:
+            image_size: `(height, width)`.
+            batch_size: images decoded at a time.
+            corrupt_files: a `CorruptFileLog`, or None (failures are printed to stderr).
+
+        Returns:
+            uint8 `[len(self), height, width, 3]`, the decoded pixels rounded.
+        """
         out = [np.clip(np.round(batch.numpy()), 0, 255).astype(np.uint8)
                for batch in self.dataset(image_size, batch_size, corrupt_files=corrupt_files)]
         return np.concatenate(out)
 
     def evaluate(self, embeddings, far_targets=(1e-4, 1e-3, 1e-2), folds=10):
-        """A `PairSetsReport` from the embeddings of the unique images, `[len(self), dim]`.
+        """Every set's verification metrics from the embeddings of the unique images.
 
-        `folds`: the k of the k-fold accuracy for sets without folds of their own (LFW's
-        pairs.txt has them), lowered to the number of pairs of a smaller set."""
+        Args:
+            embeddings: `[len(self), dim]`, one row per unique image in table order (as
+                `dataset` gives them); cosine scores are used.
+            far_targets: FARs in (0, 1) at which TAR is reported.
+            folds: the k of the k-fold accuracy for sets without folds of their own (LFW's
+                pairs.txt has them), lowered to the number of pairs of a smaller set.
+
+        Returns:
+            A `PairSetsReport`.
+        """
         embeddings = np.asarray(embeddings)
         if embeddings.ndim != 2 or len(embeddings) != len(self):
             raise ValueError(
@@ -165,6 +191,9 @@ def read_pair_sets(paths, root=None, names=None, check_files=True, argument="pai
         names: the sets' names; by default the file names without extension.
         check_files: whether to check that every image file exists.
         argument: what the files are called in error messages (a flag, say `--val-pairs`).
+
+    Returns:
+        A `PairSets`, one set per file in order.
     """
     from keras_facemargin.data import read_pairs
 
@@ -227,10 +256,14 @@ def evaluate_pair_sets(embedder, pair_sets, image_size=None, flip=False,
 class PairSetsReport:
     """The reports of several verification sets: one row each in `table()`, one JSON, plots.
 
-    Attributes:
+    Made by `PairSets.evaluate` (and so `evaluate_pair_sets`); the first two arguments are kept
+    as attributes of the same names.
+
+    Args:
         reports: `name -> VerificationReport`.
         insightface: `name -> (mean, std)` of `kfold_accuracy_insightface`, the figure
             InsightFace prints (`Accuracy-Flip: 0.99817+-0.00229`).
+        curves: `name -> (labels, scores)`, `[pairs]` each, for the figures `save` draws.
     """
 
     def __init__(self, reports, insightface, curves):
@@ -240,10 +273,20 @@ class PairSetsReport:
 
     @property
     def names(self):
+        """The sets' names, in order."""
         return tuple(self.reports)
 
     def as_logs(self, prefix="val_"):
-        """Keras-log keys `val_<set>_auc`, `val_<set>_accuracy_10fold`, `val_<set>_tar@far=...`."""
+        """Every set's metrics as Keras logs, for a callback's `logs`.
+
+        Args:
+            prefix: the start of every key.
+
+        Returns:
+            A dict of floats: each set's `VerificationReport.as_logs` keys under
+            `{prefix}{set}_` (`val_lfw_auc`, `val_lfw_tar@far=1e-3`, ...), plus
+            `{prefix}{set}_accuracy_10fold_insightface`.
+        """
         logs = {}
         for name, report in self.reports.items():
             logs.update(report.as_logs(f"{prefix}{name}_"))
@@ -251,6 +294,12 @@ class PairSetsReport:
         return logs
 
     def to_dict(self):
+        """The reports in plain JSON types.
+
+        Returns:
+            A dict from each set's name to its `VerificationReport.to_dict()`, with
+            `accuracy_10fold_insightface` and `accuracy_10fold_insightface_std` added.
+        """
         out = {}
         for name, report in self.reports.items():
             out[name] = report.to_dict()
@@ -260,6 +309,14 @@ class PairSetsReport:
         return out
 
     def to_json(self, path=None):
+        """The report as indented JSON text (`to_dict`), also written to `path` if given.
+
+        Args:
+            path: a file to write the JSON to (with a final newline), or None.
+
+        Returns:
+            The JSON text.
+        """
         text = json.dumps(self.to_dict(), indent=2)
         if path is not None:
             with open(path, "w") as f:
@@ -267,8 +324,12 @@ class PairSetsReport:
         return text
 
     def table(self):
-        """One row per set: pairs, 10-fold accuracy ± std (InsightFace's protocol), AUC, EER and
-        TAR at each FAR target."""
+        """The reports as a text table.
+
+        Returns:
+            A string with a header line and one row per set: pairs, 10-fold accuracy ± std
+            (InsightFace's protocol), AUC, EER and TAR at each FAR target.
+        """
         fars = list(next(iter(self.reports.values())).tar_at_far)
         header = ["set", "pairs", "10-fold acc ± std", "AUC", "EER"]
         header += [f"TAR@FAR={far_name(f)}" for f in fars]
@@ -288,8 +349,15 @@ class PairSetsReport:
         return self.table()
 
     def save(self, out_dir):
-        """Writes `report.json`, `roc.png` (every set) and `<set>_det.png`, `<set>_scores.png`;
-        returns the paths."""
+        """Writes the JSON report and the figures of every set.
+
+        Args:
+            out_dir: the folder to write into (created if needed).
+
+        Returns:
+            The paths written: `report.json`, `roc.png` (every set in one figure), then each
+            set's `<set>_det.png` and `<set>_scores.png` (scores with the best-accuracy threshold).
+        """
         from keras_facemargin.evaluation import plots
 
         os.makedirs(out_dir, exist_ok=True)

@@ -68,10 +68,22 @@ def _auc(labels, scores, greater_is_same):
 
 
 def plot_roc_curves(curves, path, greater_is_same=True, title="ROC", far_range=None, precomputed=False):
-    """Several ROC curves in one figure, with the chance line: `curves` maps a name to
-    `(labels, scores)` (the legend adds each AUC), or with `precomputed=True` to an already
-    computed `(far, tar)`. `far_range` `(low, high)` limits the FAR axis (IJB's plots use
-    `(1e-6, 1e-1)`)."""
+    """Several ROC curves in one figure, FAR on a log axis, with the chance line.
+
+    Args:
+        curves: a dict from a curve's name (its legend entry, which adds the AUC) to
+            `(labels, scores)`, `[pairs]` each; or, with `precomputed=True`, to an already
+            computed `(far, tar)`.
+        path: the PNG to write.
+        greater_is_same: whether a higher score means "same identity" (ignored when precomputed).
+        title: the figure title.
+        far_range: `(low, high)` limits of the FAR axis (IJB's plots use `(1e-6, 1e-1)`); None:
+            from the smallest non-zero FAR of the curves (at most 1e-2) to 1.
+        precomputed: whether the values of `curves` are `(far, tar)` rather than labels and scores.
+
+    Returns:
+        The path.
+    """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4.2), dpi=120)
     smallest = 1.0
@@ -124,7 +136,13 @@ def plot_det(labels_or_curves, scores_or_path, path=None, greater_is_same=True, 
     """False reject against false accept rate on normal-deviate (probit) axes, as NIST's DET
     curves (Martin et al. 1997): the axes span the curves, ticks in percent.
 
-    Args: as `plot_roc`.
+    Args:
+        labels_or_curves: `labels` `[pairs]` (1 = same), or a dict `{name: (labels, scores)}` of
+            several models to draw together.
+        scores_or_path: `scores` `[pairs]`, or the path when the first argument is a dict.
+        path: the PNG to write (with labels and scores).
+        greater_is_same: whether a higher score means "same identity".
+        title: the figure title.
 
     Returns:
         The path.

@@ -19,7 +19,15 @@ def as_matrix(name, x):
 
 
 def normalize_rows(x, epsilon=1e-12):
-    """Rows scaled to unit L2 norm (zero rows stay zero)."""
+    """Rows scaled to unit L2 norm (zero rows stay zero).
+
+    Args:
+        x: `[n, dim]` array.
+        epsilon: floor of the squared norms, so a zero row divides by sqrt(epsilon), not 0.
+
+    Returns:
+        float32 `[n, dim]`.
+    """
     x = np.asarray(x, dtype=np.float32)
     return x / np.sqrt(np.maximum(np.sum(x * x, axis=1, keepdims=True), epsilon))
 
@@ -27,7 +35,12 @@ def normalize_rows(x, epsilon=1e-12):
 def pair_scores(a, b, metric="cosine"):
     """Scores of aligned rows: cosine similarity, or ‖a‖² + ‖b‖² − 2a·b clamped at 0.
 
-    Returns `[n]` float32 scores; similarities are "higher is same", distances "lower is same".
+    Args:
+        a, b: embeddings `[n, dim]` of the same shape; row i of `a` is scored against row i of `b`.
+        metric: `"cosine"` (the rows are L2-normalised here) or `"squared_euclidean"`.
+
+    Returns:
+        float32 scores `[n]`; similarities are "higher is same", distances "lower is same".
     """
     check_metric(metric)
     a, b = as_matrix("a", a), as_matrix("b", b)
@@ -55,6 +68,15 @@ def indexed_pair_scores(embeddings, index_a, index_b, metric="cosine", chunk_siz
 
     This is how a million pairs over a few thousand images are scored without materialising
     two `[pairs, dim]` copies.
+
+    Args:
+        embeddings: `[n, dim]`, one row per image.
+        index_a, index_b: int `[pairs]`: pair i is rows `index_a[i]` and `index_b[i]`.
+        metric: `"cosine"` or `"squared_euclidean"`, as in `pair_scores`.
+        chunk_size: pairs scored at a time (memory: two `[chunk_size, dim]` gathers).
+
+    Returns:
+        float32 scores `[pairs]`, as `pair_scores(embeddings[index_a], embeddings[index_b])`.
     """
     embeddings = as_matrix("embeddings", embeddings)
     index_a, index_b = np.asarray(index_a), np.asarray(index_b)
@@ -86,6 +108,19 @@ def embed(model, images, batch_size=256, flip=False, normalize=True, verbose="au
     progress bar shows for long runs (`verbose`, as in `model.predict`). `model` is a Keras model
     or any function from an image batch to its embeddings `[batch, dim]` (an exported
     SavedModel's signature, wrapped), called batch by batch.
+
+    Args:
+        model: a Keras model, or a function from images `[batch, H, W, C]` to `[batch, dim]`
+            (such as `load_embedder`'s).
+        images: `[n, H, W, C]` array, or a `tf.data.Dataset` of image batches (or of tuples whose
+            first element is the images).
+        batch_size: images per call (arrays only; a dataset keeps its own batches).
+        flip: add the embedding of each image's horizontal mirror (the flip test).
+        normalize: L2-normalise the rows (after the flip sum).
+        verbose: `model.predict`'s `verbose` (a Keras model only).
+
+    Returns:
+        `[n, dim]` embeddings, float32 when normalised, one row per image in order.
     """
     out = _predict(model, images, batch_size, verbose)
     if flip:

@@ -57,8 +57,15 @@ def _check_fars(far_targets):
 def roc(labels, scores, greater_is_same=True):
     """FAR, TAR and thresholds at every distinct score (scikit-learn's `roc_curve`, no dropping).
 
-    Returns arrays `(far, tar, thresholds)`; thresholds are in the caller's units (distances stay
-    distances) and the first point is the reject-all threshold.
+    Args:
+        labels: `[pairs]`, 1 for same identity, 0 for different; both must occur.
+        scores: `[pairs]` finite similarities (`greater_is_same=True`) or distances (False).
+        greater_is_same: whether a higher score means "same identity" (False for distances).
+
+    Returns:
+        Arrays `(far, tar, thresholds)`, one point per distinct score, FAR non-decreasing; thresholds
+        are in the caller's units (distances stay distances) and the first point is the
+        reject-all threshold.
     """
     labels, scores = check_pairs(labels, scores, greater_is_same)
     far, tar, thresholds = sk_metrics.roc_curve(labels, scores, drop_intermediate=False)
@@ -83,13 +90,33 @@ def _tar_at_far(far, tar, thresholds, target):
 
 
 def eer(labels, scores, greater_is_same=True):
-    """Equal error rate: where FAR = FRR, interpolated linearly between ROC points."""
+    """Equal error rate: where FAR = FRR, interpolated linearly between ROC points.
+
+    Args:
+        labels: `[pairs]`, 1 for same identity, 0 for different; both must occur.
+        scores: `[pairs]` finite similarities (`greater_is_same=True`) or distances (False).
+        greater_is_same: whether a higher score means "same identity" (False for distances).
+
+    Returns:
+        The EER, a float in [0, 1].
+    """
     far, tar, _ = roc(labels, scores, greater_is_same)
     return _eer(far, tar)
 
 
 def tar_at_far(labels, scores, far_targets=(1e-3,), greater_is_same=True):
-    """{FAR target: TAR}, each at the smallest threshold whose FAR does not exceed the target."""
+    """TAR at each FAR target, each at the smallest threshold whose FAR does not exceed it.
+
+    Args:
+        labels: `[pairs]`, 1 for same identity, 0 for different; both must occur.
+        scores: `[pairs]` finite similarities (`greater_is_same=True`) or distances (False).
+        far_targets: FARs in (0, 1).
+        greater_is_same: whether a higher score means "same identity" (False for distances).
+
+    Returns:
+        A dict `{far_target: tar}` (floats), in the order of `far_targets`. A target below
+        1 / (impostor pairs) gets the TAR of FAR = 0 (too few impostors to resolve it).
+    """
     fars = _check_fars(far_targets)
     far, tar, thresholds = roc(labels, scores, greater_is_same)
     return {f: _tar_at_far(far, tar, thresholds, f)[0] for f in fars}
@@ -157,7 +184,20 @@ class _Sorted:
 
 
 def best_accuracy(labels, scores, greater_is_same=True):
-    """(accuracy, threshold) of the single threshold that classifies the pairs best."""
+    """The single threshold that classifies the pairs best, and its accuracy.
+
+    The threshold is the midpoint between two distinct scores (ties are accepted or rejected
+    together); where several cuts are equally good, the highest-scoring one.
+
+    Args:
+        labels: `[pairs]`, 1 for same identity, 0 for different; both must occur.
+        scores: `[pairs]` finite similarities (`greater_is_same=True`) or distances (False).
+        greater_is_same: whether a higher score means "same identity" (False for distances).
+
+    Returns:
+        `(accuracy, threshold)` as floats, the threshold in the caller's units ("same" when the
+        score is >= it for similarities, <= it for distances).
+    """
     labels, scores = check_pairs(labels, scores, greater_is_same)
     threshold, accuracy = _Sorted(labels, scores, 2).best()
     return float(accuracy), float(threshold if greater_is_same else -threshold)
@@ -166,10 +206,19 @@ def best_accuracy(labels, scores, greater_is_same=True):
 def kfold_accuracy(labels, scores, folds=10, greater_is_same=True):
     """The LFW protocol: for each fold, the best threshold on the other folds, accuracy on it.
 
-    `folds` is the number of contiguous folds (LFW's pairs.txt lists its ten folds in order) or an
-    array of fold ids, one per pair. Returns `(mean, std, per_fold_accuracies)`. The threshold
-    is the midpoint between distinct training scores that maximises training accuracy (the
-    highest-scoring such cut if several tie).
+    The threshold is the midpoint between distinct training scores that maximises training
+    accuracy (the highest-scoring such cut if several tie).
+
+    Args:
+        labels: `[pairs]`, 1 for same identity, 0 for different; both must occur.
+        scores: `[pairs]` finite similarities (`greater_is_same=True`) or distances (False).
+        folds: the number of contiguous folds, between 2 and the number of pairs (LFW's
+            pairs.txt lists its ten folds in order), or an array of fold ids, one per pair.
+        greater_is_same: whether a higher score means "same identity" (False for distances).
+
+    Returns:
+        `(mean, std, per_fold_accuracies)`: two floats and a float64 array with one accuracy per
+        fold (in order of fold id).
     """
     labels, scores = check_pairs(labels, scores, greater_is_same)
     accuracies = _Sorted(labels, scores, folds).kfold()
@@ -225,7 +274,24 @@ def kfold_accuracy_insightface(labels, scores, folds=10, thresholds=None):
 
 @dataclasses.dataclass
 class VerificationReport:
-    """What a verification benchmark reports; prints as a table, serialises to JSON."""
+    """What a verification benchmark reports; prints as a table, serialises to JSON.
+
+    Made by `verification_report`; FAR targets are the float keys of the two dicts.
+
+    Attributes:
+        num_pairs: pairs scored.
+        num_genuine: of which same-identity pairs (`num_impostors` is the rest).
+        auc: area under the ROC curve.
+        eer: equal error rate.
+        tar_at_far: `{far_target: tar}`.
+        thresholds_at_far: `{far_target: threshold}`, in the scores' units; ±inf where the
+            threshold accepts nothing.
+        best_accuracy: the accuracy of the best single threshold over all pairs.
+        best_threshold: that threshold.
+        accuracy_10fold: mean accuracy of the k-fold protocol (`kfold_accuracy`).
+        accuracy_10fold_std: its standard deviation over the folds.
+        greater_is_same: whether the scores were similarities (True) or distances (False).
+    """
 
     num_pairs: int
     num_genuine: int
@@ -244,12 +310,23 @@ class VerificationReport:
         return self.num_pairs - self.num_genuine
 
     def unresolved_fars(self):
-        """The FAR targets below 1 / (impostor pairs): too few impostors to measure them, so
-        their TAR is that of FAR = 0 (with 275 impostors, TAR@FAR=1e-4 equals TAR@FAR=1e-3)."""
+        """The FAR targets too small for the number of impostor pairs to measure.
+
+        Below 1 / (impostor pairs) no impostor can be accepted, so the TAR reported is that of
+        FAR = 0 (with 275 impostors, TAR@FAR=1e-4 equals TAR@FAR=1e-3).
+
+        Returns:
+            A list of those FAR targets (floats), in the order of `tar_at_far`.
+        """
         return [far for far in self.tar_at_far if far * self.num_impostors < 1]
 
     def to_dict(self):
-        """Plain JSON types; a threshold that accepts nothing (±inf) becomes None."""
+        """The report in plain JSON types.
+
+        Returns:
+            A dict of the fields, with `num_impostors` and `unresolved_fars` added, FAR keys as
+            short strings (`"1e-3"`), and None for a threshold that accepts nothing (±inf).
+        """
         data = dataclasses.asdict(self)
         data["num_impostors"] = self.num_impostors
         data["unresolved_fars"] = [far_name(k) for k in self.unresolved_fars()]
@@ -260,6 +337,14 @@ class VerificationReport:
         return data
 
     def to_json(self, path=None):
+        """The report as indented JSON text (`to_dict`), also written to `path` if given.
+
+        Args:
+            path: a file to write the JSON to (with a final newline), or None.
+
+        Returns:
+            The JSON text.
+        """
         text = json.dumps(self.to_dict(), indent=2)
         if path is not None:
             with open(path, "w") as f:
@@ -267,7 +352,15 @@ class VerificationReport:
         return text
 
     def as_logs(self, prefix="val_"):
-        """The Keras-log form: `val_auc`, `val_eer`, `val_tar@far=1e-3`, `val_accuracy_10fold`."""
+        """The metrics as Keras logs, for a callback's `logs`.
+
+        Args:
+            prefix: the start of every key.
+
+        Returns:
+            A dict `{prefix}auc`, `{prefix}eer`, `{prefix}accuracy_10fold`,
+            `{prefix}best_accuracy` and `{prefix}tar@far=1e-3` (one per FAR target) to floats.
+        """
         logs = {
             f"{prefix}auc": self.auc,
             f"{prefix}eer": self.eer,
@@ -306,6 +399,9 @@ def verification_report(
         far_targets: FARs in (0, 1) at which to report TAR.
         folds: folds of the k-fold accuracy (an int: contiguous folds; or one fold id per pair).
         greater_is_same: whether a higher score means "same identity".
+
+    Returns:
+        A `VerificationReport`.
 
     Example:
 

@@ -24,6 +24,15 @@ def cosine_to_columns(features, kernel, epsilon=1e-12):
         d w_j      = featuresᵀ (g_:j r_j) − w_j · r_j² Σ_b g_bj cos_bj   (0 for floored columns)
 
     the second term removing the radial part, as the cosine does not depend on a column's norm.
+
+    Args:
+        features: unit-length features `[batch, dim]` (normalised by the caller: only the
+            columns are normalised here).
+        kernel: class centres as columns, `[dim, classes]`, of any norm.
+        epsilon: floor of the squared column norms, so a zero column gives cosines of 0, not NaN.
+
+    Returns:
+        cos θ `[batch, classes]`, in the dtype of `features @ kernel`.
     """
     floor = math.sqrt(epsilon)
 
@@ -281,7 +290,13 @@ class CosineHead(keras.layers.Layer):
         return out
 
     def loss_signature(self):
-        """What this head hands its loss: (feature norms, statistic names, random state)."""
+        """What this head hands its loss, which the loss checks against what it needs.
+
+        Returns:
+            `(feature_norms, statistic_names, seeded)`: whether a column of feature norms
+            follows the cosines, the names of the running statistics it keeps for the loss (a
+            tuple), and whether it keeps a random state; `(False, (), False)` without a loss.
+        """
         return signature(self.loss, self.num_classes)
 
     @property

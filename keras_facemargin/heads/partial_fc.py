@@ -68,11 +68,10 @@ class PartialFC(keras.layers.Layer):
     sampled centres with a scatter. Optimizers with per-weight state (SGD with momentum, Adam,
     AdamW) and weight decay or a `kernel_regularizer` touch the whole matrix every step (Keras
     densifies the sparse gradient in the slot updates): correct, but a dense gradient and
-    O(num_classes × dim) memory traffic per step. Measured at 1M × 512 on a 2-core CPU
-    (`benchmarks/bench_partial_fc.py`): SGD 3.7 s and 3.3 GiB per step, SGD(momentum=0.9) 9.3 s and
-    8.6 GiB. `keras_facemargin.optimizers.LazySGD` keeps momentum sparse (only the sampled rows
-    and their momentum change): 1.2× plain SGD's step. On JAX every gradient is dense. Only the
-    sampled rows are normalised.
+    O(num_classes × dim) memory traffic per step, which dominates the step at a million classes
+    (step times and memory: BENCHMARKS.md, "Partial FC"). `keras_facemargin.optimizers.LazySGD`
+    keeps momentum sparse: only the sampled rows and their momentum change. On JAX every
+    gradient is dense. Only the sampled rows are normalised.
 
     Sampling is static-shaped (random scores, positives scored 2, `top_k` of S), so the step
     compiles under `tf.function`, XLA and `jax.jit`. S must be at least the number of distinct
@@ -190,7 +189,13 @@ class PartialFC(keras.layers.Layer):
         self.loss_state = loss_state_for(self.loss, self.num_classes)
 
     def loss_signature(self):
-        """What this layer hands its loss: (feature norms, statistic names, random state)."""
+        """What this layer hands its loss, which the loss checks against what it needs.
+
+        Returns:
+            `(feature_norms, statistic_names, seeded)`: whether a column of feature norms
+            follows the cosines, the names of the running statistics it keeps for the loss (a
+            tuple), and whether it keeps a random state; `(False, (), False)` without a loss.
+        """
         return signature(self.loss, self.num_classes)
 
     def _apply_loss(self, labels, embeddings, cosines, training):
@@ -225,7 +230,18 @@ class PartialFC(keras.layers.Layer):
         return loss
 
     def cosines(self, embeddings, class_ids=None):
-        """cos θ `[batch, len(class_ids)]` between embeddings and the given classes (default all)."""
+        """cos θ between the embeddings and the centres of the given classes.
+
+        With K sub-centres, each class's cosine is that of its nearest sub-centre.
+
+        Args:
+            embeddings: features `[batch, dim]` (L2-normalised here).
+            class_ids: int class ids `[n]` (as `sample` draws them), or None for every class.
+
+        Returns:
+            `[batch, n]` (`[batch, num_classes]` without `class_ids`), in the layer's compute
+            dtype (float32 under a half-precision policy).
+        """
         features = l2_normalize(embeddings, axis=-1, epsilon=self.epsilon, dtype=self.compute_dtype)
         if class_ids is None:
             centers = _backend.read(self.kernel)
@@ -254,7 +270,17 @@ class PartialFC(keras.layers.Layer):
         return class_ids, remapped
 
     def sampled_cosines(self, embeddings, labels):
-        """What one training step computes: `(cosines [batch, S], remapped_labels, class_ids)`."""
+        """What one training step computes: the classes it samples and their cosines.
+
+        Args:
+            embeddings: features `[batch, dim]`.
+            labels: integer class labels `[batch]` or `[batch, 1]`.
+
+        Returns:
+            `(cosines, remapped_labels, class_ids)`: cos θ `[batch, S]` over the sampled classes,
+            each label's position among them `[batch]`, and the S sampled class ids `[S]`,
+            ascending (as `sample`, which this advances).
+        """
         class_ids, remapped = self.sample(labels)
         return self.cosines(embeddings, class_ids), remapped, class_ids
 

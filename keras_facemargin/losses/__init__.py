@@ -41,7 +41,16 @@ from keras_facemargin.losses.pair_losses import (
 
 
 def names(kind=None):
-    """The registered loss names, sorted; `kind="margin_softmax"` or `"pair"` for one family."""
+    """The registered loss names, sorted.
+
+    Args:
+        kind: None for every loss, `"margin_softmax"` for the `MarginSoftmaxLoss` subclasses
+            (trained with a head on cosines), or `"pair"` for the `PairLoss` subclasses (trained
+            on embeddings).
+
+    Returns:
+        A sorted list of names, each one that `get` takes (`["adacos", "adaface", ...]`).
+    """
     if kind is None:
         return registry.names("loss")
     families = {"margin_softmax": MarginSoftmaxLoss, "pair": PairLoss}
@@ -56,6 +65,12 @@ def get_class(name):
     Its class attributes say what it needs: a `MarginSoftmaxLoss` subclass trains with a head
     (`needs_feature_norms`, `uses_seed`, `state_variables`), a `PairLoss` subclass on embeddings.
 
+    Args:
+        name: a registered name (`names()`); case and `-` for `_` do not matter.
+
+    Returns:
+        The loss class; an unknown name is a `ValueError` that lists the known ones.
+
     Example:
 
     ```python
@@ -68,6 +83,15 @@ def get_class(name):
 
 def get(identifier, **kwargs):
     """A loss from a registered name (with constructor arguments), a config dict, or a loss.
+
+    Args:
+        identifier: a registered name (`names()`), a config dict as `keras.losses.serialize`
+            writes it, or a `keras.losses.Loss`, returned as it is.
+        **kwargs: constructor arguments for a name (an argument that loss does not take is a
+            `ValueError`); a `ValueError` with a loss object, ignored with a config dict.
+
+    Returns:
+        A `keras.losses.Loss`.
 
     Example:
 

@@ -200,7 +200,14 @@ class MagFaceLoss(MarginSoftmaxLoss):
                                                          allow_zero=True)
 
     def margin_of(self, norms):
-        """m(a) for clipped norms a."""
+        """The margin m(a) of each feature norm a: linear from l_m at l_a to u_m at u_a.
+
+        Args:
+            norms: feature norms, already clipped to [l_a, u_a]; any shape.
+
+        Returns:
+            The margins, the shape of `norms`.
+        """
         slope = (self.upper_margin - self.lower_margin) / (self.upper_norm - self.lower_norm)
         return self.lower_margin + slope * (norms - self.lower_norm)
 
@@ -520,7 +527,14 @@ class AdaCosLoss(MarginSoftmaxLoss):
 
     @staticmethod
     def fixed_scale(num_classes):
-        """√2·ln(C − 1)."""
+        """AdaCos's fixed scale √2·ln(C − 1), also the dynamic scale's starting value.
+
+        Args:
+            num_classes: C >= 3.
+
+        Returns:
+            The scale, a float.
+        """
         if num_classes < 3:
             raise ValueError(
                 f"AdaCosLoss needs num_classes >= 3 (its scale is √2·ln(C − 1)); got {num_classes}")

@@ -203,15 +203,41 @@ class MarginSoftmaxLoss(keras.losses.Loss):
         return _checks.reduce_empty(loss, self.reduction)
 
     def apply_margin(self, cosine):
-        """ψ: the margin-penalised target cosine, elementwise on any shape."""
+        """ψ: the margin-penalised target cosine, elementwise on any shape.
+
+        A subclass whose `prepare` returns margin parameters takes them as a second argument,
+        `apply_margin(cosine, params)`, each `[batch]` (or broadcasting against `cosine`).
+
+        Args:
+            cosine: target cosines cos θ, any shape (`[batch]` for integer labels).
+
+        Returns:
+            ψ(θ), the shape of `cosine`; here cos θ itself (NormFace).
+        """
         return cosine
 
     def margin_slope(self, cosine):
-        """dψ/d cos θ, elementwise: the derivative of `apply_margin`."""
+        """dψ/d cos θ, elementwise: the derivative of `apply_margin`.
+
+        Takes `params` as a second argument where `apply_margin` does.
+
+        Args:
+            cosine: target cosines cos θ, any shape.
+
+        Returns:
+            dψ/d cos θ, the shape of `cosine`; here 1.
+        """
         return ops.ones_like(cosine)
 
     def state_variables(self, num_classes):
-        """`{name: initial value}` of the running statistics the head keeps for this loss."""
+        """The running statistics the head keeps for this loss, with their initial values.
+
+        Args:
+            num_classes: the head's number of classes (some initial values depend on it).
+
+        Returns:
+            A dict `{name: initial value}` (floats); empty here, for a stateless loss.
+        """
         return {}
 
     def prepare(self, batch, state, training):
@@ -229,11 +255,28 @@ class MarginSoftmaxLoss(keras.losses.Loss):
         return {}, self.scale, {}
 
     def extra_loss(self, batch, params):
-        """A term added to every sample's loss, `[batch]` (MagFace's regulariser), or None."""
+        """A term added to every sample's loss (MagFace's regulariser).
+
+        Args:
+            batch: the step's `Batch`.
+            params: the margin parameters `prepare` returned.
+
+        Returns:
+            `[batch]` terms, or None (here) for none.
+        """
         return None
 
     def initial_state(self, num_classes, seed=None):
-        """The statistics before the first step, as tensors (and `"seed"` for `uses_seed`)."""
+        """The statistics before the first step, for `stateless_call`.
+
+        Args:
+            num_classes: the head's number of classes.
+            seed: the random state's seed for a loss that `uses_seed`; None: 0.
+
+        Returns:
+            A dict `{name: float32 scalar tensor}` of `state_variables(num_classes)`, plus a
+            `"seed"` `[2]` tensor for a loss that `uses_seed`.
+        """
         state = {k: ops.convert_to_tensor(v, "float32") for k, v in self.state_variables(num_classes).items()}
         if self.uses_seed:
             state["seed"] = ops.convert_to_tensor(
@@ -288,6 +331,11 @@ class MarginSoftmaxLoss(keras.losses.Loss):
             state: `{name: value}` (see `state_variables`); default `initial_state`.
             training: whether to update the statistics and draw the random margins.
             num_classes: the number of classes of the head (default: y_pred's width).
+
+        Returns:
+            `(loss, new_state)`: the per-sample loss `[batch]` (NaN for samples that failed a
+            check where it cannot raise: XLA, `jax.jit`) and `{name: value}` of the updated
+            statistics (empty when `training` is False or the loss keeps none).
         """
         y_pred = ops.convert_to_tensor(y_pred)
         cosine, norms = self._split(y_pred)
@@ -391,9 +439,18 @@ class MarginSoftmaxLoss(keras.losses.Loss):
         return 1.0 - self.label_smoothing, self.label_smoothing / (num_classes - 1)
 
     def modulate_negatives(self, cosine, target, params):
-        """How the non-target cosines enter the logits: `(values, d values / d cos θ)`, both
-        `[batch, classes]`, or None for unchanged (every loss but CurricularFace). The target
-        entry of `values` is ignored (ψ replaces it)."""
+        """How the non-target cosines enter the logits (CurricularFace's hard negatives).
+
+        Args:
+            cosine: cos θ `[batch, classes]`.
+            target: each row's target cosine `[batch]`.
+            params: the margin parameters `prepare` returned.
+
+        Returns:
+            `(values, d values / d cos θ)`, both `[batch, classes]`, or None (here, and for every
+            loss but CurricularFace) for unchanged. The target entry of `values` is ignored (ψ
+            replaces it).
+        """
         return None
 
     def _psi(self, cosine, params):
@@ -403,7 +460,18 @@ class MarginSoftmaxLoss(keras.losses.Loss):
         return self.margin_slope(cosine, params) if params else self.margin_slope(cosine)
 
     def margin_parameter_slope(self, cosine, params, name):
-        """dψ/d params[name] for a name in `differentiable_parameters`, elementwise."""
+        """dψ/d params[name], for the hand-written backward pass of a margin parameter that
+        carries a gradient (MagFace's norm-dependent margin).
+
+        Args:
+            cosine: target cosines, any shape.
+            params: the margin parameters `prepare` returned.
+            name: one of `differentiable_parameters`.
+
+        Returns:
+            dψ/d params[name], the shape of `cosine`. The base declares no such parameter and
+            raises `NotImplementedError`.
+        """
         raise NotImplementedError(f"{type(self).__name__} declares no slope for the parameter {name!r}")
 
     # Whether `margin_slope` is the derivative of the `apply_margin` in use, so that the

@@ -120,10 +120,21 @@ class PairLoss(keras.losses.Loss):
         return _checks.reduce_empty(loss, self.reduction)
 
     def anchor_terms(self, embeddings, positive, negative, candidates=None):
-        """(sum of each anchor's loss terms, number of its terms), `[batch]` each.
+        """Each anchor's loss terms, summed, and how many there are: what a subclass defines.
 
-        `positive` and `negative` are `[batch, others]` masks over `candidates` `[others, dim]`
-        (None: the embeddings themselves)."""
+        `call` divides the sums by the batch's total count, so the loss is the mean over all
+        terms of the batch; anchors without a positive or a negative are left out.
+
+        Args:
+            embeddings: the batch's embeddings `[batch, dim]`, the anchors.
+            positive: bool `[batch, others]`: same identity as the anchor (itself excluded).
+            negative: bool `[batch, others]`: another identity.
+            candidates: the embeddings `[others, dim]` the masks are over (every replica's,
+                with `cross_replica`), or None: `embeddings` themselves.
+
+        Returns:
+            `(sums, counts)`, `[batch]` each.
+        """
         raise NotImplementedError
 
     def call(self, y_true, y_pred):
@@ -225,9 +236,9 @@ class TripletLoss(PairLoss):
     while the model improves.
 
     Nothing of size batch³ is built: `"all"` and `"semi_hard"` take O(batch²) memory and, in P×K
-    batches, O(batch² × K) time (one pass over the row per positive); where some anchor has many
-    positives (more than `pairwise.SLOT_LIMIT` = 32 under XLA, 16 without) they sort each
-    anchor's row once and binary-search it instead (O(batch² log batch)).
+    batches, O(batch² × K) time (one pass over the row per positive); where some anchor has more
+    positives than `pairwise.SLOT_LIMIT` allows, they sort each anchor's row once and
+    binary-search it instead (O(batch² log batch)), which is then the faster.
 
     Args:
         margin: m >= 0.

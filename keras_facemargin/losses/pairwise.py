@@ -132,10 +132,10 @@ def _count_below(sorted_rows, thresholds, inclusive):
 
 
 # Mining loops over each anchor's positives while the anchor with the most has at most this
-# many (a P×K batch: K − 1), and sorts beyond. The loop costs O(batch² × positives), the sort
-# O(batch² log batch) with a larger constant; measured on a CPU at batch 128-2048, the loop is
-# the faster up to 32 positives under XLA and up to about 16-24 without it (eager TensorFlow or a
-# plain tf.function, whose sort path uses TensorFlow's native search).
+# many (a P×K batch: K − 1), and sorts beyond: the loop costs O(batch² × positives), the sort
+# O(batch² log batch) with a larger constant. Each limit is about where the loop stops being the
+# faster (lower without XLA, where the sort uses TensorFlow's native search); the timings are
+# in BENCHMARKS.md, "Pair losses".
 SLOT_LIMIT = 32
 SLOT_LIMIT_WITHOUT_XLA = 16
 

@@ -24,7 +24,11 @@ from keras_facemargin.models.sphereface import sphereface20
 
 
 def backbone_names():
-    """The registered backbone names, sorted."""
+    """The registered backbone names, sorted.
+
+    Returns:
+        A sorted list of the names `get_backbone` takes (`["iresnet100", "iresnet18", ...]`).
+    """
     return registry.names("backbone")
 
 

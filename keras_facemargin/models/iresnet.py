@@ -95,7 +95,31 @@ def _variant(depth):
         return iresnet(depth, input_shape, embedding_dim, width=width, dropout=dropout, name=name)
 
     build.__name__ = build.__qualname__ = f"iresnet{depth}"
-    build.__doc__ = f"IR-ResNet-{depth}: `iresnet({depth}, ...)`; see `iresnet` for the arguments."
+    build.__doc__ = f"""IR-ResNet-{depth}, ArcFace's backbone: `iresnet({depth}, ...)`.
+
+    Stages of {', '.join(map(str, _STAGES[depth]))} IR units; see `iresnet` for the architecture.
+
+    Args:
+        input_shape: `(height, width, channels)` of the preprocessed images; height and width
+            at least 16 (the network downsamples by 16).
+        embedding_dim: size of the embedding, > 0.
+        width: multiplier of the stage widths (64, 128, 256, 512); below 1 for quick tests.
+        dropout: dropout rate before the embedding layer, in [0, 1).
+        name: model name; `iresnet{depth}` by default.
+
+    Returns:
+        A functional `keras.Model` from images `[batch, height, width, channels]` to embeddings
+        `[batch, embedding_dim]` (float32 even under a mixed-precision policy).
+
+    Example:
+
+    ```python
+    backbone = keras_facemargin.models.iresnet{depth}(input_shape=(112, 112, 3))
+    ```
+
+    Reference:
+        Deng et al., "ArcFace: Additive Angular Margin Loss for Deep Face Recognition", CVPR 2019.
+    """
     return build
 
 
