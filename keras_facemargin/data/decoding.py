@@ -150,6 +150,8 @@ def resize(image, image_size, resize_mode="resize"):
 
     `"resize"` scales the whole image to `image_size` (aligned face crops are already framed);
     `"center_crop"` scales the shorter side to fit and crops the centre, keeping the aspect ratio.
+    An image that already has the size is only cast: bilinear resampling to the same size (half-
+    pixel centres) is the identity, and face sets are usually stored at the size they train at.
     """
     height, width = image_size
     if resize_mode == "center_crop":
@@ -160,8 +162,12 @@ def resize(image, image_size, resize_mode="resize"):
         top = (new[0] - height) // 2
         left = (new[1] - width) // 2
         image = image[top : top + height, left : left + width]
+    elif image.shape[:2].as_list() == [height, width]:
+        image = tf.cast(image, tf.float32)
     else:
-        image = tf.image.resize(image, (height, width))
+        same = tf.reduce_all(tf.equal(tf.shape(image)[:2], [height, width]))
+        image = tf.cond(same, lambda: tf.cast(image, tf.float32),
+                        lambda: tf.image.resize(image, (height, width)))
     # Bilinear weights are convex: the values stay in [0, 255] without clipping.
     image.set_shape([height, width, 3])
     return image
