@@ -416,7 +416,13 @@ def decode_batches(dataset, preprocess, log=None, cycle_length=AUTOTUNE):
     def record(images, failed, names, sources, *rest):
         # Encoded images are kept for the diagnosis; positions (RecordIO) and paths are not needed.
         encoded = isinstance(sources, tf.Tensor) and sources.dtype == tf.string
-        log.record(names, failed, sources if encoded else None)
+
+        def write():
+            log.record(names, failed, sources if encoded else None)
+            return tf.constant(True)
+
+        # The log's ops run only for a batch with a failure (almost never), not for every batch.
+        tf.cond(tf.reduce_any(failed), write, lambda: tf.constant(False))
         return (images, *rest)
 
     # Sequential on purpose: the log's variables are updated by one batch at a time.
