@@ -299,18 +299,18 @@ def vs_torch(args):
                   flush=True)
     finally:
         torch_peak = torch_worker.close() if torch_worker is not None else None
-    print(f"\n{'configuration':<16}{'framework':<28}{'XLA':>6}{'policy':>16}{'step s':>8}{'images/s':>10}"
+    print(f"\n{'configuration':<21}{'framework':<28}{'XLA':>6}{'policy':>16}{'step s':>8}{'images/s':>10}"
           f"{'ours/theirs':>12}{'peak MiB':>10}{'import MiB':>11}{'warm-up s':>10}{'loss':>8}")
     if torch_worker is not None:
         t = statistics.median(torch_worker.times)
         r = torch_worker.ready
-        print(f"{baseline:<16}{r['framework']:<28}{'-':>6}{'float32' if baseline != 'torch-bf16' else 'bf16':>16}"
+        print(f"{baseline:<21}{r['framework']:<28}{'-':>6}{'float32' if baseline != 'torch-bf16' else 'bf16':>16}"
               f"{t:>8.3f}{args.batch / t:>10.2f}{'1.00':>12}{torch_peak:>10.0f}{r['rss_mib']:>11.0f}"
               f"{r['warmup_s']:>10.1f}{torch_worker.losses[-1]:>8.2f}")
     for name, worker, peak, ratio in rows:
         t = statistics.median(worker.times)
         r = worker.ready
-        print(f"{name:<16}{r['framework']:<28}{r['jit_compile']:>6}{r['policy']:>16}{t:>8.3f}"
+        print(f"{name:<21}{r['framework']:<28}{r['jit_compile']:>6}{r['policy']:>16}{t:>8.3f}"
               f"{args.batch / t:>10.2f}{(f'{ratio:.2f}' if ratio else '-'):>12}{peak:>10.0f}"
               f"{r['rss_import_mib']:>11.0f}{r['warmup_s']:>10.1f}{worker.losses[-1]:>8.2f}")
     if torch_worker is not None:

@@ -83,3 +83,23 @@ def test_bench_data():
 def test_bench_eval():
     out = run("bench_eval.py", "--dry-run", "--data", FACES)
     assert "verification_report" in out and "model.predict" in out
+
+
+@tensorflow_only
+def test_bench_heads():
+    assert "CosineHead + arcface" in run("bench_heads.py", "--dry-run")
+
+
+@tensorflow_only
+def test_bench_pair_losses():
+    out = run("bench_pair_losses.py", "--dry-run")
+    assert "circle" in out and "failed" not in out
+
+
+@tensorflow_only
+def test_bench_partial_fc():
+    assert "PartialFC" in run("bench_partial_fc.py", "--dry-run")
+
+
+def test_bench_ijb():
+    assert "score_template_pairs" in run("bench_ijb.py", "--dry-run")
