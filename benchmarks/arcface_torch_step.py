@@ -66,7 +66,7 @@ def build(depth, size, embedding_dim, width=1.0, dropout=0.0):
 
     layers = [nn.Conv2d(3, ch(64), 3, 1, 1, bias=False), nn.BatchNorm2d(ch(64), eps=1e-5), nn.PReLU(ch(64))]
     cin = ch(64)
-    for units, base in zip(STAGES[depth], WIDTHS):
+    for units, base in zip(STAGES[depth], WIDTHS, strict=True):
         for i in range(units):
             layers.append(Unit(cin, ch(base), 2 if i == 0 else 1))
             cin = ch(base)

@@ -63,7 +63,8 @@ def main():
         ratio = statistics.median(v / b for v, b in zip(values, base, strict=True))
         print(f"{name:<38}{seconds:>9.3f}{seconds - statistics.median(base):>14.3f}{ratio:>8.2f}")
     help_seconds = statistics.median(times["facemargin --help"])
-    print(f"facemargin --help: {help_seconds:.3f} s (target < 0.5 s: {'met' if help_seconds < 0.5 else 'missed'})")
+    verdict = "met" if help_seconds < 0.5 else "missed"
+    print(f"facemargin --help: {help_seconds:.3f} s (target < 0.5 s: {verdict})")
 
 
 if __name__ == "__main__":

@@ -140,8 +140,8 @@ def bench_backbone(args, report):
     import jax
     import keras
     import numpy as np
-
     from bench_training import forward_flops
+
     from keras_facemargin import losses, models
 
     depth = args.depth

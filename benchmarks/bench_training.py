@@ -163,10 +163,9 @@ def setup_torch():
 
 def keras_worker(args):
     """One Keras configuration as a `_step_protocol` worker (this process's backend is fixed)."""
+    import _step_protocol
     import keras
     import numpy as np
-
-    import _step_protocol
 
     backend = keras.backend.backend()
     if backend == "tensorflow":
@@ -269,9 +268,9 @@ def vs_torch(args):
         args.rounds, args.steps, args.warmup = 1, 1, 1
     have_torch = os.path.exists(TORCH_PYTHON)
     baseline = args.baseline
-    print(f"# bench_training --vs-torch: IR-ResNet-{args.depth} at {args.size}x{args.size}, batch {args.batch}, "
-          f"{args.classes} classes, embedding {args.dim}, ArcFace s=64 m=0.5, SGD 0.1 momentum 0.9 wd 5e-4; "
-          f"{args.threads} threads each")
+    print(f"# bench_training --vs-torch: IR-ResNet-{args.depth} at {args.size}x{args.size}, "
+          f"batch {args.batch}, {args.classes} classes, embedding {args.dim}, ArcFace s=64 m=0.5, "
+          f"SGD 0.1 momentum 0.9 wd 5e-4; {args.threads} threads each")
     print(f"# {time.strftime('%Y-%m-%d %H:%M %Z')}; {os.cpu_count()} CPUs, {_cpu_model()}; {args.rounds} "
           f"rounds of {args.steps} step(s), PyTorch then ours in each round; load average "
           f"{_load()} at start")
@@ -304,7 +303,8 @@ def vs_torch(args):
     if torch_worker is not None:
         t = statistics.median(torch_worker.times)
         r = torch_worker.ready
-        print(f"{baseline:<21}{r['framework']:<28}{'-':>6}{'float32' if baseline != 'torch-bf16' else 'bf16':>16}"
+        policy = "bf16" if baseline == "torch-bf16" else "float32"
+        print(f"{baseline:<21}{r['framework']:<28}{'-':>6}{policy:>16}"
               f"{t:>8.3f}{args.batch / t:>10.2f}{'1.00':>12}{torch_peak:>10.0f}{r['rss_mib']:>11.0f}"
               f"{r['warmup_s']:>10.1f}{torch_worker.losses[-1]:>8.2f}")
     for name, worker, peak, ratio in rows:
