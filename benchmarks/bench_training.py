@@ -173,19 +173,24 @@ def keras_worker(args):
 
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         tf.config.threading.set_inter_op_parallelism_threads(args.threads)
-    from keras_facemargin import losses, models
+    from keras_facemargin import losses, recipe
+    from keras_facemargin.config import TrainConfig
 
     if args.precision != "float32":
         keras.config.set_dtype_policy(args.precision)
     keras.utils.set_random_seed(0)
     rss_import = _step_protocol.memory_mib("VmRSS")
-    # What recipe.build_model builds for --backbone iresnetN --loss arcface (with a width for the
-    # dry run): the recognizer scales [0, 255] pixels to [-1, 1], then backbone and CosineHead.
-    backbone = models.iresnet(args.depth, (args.size, args.size, 3), args.dim, width=args.width)
-    model, _ = models.build_recognizer(backbone, args.classes)
+    # What `facemargin train --backbone iresnetN --loss arcface --optimizer sgd` builds (the dry
+    # run: the half-width small_resnet): the recognizer scales [0, 255] pixels to [-1, 1], then
+    # the backbone and a CosineHead; SGD with momentum 0.9 and the recipe's schedule.
+    backbone = f"iresnet{args.depth}" if args.width == 1 else "small_resnet"
+    config = TrainConfig(loss="arcface", backbone=backbone, image_size=args.size, embedding_dim=args.dim,
+                         margin=0.5, scale=64.0, optimizer="sgd", learning_rate=0.1, weight_decay=5e-4,
+                         warmup_epochs=0.0, epochs=1)
+    model, _ = recipe.build_model(config, args.classes)
     jit = {"auto": "auto", "true": True, "false": False}[args.jit_compile]
-    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9, weight_decay=5e-4),
-                  loss=losses.ArcFaceLoss(margin=0.5, scale=64.0), jit_compile=jit)
+    model.compile(optimizer=recipe.make_optimizer(config, steps_per_epoch=10_000),
+                  loss=losses.get("arcface", margin=0.5, scale=64.0), jit_compile=jit)
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, size=(args.batch, args.size, args.size, 3)).astype("float32")
     y = rng.integers(0, args.classes, size=args.batch).astype("int32")
