@@ -103,3 +103,11 @@ def test_bench_partial_fc():
 
 def test_bench_ijb():
     assert "score_template_pairs" in run("bench_ijb.py", "--dry-run")
+
+
+@tensorflow_only
+def test_quality(tmp_path):
+    """plain_keras.py and `facemargin train`/`embed` as subprocesses, on the faces (loss_table.py
+    is run by tests/test_experiments.py)."""
+    out = run("quality.py", "--dry-run", "--data", FACES, "--out", str(tmp_path))
+    assert "| plain_softmax |" in out and "| default " in out and "FAILED" not in out
