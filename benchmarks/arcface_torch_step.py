@@ -19,6 +19,7 @@ Written from the description of InsightFace's `recognition/arcface_torch` (not c
 Run by the benchmark inside `benchmarks/.torch-venv` (PyTorch only, no Keras, no TensorFlow):
 
     python arcface_torch_step.py --depth 18 --batch 8 --classes 1000 --threads 2 [--dry-run]
+    python arcface_torch_step.py --device cuda --depth 50 --batch 256 --precision bfloat16 --time-steps 20
 
 It speaks `_step_protocol`: READY, then TIMED for each `STEPS n`, DONE for `QUIT`. With
 `--dry-run` (tiny sizes) it runs one step, prints the loss and exits, so the test suite can check
@@ -95,7 +96,7 @@ class ArcFaceFC:
         import torch.nn.functional as F
 
         cosine = F.linear(F.normalize(embeddings), F.normalize(self.weight)).clamp(-1, 1)
-        rows = torch.arange(cosine.shape[0])
+        rows = torch.arange(cosine.shape[0], device=cosine.device)
         target = cosine[rows, labels]
         theta = torch.acos(target.clamp(-1 + 1e-7, 1 - 1e-7))
         margin = torch.where(target > self.threshold, torch.cos(theta + self.margin),
@@ -110,30 +111,32 @@ def make_step(args):
 
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
-    backbone = build(args.depth, args.size, args.dim, width=args.width)
+    device = torch.device(args.device)
+    backbone = build(args.depth, args.size, args.dim, width=args.width).to(device)
     if args.channels_last:
         backbone = backbone.to(memory_format=torch.channels_last)
     head = ArcFaceFC(args.dim, args.classes)
+    head.weight = torch.nn.Parameter(head.weight.detach().to(device))
     params = [p for p in backbone.parameters() if p.requires_grad] + [head.weight]
     optimizer = torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=5e-4)
     rng = np.random.default_rng(0)
-    x = torch.from_numpy(rng.normal(size=(args.batch, 3, args.size, args.size)).astype("float32"))
+    x = torch.from_numpy(rng.normal(size=(args.batch, 3, args.size, args.size)).astype("float32")).to(device)
     if args.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.from_numpy(rng.integers(0, args.classes, size=args.batch).astype("int64"))
+    y = torch.from_numpy(rng.integers(0, args.classes, size=args.batch).astype("int64")).to(device)
     backbone.train()
     autocast = args.precision == "bfloat16"
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             embeddings = backbone(x)
         loss = head.loss(embeddings.float(), y)
         loss.backward()
         optimizer.step()
         return float(loss.item())
 
-    info = {"framework": f"torch {torch.__version__}", "threads": torch.get_num_threads(),
+    info = {"framework": f"torch {torch.__version__}", "device": str(device), "threads": torch.get_num_threads(),
             "mkldnn": bool(torch.backends.mkldnn.is_available()),
             "parameters": sum(p.numel() for p in params)}
     return step, info
@@ -151,6 +154,10 @@ def main():
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--device", default="cpu", help="a torch device: cpu, cuda, cuda:1, ...")
+    parser.add_argument("--time-steps", type=int, default=0,
+                        help="standalone: time this many steps after the warm-up and print images/s "
+                        "(instead of serving the protocol)")
     parser.add_argument("--dry-run", action="store_true", help="tiny sizes, one step, print the loss")
     args = parser.parse_args()
     if args.dry_run:
@@ -162,6 +169,16 @@ def main():
         return 0 if math.isfinite(loss) else 1
     for _ in range(args.warmup):
         step()
+    if args.time_steps:
+        import time
+
+        start = time.perf_counter()
+        for _ in range(args.time_steps):
+            loss = step()  # .item() waits for the device
+        seconds = (time.perf_counter() - start) / args.time_steps
+        print(f"arcface_torch-style IR-ResNet-{args.depth} on {info['device']} ({args.precision}), batch "
+              f"{args.batch}: {seconds * 1e3:.1f} ms/step, {args.batch / seconds:.0f} images/s, loss {loss:.3f}")
+        return 0
     _step_protocol.serve(step, info)
     return 0
 
