@@ -3,17 +3,23 @@
 (1) Index and sampling, no decoding: build an `ImageIndex` of 100,000 classes / 1,000,000
     synthetic paths (from arrays, and from a 1M-line list file), a `PKSampler`, draw an epoch of
     positions, and stream the undecoded batches through `tf.data`.
-(2) Decoding, same folder, same process: images per second of `pk_dataset` P×K batches
-    (no augmentation, like Keras) against `keras.utils.image_dataset_from_directory` with the
-    same image size and batch size, and of the same `pk_dataset` over the same images packed
-    into a RecordIO file (`pack_recordio`, read by byte offset). Runs alternate; the median of
-    `--repeats` is reported.
+(2) Decoding, same folder, same process: images per second of the training pipelines that
+    `recipe.train` builds (`classification_dataset`, and `pk_dataset` P×K batches), from the
+    folder and from the same images packed into a RecordIO file, against
+    `keras.utils.image_dataset_from_directory` with the same image size and batch size; and with
+    the recipe's augmentations (faces: flip; other images: translate, zoom, contrast) against the
+    same Keras dataset followed by the equivalent Keras preprocessing layers (`RandomFlip`,
+    `RandomTranslation`, `RandomZoom`, `RandomContrast`) in a parallel `map`. Every round runs one
+    epoch of each pipeline in turn; ratios are medians of the rounds' ratios.
 (3) RecordIO indexing: `ImageIndex.from_recordio` on a synthetic InsightFace-layout set of
     `--rec-images` records (5M) and `--rec-identities` identities, against the same reading done
     as MXNet's `MXIndexedRecordIO` and InsightFace's `FaceImageIter` do it in Python (an `.idx`
     dict line by line, then every identity record read and unpacked).
+(4) Input wait: a real backbone (`--wait-backbone`, IR-ResNet-18) trained with `train_on_batch`
+    on the recipe's augmented pipeline, the next batch prefetched in the background; the time
+    each step waits in `next(iterator)` for its batch.
 
-    python benchmarks/bench_data.py --data ../shared/data/emoji-4vendor
+    python benchmarks/bench_data.py --data ../shared/data/emoji-4vendor [--skip-index] [--dry-run]
 """
 
 import argparse
@@ -29,7 +35,13 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from keras_facemargin.data import ImageIndex, PKSampler, pack_recordio, pk_dataset  # noqa: E402
+from keras_facemargin.data import (  # noqa: E402
+    ImageIndex,
+    PKSampler,
+    classification_dataset,
+    pack_recordio,
+    pk_dataset,
+)
 
 
 def timed(fn):
@@ -75,72 +87,117 @@ def bench_index(num_classes, num_images, p, k):
     )
 
 
-def count_images(ds, max_images):
+def epoch_images(ds):
     n = 0
-    for images, _ in ds:
+    for images, *_ in ds:
         n += int(images.shape[0])
-        if n >= max_images:
-            break
     return n
 
 
-def bench_decode(data, p, k, image_size, repeats, max_images):
-    print(f"(2) decoding {data}: P={p} × K={k} batches vs image_dataset_from_directory")
+def keras_augmentation(names):
+    """The Keras preprocessing layers that do what `recipe.make_augmentation(names)` does."""
+    layers = []
+    if "flip" in names:
+        layers.append(keras.layers.RandomFlip("horizontal", seed=0))
+    if "translate" in names:
+        layers.append(keras.layers.RandomTranslation(0.08, 0.08, fill_mode="reflect", seed=0))
+    if "zoom" in names:
+        layers.append(keras.layers.RandomZoom(0.1, fill_mode="reflect", seed=0))
+    if "contrast" in names:
+        layers.append(keras.layers.RandomContrast(0.2, seed=0))
+    return keras.Sequential(layers)
+
+
+def bench_decode(data, batch, p, k, image_size, rounds):
+    from keras_facemargin import recipe
+
+    print(f"(2) decoding {data}: batches of {batch} vs keras.utils.image_dataset_from_directory")
     index = ImageIndex.from_directory(data)
-    print(f"    {len(index):,} images, {index.num_classes:,} classes, image_size={image_size}")
-
-    def ours():
-        return pk_dataset(index, p, k, image_size=image_size, augment=False, seed=0)
-
+    print(f"    {len(index):,} images, {index.num_classes:,} classes, image_size={image_size}; "
+          f"{rounds} interleaved rounds of one epoch each")
     tmp = tempfile.TemporaryDirectory()
     rec_index = pack_recordio(index, os.path.join(tmp.name, "train.rec"))
-    print(f"    packed into {rec_index.record_file} ({os.path.getsize(rec_index.record_file):,} bytes)")
 
-    def ours_rec():
-        return pk_dataset(rec_index, p, k, image_size=image_size, augment=False, seed=0)
+    def keras_pipeline(names=()):
+        ds = keras.utils.image_dataset_from_directory(
+            data, image_size=image_size, batch_size=batch, shuffle=True, seed=0, verbose=False)
+        if names:
+            augment = keras_augmentation(names)
+            ds = ds.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.prefetch(tf.data.AUTOTUNE)
 
-    def ours_augmented():
-        return pk_dataset(index, p, k, image_size=image_size, augment=True, seed=0)
+    def ours(names=(), source=index):
+        augment = recipe.make_augmentation(names) if names else False
+        return classification_dataset(source, batch, image_size=image_size, augment=augment, seed=0)
 
-    def theirs():
-        return keras.utils.image_dataset_from_directory(
-            data, image_size=image_size, batch_size=p * k, shuffle=True, seed=0, verbose=False
-        )
-
-    # One warm-up pass each (page cache, tracing).
-    for make in (ours, theirs, ours_rec):
-        count_images(make(), max_images)
-    # Wall-clock rates swing on a shared machine; the CPU time this process spends per image
-    # (all its threads) is the steadier measure of the pipelines' cost.
-    rates = {"ours": [], "ours+augment": [], "keras": [], "ours .rec": []}
+    faces, glyphs = ("flip",), ("translate", "zoom", "contrast")
+    # (name, dataset, the name of its baseline)
+    pipelines = [
+        ("keras", keras_pipeline(), None),
+        ("ours", ours(), "keras"),
+        ("ours P×K", pk_dataset(index, p, k, image_size=image_size, augment=False, seed=0), "keras"),
+        ("ours .rec", ours(source=rec_index), "keras"),
+        ("keras + RandomFlip", keras_pipeline(faces), None),
+        ("ours + flip", ours(faces), "keras + RandomFlip"),
+        ("keras + Transl.+Zoom+Contr.", keras_pipeline(glyphs), None),
+        ("ours + translate,zoom,contrast", ours(glyphs), "keras + Transl.+Zoom+Contr."),
+    ]
+    for _, ds, _ in pipelines:  # warm-up: page cache, tracing
+        epoch_images(ds)
+    # Wall-clock rates swing on a shared machine; each round times every pipeline once, so the
+    # ratios compare runs seconds apart, and the CPU time this process spends per image (all its
+    # threads) is the steadier measure of a pipeline's cost.
+    rates = {name: [] for name, _, _ in pipelines}
     cpu = {name: [] for name in rates}
-    for _ in range(repeats):
-        for name, make in (("ours", ours), ("keras", theirs), ("ours .rec", ours_rec),
-                           ("ours+augment", ours_augmented)):
-            ds = make()
+    for _ in range(rounds):
+        for name, ds, _ in pipelines:
             start_cpu = time.process_time()
-            n, t = timed(lambda ds=ds: count_images(ds, max_images))
+            n, t = timed(lambda ds=ds: epoch_images(ds))
             rates[name].append(n / t)
             cpu[name].append(1000 * (time.process_time() - start_cpu) / n)
-    med = {name: float(np.median(values)) for name, values in rates.items()}
-    med_cpu = {name: float(np.median(values)) for name, values in cpu.items()}
-    for name, values in rates.items():
-        print(
-            f"    {name:14s} median {med[name]:7,.0f} images/s, {med_cpu[name]:.3f} CPU ms/image"
-            f"   (runs: {', '.join(f'{v:,.0f}' for v in values)} images/s)"
-        )
-    ratio = med["ours"] / med["keras"]
-    augmented = med["ours+augment"] / med["keras"]
-    print(
-        f"    throughput ratio ours / keras: {ratio:.2f} (target >= 0.9), augmented {augmented:.2f}"
-    )
-    cost = med_cpu["keras"] / med_cpu["ours"]
-    print(f"    CPU-cost ratio keras / ours:   {cost:.2f} (1.0 = the same CPU time per image)")
-    rec = med["ours .rec"] / med["ours"]
-    rec_cost = med_cpu["ours"] / med_cpu["ours .rec"]
-    print(f"    throughput ratio .rec / folder: {rec:.2f} (target >= 1.0); CPU-cost ratio "
-          f"folder / .rec: {rec_cost:.2f}")
+    print(f"    {'pipeline':<32}{'images/s':>9}{'CPU ms/img':>11}{'vs':>30}{'ratio':>7}{'CPU ratio':>10}")
+    for name, _, base in pipelines:
+        rate, cost = float(np.median(rates[name])), float(np.median(cpu[name]))
+        line = f"    {name:<32}{rate:>9,.0f}{cost:>11.3f}"
+        if base:
+            ratio = np.median([a / b for a, b in zip(rates[name], rates[base], strict=True)])
+            cost_ratio = np.median([b / a for a, b in zip(cpu[name], cpu[base], strict=True)])
+            line += f"{base:>30}{ratio:>7.2f}{cost_ratio:>10.2f}"
+        print(line)
+    print("    runs, images/s: " + "; ".join(
+        f"{name} " + " ".join(f"{v:,.0f}" for v in values) for name, values in rates.items()))
+    print("    (ratio: images/s over the baseline's, median of the rounds' ratios, target >= 1.0; CPU ratio: "
+          "the baseline's CPU time per image over ours)")
     tmp.cleanup()
+
+
+def bench_input_wait(data, backbone, image_size, batch, steps):
+    """How long each training step waits for its batch: a real backbone trained on the recipe's
+    pipeline (augmentation included) with the data prefetched in the background, as in `fit`."""
+    from keras_facemargin import losses, models, recipe
+
+    index = ImageIndex.from_directory(data)
+    names = ("translate", "zoom", "contrast")
+    ds = classification_dataset(index, batch, image_size=image_size, augment=recipe.make_augmentation(names),
+                                seed=0)
+    model, _ = models.build_recognizer(
+        models.get_backbone(backbone, input_shape=(*image_size, 3), embedding_dim=128), index.num_classes)
+    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss=losses.ArcFaceLoss())
+    iterator = iter(ds.repeat())
+    waits, computes = [], []
+    for _ in range(steps + 1):
+        start = time.perf_counter()
+        images, labels = next(iterator)
+        got = time.perf_counter()
+        model.train_on_batch(images, labels)
+        waits.append(got - start)
+        computes.append(time.perf_counter() - got)
+    waits, computes = waits[1:], computes[1:]  # the first step starts the pipeline and traces
+    print(f"(4) input wait: {backbone} at {image_size[0]}x{image_size[1]}, batch {batch}, augmentation "
+          f"{','.join(names)}, {steps} steps after the first")
+    print(f"    step (train_on_batch) median {np.median(computes) * 1e3:,.0f} ms; input wait median "
+          f"{np.median(waits) * 1e3:.2f} ms, max {max(waits) * 1e3:.2f} ms "
+          f"({100 * sum(waits) / (sum(waits) + sum(computes)):.2f}% of the time)")
 
 
 def write_synthetic_rec(folder, num_images, num_identities, seed=0):
@@ -214,29 +271,41 @@ def bench_recordio_index(num_images, num_identities):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", help="a folder-per-class image set for part (2)")
+    parser.add_argument("--data", help="a folder-per-class image set for parts (2) and (4)")
     parser.add_argument("--classes", type=int, default=100_000)
     parser.add_argument("--images", type=int, default=1_000_000)
     parser.add_argument("-P", type=int, default=32)
     parser.add_argument("-K", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--image-size", type=int, default=112)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--max-images", type=int, default=5_600)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--rec-images", type=int, default=5_000_000)
     parser.add_argument("--rec-identities", type=int, default=85_000)
     parser.add_argument("--skip-index", action="store_true", help="skip parts (1) and (3)")
+    parser.add_argument("--skip-decode", action="store_true", help="skip part (2)")
+    parser.add_argument("--wait-backbone", default="iresnet18", help="part (4)'s backbone ('none': skip)")
+    parser.add_argument("--wait-batch", type=int, default=32)
+    parser.add_argument("--wait-steps", type=int, default=5)
+    parser.add_argument("--dry-run", action="store_true", help="tiny sizes, one round, one step")
     args = parser.parse_args()
+    if args.dry_run:
+        args.classes, args.images, args.rec_images, args.rec_identities = 100, 1000, 1000, 50
+        args.P, args.K, args.batch, args.image_size, args.rounds = 2, 2, 4, 32, 1
+        args.wait_backbone, args.wait_batch, args.wait_steps = "small_resnet", 4, 1
     print(
         f"bench_data.py  {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  "
         f"{platform.machine()}, {os.cpu_count()} CPUs, TF {tf.__version__}, Keras "
-        f"{keras.__version__}"
+        f"{keras.__version__}; load average {' '.join(f'{v:.1f}' for v in os.getloadavg())}"
     )
     if not args.skip_index:
         bench_index(args.classes, args.images, args.P, args.K)
         bench_recordio_index(args.rec_images, args.rec_identities)
-    if args.data:
-        size = (args.image_size, args.image_size)
-        bench_decode(args.data, args.P, args.K, size, args.repeats, args.max_images)
+    size = (args.image_size, args.image_size)
+    if args.data and not args.skip_decode:
+        bench_decode(args.data, args.batch, args.P, args.K, size, args.rounds)
+    if args.data and args.wait_backbone != "none":
+        bench_input_wait(args.data, args.wait_backbone, size, args.wait_batch, args.wait_steps)
+    print(f"# load average at the end {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
 
 
 if __name__ == "__main__":

@@ -4,8 +4,14 @@
    for 1,000,000 pairs, as a ratio to scikit-learn's `roc_auc_score` alone on the same data.
 2. Pair scoring throughput at dim 512 (`indexed_pair_scores`: gather, normalise, dot, in chunks)
    against the floor of a row-wise dot product of already gathered, already normalised rows.
+3. With `--data DIR` (an image folder): what `facemargin evaluate` does, `evaluate_pair_sets` on
+   `--eval-pairs` pairs of the folder's images (each unique image read, decoded and embedded once,
+   in batches, then scored), in images/s of unique images, against `model.predict` alone on the
+   same images already decoded into memory (target >= 0.9x); with and without the flip test, for
+   the Keras embedder and for the exported SavedModel as the CLI loads it. Interleaved repeats.
 
     python benchmarks/bench_eval.py [--pairs 1000000] [--dim 512] [--repeats 5]
+    python benchmarks/bench_eval.py --data tests/data/faces --backbone iresnet18 --image-size 112
 """
 
 import argparse
@@ -29,13 +35,79 @@ def timed(fn, repeats):
     return statistics.median(times)
 
 
+def bench_embedding(args):
+    import tempfile
+
+    from keras_facemargin import cli, data, models
+    from keras_facemargin.export import export_embedder
+
+    index = data.ImageIndex.from_directory(args.data)
+    if args.max_images and len(index) > args.max_images:
+        index = index.subset(np.arange(args.max_images))
+    a, b, same = index.sample_pairs(args.eval_pairs, seed=0)
+    pairs = data.VerificationPairs(index.paths[a], index.paths[b], same, name="bench")
+    sets = ev.PairSets({"bench": pairs})
+    size = (args.image_size, args.image_size)
+    backbone = models.get_backbone(args.backbone, input_shape=(*size, 3), embedding_dim=args.embedding_dim)
+    _, embedder = models.build_recognizer(backbone, 10)
+    images = sets.images(size, args.batch_size).astype(np.float32)
+    print(f"\n(3) evaluate_pair_sets vs model.predict: {len(pairs)} pairs of {len(sets)} unique images "
+          f"({2 * len(pairs)} per-pair embeddings before) of {args.data}; {args.backbone} at "
+          f"{size[0]}x{size[1]}, batch {args.batch_size}")
+    with tempfile.TemporaryDirectory() as tmp:
+        export_embedder(embedder, os.path.join(tmp, "saved_model"))
+        served = cli.load_embedder(os.path.join(tmp, "saved_model"))
+
+        def predict(flip):
+            out = embedder.predict(images, batch_size=args.batch_size, verbose=0)
+            if flip:
+                out = out + embedder.predict(images[:, :, ::-1], batch_size=args.batch_size, verbose=0)
+            return out
+
+        runs = {
+            "model.predict, decoded images (baseline)": lambda flip: predict(flip),
+            "evaluate_pair_sets, Keras model": lambda flip: ev.evaluate_pair_sets(
+                embedder, sets, flip=flip, batch_size=args.batch_size),
+            "evaluate_pair_sets, SavedModel (CLI)": lambda flip: ev.evaluate_pair_sets(
+                served, sets, flip=flip, batch_size=args.batch_size),
+        }
+        for flip in (False, True):
+            for fn in runs.values():  # warm-up: tracing, page cache
+                fn(flip)
+            times = {name: [] for name in runs}
+            for _ in range(args.repeats):
+                for name, fn in runs.items():
+                    start = time.perf_counter()
+                    fn(flip)
+                    times[name].append(time.perf_counter() - start)
+            base = times["model.predict, decoded images (baseline)"]
+            print(f"{'flip test' if flip else 'no flip'}: {'':<34}{'seconds':>9}{'images/s':>10}{'ratio':>8}")
+            for name, values in times.items():
+                ratio = statistics.median(b / t for t, b in zip(values, base, strict=True))
+                seconds = statistics.median(values)
+                print(f"  {name:<42}{seconds:>9.3f}{len(sets) / seconds:>10.1f}{ratio:>8.2f}")
+    print("  (ratio: images/s over the baseline's, target >= 0.9; ours also reads, decodes and scores)")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=1_000_000)
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--images", type=int, default=20_000)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--data", help="an image folder (one sub-folder per identity) for part (3)")
+    parser.add_argument("--eval-pairs", type=int, default=550)
+    parser.add_argument("--max-images", type=int, default=0, help="use only the first N images")
+    parser.add_argument("--backbone", default="iresnet18")
+    parser.add_argument("--image-size", type=int, default=112)
+    parser.add_argument("--embedding-dim", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=64, help="as facemargin evaluate's default")
+    parser.add_argument("--dry-run", action="store_true", help="tiny sizes, one repeat")
     args = parser.parse_args()
+    if args.dry_run:
+        args.pairs, args.images, args.dim, args.repeats = 1000, 100, 16, 1
+        args.eval_pairs, args.backbone, args.image_size, args.embedding_dim = 40, "simple_cnn", 32, 16
+        args.max_images = 20
     rng = np.random.default_rng(0)
     print(f"# bench_eval: {args.pairs:,} pairs; {os.cpu_count()} CPUs, {platform.machine()}; "
           f"{time.strftime('%Y-%m-%d')}")
@@ -65,6 +137,9 @@ def main():
           f"ratio {ours / floor_t:.2f}")
     print(f"indexed_pair_scores sq. eucl.  {args.pairs / dist / 1e6:9.2f} M pairs/s   "
           f"ratio {dist / floor_t:.2f}")
+    if args.data:
+        bench_embedding(args)
+    print(f"# load average at the end {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
 
 
 if __name__ == "__main__":

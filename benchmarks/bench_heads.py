@@ -109,7 +109,10 @@ def main():
     parser.add_argument("--jit", action="store_true", help="compile every train step with XLA")
     parser.add_argument("--losses", nargs="+", default=LOSSES, choices=LOSSES, help="default: all")
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)
+    parser.add_argument("--dry-run", action="store_true", help="tiny sizes, one repeat, no memory runs")
     args = parser.parse_args()
+    if args.dry_run:
+        args.classes, args.batch, args.dim, args.repeats, args.no_memory = [50], 8, 16, 1, True
     if args.memory_of:
         return run_alone(args.memory_of, args.classes[0], args.batch, args.dim)
 

@@ -61,7 +61,10 @@ def main():
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--chunk", type=int, default=65_536)
     parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--dry-run", action="store_true", help="10,000 pairs of 400 templates")
     args = parser.parse_args()
+    if args.dry_run:
+        args.pairs, args.genuine, args.templates, args.dim, args.chunk = 10_000, 100, 400, 16, 1000
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     print(f"# bench_ijb: {args.pairs:,} pairs of {args.templates:,} templates, dim {args.dim}; "
           f"{os.cpu_count()} CPUs, {platform.machine()}; {when}")

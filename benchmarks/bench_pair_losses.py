@@ -122,7 +122,11 @@ def main():
     parser.add_argument("--min-seconds", type=float, default=2.0)
     parser.add_argument("--no-xla", action="store_true", help="plain tf.function, no XLA")
     parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--dry-run", action="store_true", help="batch 16, two losses, minimal timing")
     args = parser.parse_args()
+    if args.dry_run:
+        args.batches, args.dim, args.min_seconds = [16], 16, 0.0
+        args.losses = ["triplet_semi_hard", "circle"]
     global XLA
     XLA = not args.no_xla
     if args.one:

@@ -151,7 +151,11 @@ def main():
     parser.add_argument("--quick", action="store_true", help="10k and 30k classes, 2 repeats")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)
+    parser.add_argument("--dry-run", action="store_true", help="tiny sizes, one repeat, no memory runs")
     args = parser.parse_args()
+    if args.dry_run:
+        args.classes, args.baseline_classes, args.batch, args.dim = [200], 100, 8, 16
+        args.sample_rate, args.repeats, args.no_memory, args.configs = 0.5, 1, True, ["full", "pfc"]
     if args.memory_of:
         return run_alone(args.memory_of, args.classes[0], args)
     if args.quick:

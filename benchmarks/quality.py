@@ -202,7 +202,12 @@ def main(argv=None):
     parser.add_argument("--split-seed", type=int, default=0)
     parser.add_argument("--best", default="", help="the flags of the 'best' row")
     parser.add_argument("--out", default="runs/quality")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="the plain_softmax and default rows, one seed, one epoch, 16 px, few identities")
     args = parser.parse_args(argv)
+    if args.dry_run:
+        args.rows, args.seeds, args.epochs, args.image_size = "plain_softmax,default", [0], 1, 16
+        args.train_identities, args.unseen = 3, 2
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     if args.digits == bool(args.data):
         parser.error("give exactly one of --data and --digits")

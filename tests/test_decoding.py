@@ -58,6 +58,20 @@ def test_resize_modes():
         decoding.make_preprocess((0, 4))
 
 
+def test_an_image_already_at_the_size_is_only_cast(pixels):
+    """The shortcut gives what bilinear resampling to the same size gives (the identity), in a
+    graph where the decoded size is unknown as well as eagerly."""
+    image = tf.constant(pixels[:, :, :3])
+    expected = tf.image.resize(image, (12, 10)).numpy()
+    np.testing.assert_array_equal(expected, pixels[:, :, :3].astype(np.float32))
+    np.testing.assert_array_equal(decoding.resize(image, (12, 10)).numpy(), expected)
+    unknown = tf.function(lambda x: decoding.resize(x, (12, 10)),
+                          input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
+    np.testing.assert_array_equal(unknown(image).numpy(), expected)
+    other = unknown(tf.constant(pixels[:8, :8, :3])).numpy()
+    np.testing.assert_allclose(other, tf.image.resize(pixels[:8, :8, :3], (12, 10)).numpy())
+
+
 def test_augmentation_is_a_function_of_seed_and_sample_id():
     path = tf.constant(first_image(FACES, "John_Simm"))
     augment = Augmentation(color_jitter=0.2)

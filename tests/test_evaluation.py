@@ -167,6 +167,23 @@ def test_indexed_pair_scores_in_chunks(rng):
             assert got[k] == pytest.approx(want, rel=1e-4, abs=1e-5)
 
 
+def test_embed_shows_a_progress_bar_for_an_embedding_function_too(capsys):
+    """An exported model (a function of a batch, as the CLI loads it) gets model.predict's bar."""
+    images = np.arange(10 * 2 * 2 * 3, dtype=np.float32).reshape(10, 2, 2, 3)
+    calls = []
+
+    def embedder(batch):
+        calls.append(len(batch))
+        return np.asarray(batch).reshape(len(batch), -1)[:, :4] + 1.0
+
+    quiet = ev.embed(embedder, images, batch_size=4, flip=True, verbose=0)
+    assert capsys.readouterr().out == ""
+    shown = ev.embed(embedder, images, batch_size=4, flip=True, verbose=1)
+    assert "3/3" in capsys.readouterr().out
+    np.testing.assert_array_equal(quiet, shown)
+    assert calls == [4, 4, 2] * 4
+
+
 # ---- identification ---------------------------------------------------------------------------
 
 

@@ -158,6 +158,8 @@ def resize(image, image_size, resize_mode="resize"):
 
     `"resize"` scales the whole image to `image_size` (aligned face crops are already framed);
     `"center_crop"` scales the shorter side to fit and crops the centre, keeping the aspect ratio.
+    An image that already has the size is only cast: bilinear resampling to the same size (half-
+    pixel centres) is the identity, and face sets are usually stored at the size they train at.
     """
     height, width = image_size
     if resize_mode == "center_crop":
@@ -168,8 +170,12 @@ def resize(image, image_size, resize_mode="resize"):
         top = (new[0] - height) // 2
         left = (new[1] - width) // 2
         image = image[top : top + height, left : left + width]
+    elif image.shape[:2].as_list() == [height, width]:
+        image = tf.cast(image, tf.float32)
     else:
-        image = tf.image.resize(image, (height, width))
+        same = tf.reduce_all(tf.equal(tf.shape(image)[:2], [height, width]))
+        image = tf.cond(same, lambda: tf.cast(image, tf.float32),
+                        lambda: tf.image.resize(image, (height, width)))
     # Bilinear weights are convex: the values stay in [0, 255] without clipping.
     image.set_shape([height, width, 3])
     return image
@@ -418,7 +424,13 @@ def decode_batches(dataset, preprocess, log=None, cycle_length=AUTOTUNE):
     def record(images, failed, names, sources, *rest):
         # Encoded images are kept for the diagnosis; positions (RecordIO) and paths are not needed.
         encoded = isinstance(sources, tf.Tensor) and sources.dtype == tf.string
-        log.record(names, failed, sources if encoded else None)
+
+        def write():
+            log.record(names, failed, sources if encoded else None)
+            return tf.constant(True)
+
+        # The log's ops run only for a batch with a failure (almost never), not for every batch.
+        tf.cond(tf.reduce_any(failed), write, lambda: tf.constant(False))
         return (images, *rest)
 
     # Sequential on purpose: the log's variables are updated by one batch at a time.

@@ -145,9 +145,20 @@ def _predict(model, images, batch_size, verbose):
             )
         if isinstance(images, np.ndarray):
             batches = (images[i:i + batch_size] for i in range(0, len(images), batch_size))
+            total = -(-len(images) // batch_size)
         else:
             batches = (b[0] if isinstance(b, tuple) else b for b in images)
-        out = [np.asarray(model(batch), dtype=np.float32) for batch in batches]
+            total = int(images.cardinality()) if hasattr(images, "cardinality") else -1
+        # As model.predict's: a bar on a terminal ("auto", 1), one line per epoch with 2, none with 0.
+        progress = None
+        if verbose:
+            progress = keras.utils.Progbar(total if total >= 0 else None, unit_name="batch",
+                                           verbose=1 if verbose == "auto" else verbose)
+        out = []
+        for batch in batches:
+            out.append(np.asarray(model(batch), dtype=np.float32))
+            if progress is not None:
+                progress.add(1)
         return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
     if keras.backend.backend() == "tensorflow" and isinstance(images, np.ndarray):
         import tensorflow as tf
