@@ -186,11 +186,11 @@ def keras_worker(args):
     backbone = f"iresnet{args.depth}" if args.width == 1 else "small_resnet"
     config = TrainConfig(loss="arcface", backbone=backbone, image_size=args.size, embedding_dim=args.dim,
                          margin=0.5, scale=64.0, optimizer="sgd", learning_rate=0.1, weight_decay=5e-4,
-                         warmup_epochs=0.0, epochs=1)
-    model, _ = recipe.build_model(config, args.classes)
+                         warmup_epochs=0.0, schedule="cosine", ema=0.0, epochs=1)
+    model, _, loss = recipe.build_model(config, args.classes)
     jit = {"auto": "auto", "true": True, "false": False}[args.jit_compile]
-    model.compile(optimizer=recipe.make_optimizer(config, steps_per_epoch=10_000),
-                  loss=losses.get("arcface", margin=0.5, scale=64.0), jit_compile=jit)
+    model.compile(optimizer=recipe.make_optimizer(config, steps_per_epoch=10_000), loss=loss,
+                  jit_compile=jit)
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, size=(args.batch, args.size, args.size, 3)).astype("float32")
     y = rng.integers(0, args.classes, size=args.batch).astype("int32")
