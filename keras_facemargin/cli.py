@@ -83,7 +83,17 @@ def _import_tensorflow(verbose):
 
 
 def load_embedder(path):
-    """`evaluation.load_embedder`, its mistakes named as `--model`'s."""
+    """`evaluation.load_embedder`, its mistakes named as `--model`'s.
+
+    Args:
+        path: the `--model` value: a SavedModel folder or a `.keras` file.
+
+    Returns:
+        The embedding function of `evaluation.load_embedder`, with an `image_size` attribute.
+
+    Raises:
+        UsageError: `path` is neither a SavedModel folder nor a `.keras` file that loads.
+    """
     from keras_facemargin import evaluation
 
     try:
@@ -93,6 +103,17 @@ def load_embedder(path):
 
 
 def load_keras_model(path):
+    """`evaluation.load_keras_model`, its mistakes named as `--model`'s.
+
+    Args:
+        path: the `--model` value, a `.keras` file.
+
+    Returns:
+        The `keras.Model`, not compiled.
+
+    Raises:
+        UsageError: `path` is not a Keras file that loads.
+    """
     from keras_facemargin import evaluation
 
     try:
@@ -127,6 +148,23 @@ def _progress(total):
 
 
 def evaluate(args):
+    """`facemargin evaluate`: verification metrics of a model on one or several pair files.
+
+    Embeds each unique image once (`evaluation.evaluate_pair_sets`), prints the report of a
+    single set and a table of every set, notes on stderr the sets with fewer pairs than folds,
+    the FAR targets that need more impostor pairs than a set has and the images that did not
+    decode, and writes `report.json` and the plots to `--out`.
+
+    Args:
+        args: the parsed command line: `model`, `pairs`, `root`, `flip`, `batch_size`, `folds`
+            and `out`.
+
+    Returns:
+        The `evaluation.PairSetsReport` (`main` does not use it).
+
+    Raises:
+        ValueError: a `--model` (as a `UsageError`) or `--pairs` file that cannot be read.
+    """
     from keras_facemargin import data
     from keras_facemargin import evaluation as ev
 
@@ -158,6 +196,22 @@ def evaluate(args):
 
 
 def evaluate_ijb(args):
+    """`facemargin evaluate-ijb`: IJB-B/IJB-C 1:1 template verification of a model.
+
+    Runs `evaluation.ijb_verification` (with the flip test and detector-score weights unless
+    `--no-flip`/`--no-detector-scores`), prints the report, warns on stderr about faces that did
+    not decode, and writes `report.json`, `scores.npy` and `roc.png` to `--out`.
+
+    Args:
+        args: the parsed command line: `model`, `root`, `target`, `no_flip`,
+            `no_detector_scores`, `batch_size` and `out`.
+
+    Returns:
+        The `evaluation.IJBReport` (`main` does not use it).
+
+    Raises:
+        ValueError: a `--model` (as a `UsageError`) or `--root` release that cannot be read.
+    """
     from keras_facemargin import data
     from keras_facemargin import evaluation as ev
 
@@ -175,6 +229,18 @@ def evaluate_ijb(args):
 
 
 def pack(args):
+    """`facemargin pack`: an image folder as an InsightFace RecordIO training set.
+
+    Writes `OUT.rec`, with its `.idx` and `property` beside it (`data.pack_recordio`), and
+    prints how many images and identities it packed.
+
+    Args:
+        args: the parsed command line: `folder`, `out` and `layout`.
+
+    Raises:
+        UsageError: `OUT` does not end in `.rec`, `FOLDER` is not a folder, or `OUT`'s folder
+            cannot be written.
+    """
     from keras_facemargin import data
 
     if not args.out.endswith(".rec"):
@@ -194,6 +260,18 @@ def pack(args):
 
 
 def embed(args):
+    """`facemargin embed`: the embedding of every image under a folder, into an `.npz`.
+
+    Images are found recursively and taken in sorted path order. The file holds `embeddings`
+    (unit rows `[N, dim]`; with `--flip`, of the sum of each image's and its mirror's), `paths`,
+    `corrupt` (images that did not decode: their rows are NaN) and `reasons` (why, or "").
+
+    Args:
+        args: the parsed command line: `model`, `images`, `out`, `flip` and `batch_size`.
+
+    Raises:
+        UsageError: a `--model` that cannot be loaded, or `--images` holds no images.
+    """
     import numpy as np
 
     from keras_facemargin import data
@@ -230,6 +308,18 @@ def embed(args):
 
 
 def export(args):
+    """`facemargin export`: the embedder of a `.keras` model as a SavedModel, ONNX or LiteRT.
+
+    The head is cut off (`evaluation.embedding_model`) and the embedder written by
+    `export.export_embedder`, `export_onnx` or `export_litert`, as `--format` says.
+
+    Args:
+        args: the parsed command line: `model`, `format` and `out`.
+
+    Raises:
+        UsageError: `--model` is not an existing `.keras` file that loads, or `--out` is a
+            folder where `--format` writes a file.
+    """
     from keras_facemargin.evaluation import embedding_model
     from keras_facemargin.export import export_embedder, export_litert, export_onnx
 
@@ -247,6 +337,17 @@ def export(args):
 
 
 def pairs(args):
+    """`facemargin pairs`: balanced genuine and impostor pairs of an image folder, as a list.
+
+    Draws `--num-pairs` pairs (`ImageIndex.sample_pairs`, seeded by `--seed`) and writes one
+    tab-separated line `path_a path_b 1|0` each, the paths relative to `--images`.
+
+    Args:
+        args: the parsed command line: `images`, `out`, `num_pairs` and `seed`.
+
+    Raises:
+        UsageError: `--images` is not an image folder with one sub-folder per identity.
+    """
     from keras_facemargin.data import ImageIndex
 
     try:
@@ -267,6 +368,23 @@ def pairs(args):
 
 
 def train(config, given=(), verbose=2):
+    """`facemargin train`: trains, or resumes, the run that `config` describes.
+
+    Unlike the other commands it takes the configuration, not the parsed command line: `main`
+    builds and checks it from the flags and `--config` before TensorFlow loads. Trains through
+    `recipe.train` and prints where the embedder was exported.
+
+    Args:
+        config: a checked `TrainConfig`.
+        given: the names of the fields the user set (see `TrainConfig.check_combination`).
+        verbose: `fit`'s verbosity (`main` passes 1 on a terminal, else 2).
+
+    Returns:
+        The `recipe.Run` (`main` does not use it).
+
+    Raises:
+        ValueError, keras_facemargin.training.TrainingDiverged: as `recipe.train`.
+    """
     from keras_facemargin import recipe
 
     run = recipe.train(config, given=given, verbose=verbose)
@@ -442,7 +560,21 @@ def _train_config(args):
 
 
 def main(argv=None):
-    """The `facemargin` command; returns its exit status."""
+    """The `facemargin` command; returns its exit status.
+
+    A mistake is printed on stderr as one line, `facemargin <command>: error: ...`. The `train`
+    flags and `--config` file are checked before TensorFlow loads.
+
+    Args:
+        argv: the arguments after the program's name; None: `sys.argv[1:]`.
+
+    Returns:
+        0 when the command succeeded, and after `--help` or `--version`; 2 for a mistake in the
+        command line or any `ValueError` the command raised (a bad value, a file that cannot be
+        read, data that do not fit the configuration); 1 when training diverged
+        (`TrainingDiverged`); 130 when interrupted (a `train` run then resumes with the same
+        command). Any other exception propagates.
+    """
     parser = _parser()
     try:
         args = parser.parse_args(argv)

@@ -98,9 +98,72 @@ def _augment(name, value):
 class TrainConfig:
     """Everything that defines a training run; saved as `config.json` in the run folder.
 
-    A value of `"auto"` is decided from the data when the run starts, by the rules in the README
-    (section "Training recipe"); `None` means "not used". Field names are the command line's
-    flags with `-` for `_`.
+    Field names are the command line's flags with `_` for `-` (`learning_rate` is
+    `--learning-rate`). A value of `"auto"` is decided from the data when the run starts, by
+    `recipe.resolve`, with the rules given below; `None` means "not used". "Face scale" below
+    means images of at least 96 px and at least 10,000 training identities (`recipe.face_scale`,
+    counted after `min_images` and `val_fraction`). `validate` checks each value on its own,
+    `check_combination` the values against the chosen loss.
+
+    Attributes:
+        data: the training images: a folder with one sub-folder per identity, or an InsightFace
+            RecordIO `train.rec` (`train.idx` beside it). Required by `validate`.
+        loss: `"softmax"` (a `Dense` head and cross-entropy), a margin loss (`MARGIN_LOSSES`,
+            on a `CosineHead`) or a pair loss (`PAIR_LOSSES`, on P×K batches). auto:
+            `"arcface"` at face scale, with `sample_rate` below 1 or with mixup or cutmix;
+            otherwise `"supcon"`.
+        margin: the loss's margin, a finite number; None: the loss's own default. Taken by the
+            losses in `LOSS_FLAGS["margin"]`.
+        scale: the scale s of a margin loss, > 0; None: the loss's own default. auto: 64 at
+            face scale, else `recipe.auto_scale(num_classes)`; None for softmax, the pair losses
+            and AdaCos (which sets its own).
+        label_smoothing: ε in [0, 1) of softmax and the margin losses; default 0.
+        backbone: one of `BACKBONES`. auto: `"iresnet50"` at face scale, else `"iresnet18"`
+            for images of at least 96 px, else `"small_vgg"`.
+        image_size: height and width the images are resized to, >= 1; default 112.
+        embedding_dim: the embedding size, >= 1. auto: 512 for images of at least 96 px, else
+            128.
+        epochs: training epochs, >= 1; default 10. A larger value extends a finished run.
+        batch_size: images per batch of softmax and the margin losses, >= 1. auto: 128, or a
+            quarter of the images (at least 2) when there are fewer than 512. With a pair loss
+            it is always `classes_per_batch * samples_per_class`.
+        classes_per_batch: P, identities per batch of a pair loss, >= 1. auto:
+            `128 // samples_per_class`, at most the number of identities and at least 2.
+        samples_per_class: K, images per identity in a batch of a pair loss, >= 2; default 4.
+        optimizer: `"sgd"` (momentum 0.9), `"adam"` or `"adamw"`. auto: `"sgd"` at face
+            scale, else `"adam"`.
+        learning_rate: the peak learning rate, > 0. auto: 0.1 with SGD, else 1e-3.
+        weight_decay: decoupled weight decay, >= 0. auto: 5e-4 with SGD, 5e-2 with AdamW, 0
+            with Adam.
+        schedule: the learning rate after the warm-up: `"cosine"` (default), `"step"` or
+            `"constant"` (see `optimizers.WarmupSchedule`).
+        ema: momentum in [0, 1) of an exponential moving average of the weights, which replaces
+            the weights when training ends, so `model.keras` and the export hold it (0: none).
+            auto: 0 at face scale, else 0.99.
+        warmup_epochs: epochs of linear learning-rate warm-up, >= 0. auto: 0.
+        augment: the training augmentations: a list, or a comma- or space-separated string, of
+            `AUGMENTATIONS` (kept in that order, each once); `"none"` or an empty list for none.
+            auto: `["flip"]` at face scale, else `["translate", "zoom", "contrast"]`.
+        mixup: probability in [0, 1] of mixup for a batch (softmax and margin losses); default 0.
+        cutmix: probability in [0, 1] of cutmix for a batch (softmax and margin losses);
+            default 0.
+        mixed_precision: the dtype policy: `"float32"` (default), `"mixed_float16"` or
+            `"mixed_bfloat16"`.
+        val_pairs: pair files scored every epoch (InsightFace `.bin`, LFW `pairs.txt` or
+            `a b label` lists; one path is taken as a list of one), or None.
+        val_root: the folder the pair lists' paths are relative to, or None.
+        val_fraction: share in [0, 0.5) of the identities held out as validation pairs when
+            there are no `val_pairs`; default 0 (none).
+        min_images: identities with fewer images are left out, >= 1; default 1.
+        seed: seed of the weights, the sampling and the augmentations, >= 0; default 0.
+        run_dir: the run folder (`config.json`, backups, `log.csv`, `model.keras`); default
+            `"runs/train"`.
+        export: the SavedModel folder the embedder is exported to; None: `run_dir/saved_model`.
+        strategy: the `tf.distribute` strategy: `"default"`, `"mirrored"` or `"multi_worker"`.
+        sample_rate: Partial FC's share in (0, 1] of the classes in each step's softmax; 1
+            (the default) trains without Partial FC. Below 1 it needs a margin loss.
+        tensorboard: write TensorBoard logs to `run_dir/tensorboard` (needs the tensorboard
+            package); default False.
     """
 
     data: str = _field("", "training images: a folder with one sub-folder per identity, or an "
@@ -165,11 +228,32 @@ class TrainConfig:
 
     @classmethod
     def fields(cls):
+        """The fields in flag order, as `dataclasses.fields`.
+
+        Returns:
+            A tuple of `dataclasses.Field`; each one's `metadata` holds the flag's `"help"`, its
+            `"check"`, its `"choices"` and whether it takes several values (`"many"`).
+        """
         return dataclasses.fields(cls)
 
     @classmethod
     def from_file(cls, path):
-        """The configuration in a YAML (`.yaml`/`.yml`) or JSON file; unknown keys are refused."""
+        """The configuration in a YAML (`.yaml`/`.yml`) or JSON file; unknown keys are refused.
+
+        Values are checked as `validate(complete=False)` checks them: `data` may be left to the
+        command line, and no file is looked for yet.
+
+        Args:
+            path: the file; a name ending in `.yaml` or `.yml` is read as YAML, any other as
+                JSON. An empty YAML file holds no settings.
+
+        Returns:
+            A `TrainConfig` of the file's values, with the defaults for the keys it leaves out.
+
+        Raises:
+            ValueError: no such file; a file that is not UTF-8 text, not valid JSON or YAML, or
+                not a mapping; unknown keys; a bad value (named `--config 'path': --flag`).
+        """
         if not os.path.isfile(path):
             raise ValueError(f"--config must be an existing YAML or JSON file; got {path!r} "
                              f"({'a folder' if os.path.isdir(path) else 'no such file'})")
@@ -214,6 +298,15 @@ class TrainConfig:
             flags: name the values as command-line flags (`--epochs`) rather than fields.
             complete: also require `data` and check that the named files exist (False for a
                 configuration file, which the command line completes).
+
+        Returns:
+            This configuration, changed in place: integers as `int`, numbers as `float`,
+            `augment` and `val_pairs` as lists ("auto" and None stay as they are).
+
+        Raises:
+            ValueError: the first bad value, with its name and what is allowed; with `complete`,
+                also a missing `data`, a `data` or pair file that does not exist, or
+                `tensorboard` without the tensorboard package.
         """
         for field in self.fields():
             check = field.metadata["check"]
@@ -245,9 +338,23 @@ class TrainConfig:
     def check_combination(self, given=()):
         """Refuses flags that the chosen loss does not take; returns warnings for ignored ones.
 
+        While `loss` is "auto" nothing is checked: `recipe.prepare` checks again once `resolve`
+        has chosen the loss.
+
         Args:
             given: the names of the fields the user set (flags and config file), so that a
                 default is never blamed.
+
+        Returns:
+            A list of warnings, one line each: `batch_size` given with a pair loss,
+            `classes_per_batch`/`samples_per_class` given without one, `val_root` without
+            `val_pairs`.
+
+        Raises:
+            ValueError: a `margin`, `scale` or `label_smoothing` the loss does not take
+                (`LOSS_FLAGS`), mixup or cutmix with a pair loss, a `sample_rate` below 1
+                without a margin loss or with mixup or cutmix, or both `val_pairs` and
+                `val_fraction`.
         """
         warnings = []
         loss = self.loss
@@ -282,9 +389,21 @@ class TrainConfig:
         return warnings
 
     def to_dict(self):
+        """The configuration as plain values, as `config.json` holds it.
+
+        Returns:
+            A dict from each field name to its value (`dataclasses.asdict`).
+        """
         return dataclasses.asdict(self)
 
 
 def flag(name):
-    """The command-line flag of a field: `--learning-rate` for `learning_rate`."""
+    """The command-line flag of a field: `--learning-rate` for `learning_rate`.
+
+    Args:
+        name: a `TrainConfig` field name.
+
+    Returns:
+        The flag, a string.
+    """
     return "--" + name.replace("_", "-")

@@ -63,23 +63,52 @@ class Run:
 
 
 def face_scale(image_size, num_classes):
-    """Whether the published face recipe applies: faces at >= 96 px and >= 10,000 identities."""
+    """Whether the published face recipe applies: images of >= 96 px and >= 10,000 identities.
+
+    At face scale `resolve` follows the published ArcFace recipe (ArcFace, iresnet50, SGD, scale
+    64, flips only, no weight average); below it, choices that suit small data sets. The rule
+    looks at the size and the number of identities only: it cannot tell faces from other images.
+
+    Args:
+        image_size: height and width of the training images (`TrainConfig.image_size`).
+        num_classes: identities in the training data.
+
+    Returns:
+        A bool.
+    """
     return image_size >= FACE_SCALE_IMAGE_SIZE and num_classes >= FACE_SCALE_IDENTITIES
 
 
 def auto_scale(num_classes):
-    """The scale s of a margin loss when none is given: AdaCos's fixed rule √2·ln(C − 1), at
-    least 16, and the published 64 at face scale."""
+    """The scale s of a margin loss when none is given, below face scale.
+
+    AdaCos's fixed rule √2·ln(C − 1), raised to at least 16 and rounded to two decimals (C − 1 is
+    taken as at least 2). At face scale `resolve` uses the published 64 instead.
+
+    Args:
+        num_classes: C, identities in the training data.
+
+    Returns:
+        The scale, a float >= 16.
+    """
     return round(max(16.0, math.sqrt(2.0) * math.log(max(num_classes - 1, 2))), 2)
 
 
 def resolve(config, num_classes, num_images):
-    """A copy of `config` with every "auto" value decided from the data (see the README).
+    """A copy of `config` with every "auto" value decided from the data.
+
+    The rules are given field by field in `TrainConfig`'s docstring. Most follow `face_scale`;
+    the loss is decided first, since the scale and the batch depend on it. A value that is not
+    "auto" is kept, except that a pair loss's `batch_size` is always `classes_per_batch *
+    samples_per_class`.
 
     Args:
         config: a checked `TrainConfig`.
         num_classes: identities in the training data.
         num_images: images in the training data.
+
+    Returns:
+        A new `TrainConfig` with no "auto" left; `config` is not changed.
     """
     config = dataclasses.replace(config)
     faces = face_scale(config.image_size, num_classes)
@@ -172,6 +201,14 @@ def _check_data_fits(config, index):
 
 
 def default_export_path(config):
+    """The folder `train` exports the embedder to: `config.export`, else `run_dir/saved_model`.
+
+    Args:
+        config: a `TrainConfig`.
+
+    Returns:
+        The path, as given (not made absolute).
+    """
     return config.export or os.path.join(config.run_dir, "saved_model")
 
 
@@ -226,7 +263,19 @@ def prepare(config, given=(), index=None):
 
 
 def make_augmentation(names):
-    """The `data.Augmentation` of a list of augmentation names (see `config.AUGMENTATIONS`)."""
+    """The `data.Augmentation` of a list of augmentation names (see `config.AUGMENTATIONS`).
+
+    Each name turns on one transformation at the recipe's strength: `flip`; `crop`, a random
+    resized crop of 80–100% of the area; `translate`, shifts of up to 8% of the height and width;
+    `zoom` by up to 10%; `contrast` by up to 20%; `erase`, a rectangle of noise in a quarter of
+    the images. Other names are ignored (`TrainConfig.validate` has refused them already).
+
+    Args:
+        names: augmentation names, such as a resolved `TrainConfig.augment`; empty for none.
+
+    Returns:
+        A `data.Augmentation`.
+    """
     from keras_facemargin.data import Augmentation
 
     names = set(names)
@@ -288,7 +337,24 @@ def _loss(config):
 
 
 def make_schedule(config, steps_per_epoch):
-    """The learning rate: linear warm-up, then cosine, step (÷10 at 50%, 75% and 90%) or constant."""
+    """The learning rate: linear warm-up, then cosine, step (÷10 at 50%, 75% and 90%) or constant.
+
+    An `optimizers.WarmupSchedule` that peaks at `config.learning_rate`, over `config.epochs`
+    epochs (at least one step), with `round(config.warmup_epochs * steps_per_epoch)` warm-up
+    steps; the step schedule's fractions count the steps after the warm-up.
+
+    Args:
+        config: a resolved `TrainConfig` (`learning_rate`, `epochs`, `warmup_epochs`,
+            `schedule`).
+        steps_per_epoch: optimizer steps in one epoch.
+
+    Returns:
+        An `optimizers.WarmupSchedule`.
+
+    Raises:
+        ValueError: the warm-up is not shorter than the run (the message names
+            `warmup_steps`).
+    """
     from keras_facemargin.optimizers import WarmupSchedule
 
     total = max(1, steps_per_epoch * config.epochs)
@@ -297,11 +363,24 @@ def make_schedule(config, steps_per_epoch):
 
 
 def make_optimizer(config, steps_per_epoch, sparse_variables=()):
-    """The optimizer of a resolved configuration.
+    """The optimizer of a resolved configuration, on the schedule of `make_schedule`.
+
+    `"sgd"` is `keras.optimizers.SGD` with momentum 0.9, `"adam"` and `"adamw"` Keras's own. Each
+    takes `config.weight_decay` (none when it is 0) and, when `config.ema` is not 0, Keras's
+    moving average of the weights (`use_ema`), which replaces the weights when `fit` ends.
 
     `sparse_variables` (Partial FC's centres) get sparse updates: SGD becomes `LazySGD`, and
     weight decay leaves them out (decaying every centre every step is the dense update that
-    Partial FC exists to avoid).
+    Partial FC exists to avoid). Adam and AdamW keep dense moments for them.
+
+    Args:
+        config: a resolved `TrainConfig`.
+        steps_per_epoch: optimizer steps in one epoch, for the schedule.
+        sparse_variables: the variables that get sparse gradients (`PartialFC`'s kernel);
+            empty for none.
+
+    Returns:
+        A `keras.optimizers.Optimizer`, not yet built.
     """
     import keras
 
@@ -326,8 +405,21 @@ def make_optimizer(config, steps_per_epoch, sparse_variables=()):
 def build_model(config, num_classes, backbone=None):
     """`(training model, embedder, loss)` of a resolved configuration (inside a strategy's scope).
 
-    The loss is None for Partial FC, which holds its loss and adds it to the model.
-    `backbone`: a function of no arguments that builds the backbone, instead of `config.backbone`.
+    The head follows the loss: a `Dense` head for `"softmax"`, none for a pair loss (the training
+    model is the embedder), a `heads.PartialFC` when `sample_rate` is below 1, and otherwise the
+    `CosineHead` the margin loss needs (feature norms, running statistics, sub-centres).
+
+    Args:
+        config: a resolved `TrainConfig`.
+        num_classes: identities in the training data, the head's classes.
+        backbone: a function of no arguments that builds the backbone; None: the registry's
+            `config.backbone` at `config.image_size` and `config.embedding_dim`.
+
+    Returns:
+        `(model, embedder, loss)`: the model to compile and fit, the model from images in
+        [0, 255] to embeddings `[batch, dim]` (sharing its weights), and the loss to compile
+        with: cross-entropy for softmax, `losses.get(config.loss, ...)` otherwise, None for
+        Partial FC, which holds its loss and adds it to the model.
     """
     from keras_facemargin import heads, models
 
