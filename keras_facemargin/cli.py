@@ -326,11 +326,25 @@ def export(args):
     if not (args.model.endswith(".keras") and os.path.isfile(args.model)):
         raise UsageError(f"--model must be a .keras file (such as RUN_DIR/model.keras); got {args.model!r}")
     embedder = embedding_model(load_keras_model(args.model))
-    writers = {"saved_model": export_embedder, "onnx": export_onnx, "litert": export_litert}
-    if args.format != "saved_model" and os.path.isdir(args.out):
-        raise UsageError(f"--out must be a file for --format {args.format}; got the folder {args.out!r}")
-    writers[args.format](embedder, args.out)
+    if args.format == "saved_model":
+        # After MagFace the feature norm is a quality score: served too, as at the end of `train`.
+        export_embedder(embedder, args.out, quality=_trained_with_magface(args.model))
+    else:
+        {"onnx": export_onnx, "litert": export_litert}[args.format](embedder, args.out)
     print(f"exported the embedder of {args.model} to {args.out} ({args.format})")
+
+
+def _trained_with_magface(path):
+    """Whether the `.keras` file at `path` was compiled with MagFace (its config.json says)."""
+    import json
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            compiled = json.loads(archive.read("config.json")).get("compile_config") or {}
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return False
+    return "MagFaceLoss" in json.dumps(compiled.get("loss"))
 
 
 # ---- pairs ------------------------------------------------------------------------------------
@@ -480,7 +494,7 @@ def _parser():
     parser = _Parser(prog="facemargin", description=__doc__.splitlines()[0].replace("`", ""),
                                      formatter_class=_Formatter)
     parser.add_argument("--version", action="version", version=f"facemargin {__version__}")
-    parser.add_argument("--verbose", action="store_true", help="show TensorFlow's own log lines")
+    parser.add_argument("--verbose", action="store_true", help="show TensorFlow's own log lines, and an error's whole traceback")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("train", formatter_class=_Formatter,
@@ -545,6 +559,28 @@ def _parser():
     return parser
 
 
+def _check_paths(args):
+    """The paths of a command other than `train`, checked before TensorFlow loads."""
+    model = getattr(args, "model", None)
+    if model is not None and not os.path.exists(model):
+        raise UsageError(f"--model must be a SavedModel folder or a .keras file; got {model!r} "
+                         f"(no such file or folder)")
+    for name in ("images", "folder", "root"):
+        value = getattr(args, name, None)
+        if value is not None and not os.path.isdir(value):
+            flag = "FOLDER" if name == "folder" else f"--{name}"
+            raise UsageError(f"{flag} must be an existing folder; got {value!r}")
+    if args.command == "embed" and not args.out.endswith(".npz"):
+        args.out += ".npz"  # what np.savez writes; the message then names the real file
+    if args.command in ("embed", "pairs", "pack") or (args.command == "export" and args.format != "saved_model"):
+        flag = "OUT.rec" if args.command == "pack" else "--out"
+        if os.path.isdir(args.out):
+            raise UsageError(f"{flag} must be a file; got the folder {args.out!r}")
+        _checks.check_writable_dir(f"{flag}'s folder", os.path.dirname(os.path.abspath(args.out)))
+    elif getattr(args, "out", None) is not None:
+        _checks.check_writable_dir("--out", args.out)
+
+
 def _train_config(args):
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "config", "verbose")}
     given = set(flags)
@@ -587,11 +623,14 @@ def main(argv=None):
             _load_tensorflow(args.verbose)
             train(config, given, verbose=1 if sys.stdout.isatty() else 2)
         else:
+            _check_paths(args)
             _load_tensorflow(args.verbose)
             commands = {"evaluate": evaluate, "evaluate-ijb": evaluate_ijb, "embed": embed,
                         "export": export, "pairs": pairs, "pack": pack}
             commands[args.command](args)
-    except ValueError as error:
+    except (ValueError, OSError) as error:
+        if args.verbose:
+            raise  # --verbose: the whole traceback, for a report
         print(f"facemargin {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

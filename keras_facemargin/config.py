@@ -44,7 +44,8 @@ def _field(default, help, check=None, choices=None, many=False):
 
 
 def _optional(check):
-    return lambda name, value: None if value is None else check(name, value)
+    # "none" as the command line spells it; a YAML file may say null or none.
+    return lambda name, value: None if value is None or value == "none" else check(name, value)
 
 
 def _auto(check):
@@ -195,13 +196,15 @@ class TrainConfig:
                                  _auto(lambda n, x: v.check_number(n, x, low=0.0)))
     schedule: str = _field("cosine", "learning-rate schedule after the warm-up",
                            _choice(SCHEDULES), choices=SCHEDULES)
-    ema: float = _field(AUTO, "momentum of an exponential moving average of the weights, used for "
-                        "evaluation and export (0: none); auto: see the README",
+    ema: float = _field(AUTO, "momentum of an exponential moving average of the weights, which "
+                        "replaces them when training ends, for the export (0: none; per-epoch "
+                        "validation sees the raw weights); auto: see the README",
                         _auto(lambda n, x: v.check_number(n, x, 0.0, 1.0, high_open=True)))
     warmup_epochs: float = _field(AUTO, "epochs of linear learning-rate warm-up; auto: see the README",
                                   _auto(lambda n, x: v.check_number(n, x, low=0.0)))
     augment: list = _field(AUTO, "training augmentations, comma-separated (" + ", ".join(AUGMENTATIONS)
-                           + "), none, or auto (no flip unless the data are faces at 112 px)",
+                           + "), none, or auto: flip for faces at scale (>= 96 px and >= 10,000 "
+                           "identities), else translate,zoom,contrast",
                            _augment)
     mixup: float = _field(0.0, "probability of mixup for a batch (softmax and margin losses)",
                           _probability)
@@ -316,6 +319,8 @@ class TrainConfig:
             setattr(self, field.name, check(name, getattr(self, field.name)))
         if not complete:
             return self
+        if not isinstance(self.data, str):
+            raise ValueError(f"{source}--data must be a path (a string); got {self.data!r}")
         if not self.data:
             raise ValueError(f"{source}--data (an image folder with one sub-folder per identity) is "
                              "required")
@@ -338,8 +343,8 @@ class TrainConfig:
     def check_combination(self, given=()):
         """Refuses flags that the chosen loss does not take; returns warnings for ignored ones.
 
-        While `loss` is "auto" nothing is checked: `recipe.prepare` checks again once `resolve`
-        has chosen the loss.
+        While `loss` is "auto" only the checks that do not depend on it are made: `recipe.prepare`
+        checks again once `resolve` has chosen the loss.
 
         Args:
             given: the names of the fields the user set (flags and config file), so that a
@@ -353,10 +358,18 @@ class TrainConfig:
         Raises:
             ValueError: a `margin`, `scale` or `label_smoothing` the loss does not take
                 (`LOSS_FLAGS`), mixup or cutmix with a pair loss, a `sample_rate` below 1
-                without a margin loss or with mixup or cutmix, or both `val_pairs` and
-                `val_fraction`.
+                without a margin loss or with mixup or cutmix, both `val_pairs` and
+                `val_fraction`, or a `warmup_epochs` not below `epochs`.
         """
         warnings = []
+        if self.val_root and not self.val_pairs:
+            warnings.append("--val-root is ignored without --val-pairs")
+        if self.val_pairs and self.val_fraction:
+            raise ValueError("--val-fraction holds out identities for validation when no "
+                             "--val-pairs is given; got both")
+        if self.warmup_epochs not in (None, AUTO) and self.warmup_epochs >= self.epochs:
+            raise ValueError(f"--warmup-epochs must be less than --epochs ({self.epochs}); got "
+                             f"{self.warmup_epochs}")
         loss = self.loss
         if loss == AUTO:
             return warnings
@@ -381,11 +394,6 @@ class TrainConfig:
         if not pair and ("classes_per_batch" in given or "samples_per_class" in given):
             warnings.append(f"--classes-per-batch/--samples-per-class are ignored with --loss {loss}: "
                             "they shape the P×K batches of pair losses")
-        if self.val_root and not self.val_pairs:
-            warnings.append("--val-root is ignored without --val-pairs")
-        if self.val_pairs and self.val_fraction:
-            raise ValueError("--val-fraction holds out identities for validation when no "
-                             "--val-pairs is given; got both")
         return warnings
 
     def to_dict(self):

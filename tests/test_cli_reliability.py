@@ -107,6 +107,9 @@ def test_sigkill_mid_run_then_the_same_command_finishes(tmp_path):
     (["--augment", "flip,rotate"], "--augment must be 'auto', 'none' or a list of"),
     (["--epochs", "three"], "argument --epochs: expected an integer; got 'three'"),
     (["--sample-rate", "0"], "--sample-rate must be a number in (0, 1]; got 0.0"),
+    (["--epochs", "2", "--warmup-epochs", "2"], "--warmup-epochs must be less than --epochs (2); got 2.0"),
+    (["--val-pairs", __file__, "--val-fraction", "0.2"],  # any existing file: refused before reading
+     "--val-fraction holds out identities for validation when no --val-pairs is given; got both"),
 ])
 def test_bad_flags_are_one_line_before_tensorflow_loads(tmp_path, args, expected):
     # A `tensorflow` that cannot be imported comes first on the path: the check must not need it.
@@ -479,6 +482,10 @@ def test_the_recent_margin_losses_train_from_the_command_line(tmp_path, loss):
 
         served = tf.saved_model.load(export).signatures["serving_default"](images=tf.constant(images))
         assert served["quality"].shape == (3,) and np.all(served["quality"].numpy() > 0)
+        again = str(tmp_path / "again")  # `facemargin export` of the .keras serves it too
+        assert cli.main(["export", "--model", os.path.join(run_dir, "model.keras"), "--out", again]) == 0
+        served = tf.saved_model.load(again).signatures["serving_default"](images=tf.constant(images))
+        assert served["quality"].shape == (3,)
 
 
 def test_every_numeric_flag_parses_numbers_and_auto(tmp_path):
@@ -495,3 +502,37 @@ def test_every_numeric_flag_parses_numbers_and_auto(tmp_path):
         assert getattr(args, field.name) == kind(2) and type(getattr(args, field.name)) is kind, field.name
         if getattr(config_lib.TrainConfig(), field.name) == config_lib.AUTO:
             assert getattr(parser.parse_args(["train", config_lib.flag(field.name), "auto"]), field.name) == "auto"
+
+
+def test_the_other_commands_check_their_paths_before_tensorflow_loads(tmp_path):
+    fake = tmp_path / "fake" / "tensorflow"  # importing TensorFlow would fail the command
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('TensorFlow was imported')\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    file_in_the_way = work / "file"
+    file_in_the_way.write_text("x")
+    missing = str(work / "none")
+    cases = [
+        (["embed", "--model", missing, "--images", FACES, "--out", "e.npz"],
+         "--model must be a SavedModel folder or a .keras file; got"),
+        (["embed", "--model", str(file_in_the_way), "--images", missing, "--out", "e.npz"],
+         "--images must be an existing folder; got"),
+        (["embed", "--model", str(file_in_the_way), "--images", FACES, "--out", str(file_in_the_way / "e")],
+         "--out's folder must be a folder that can be written"),
+        (["pairs", "--images", FACES, "--out", str(file_in_the_way / "pairs.txt")],
+         "--out's folder must be a folder that can be written"),
+        (["pairs", "--images", FACES, "--out", str(work)], "--out must be a file; got the folder"),
+        (["export", "--model", missing + ".keras", "--out", str(work / "x")],
+         "--model must be a SavedModel folder or a .keras file; got"),
+        (["export", "--model", str(file_in_the_way), "--format", "onnx", "--out", str(work)],
+         "--out must be a file; got the folder"),
+        (["pack", missing, str(work / "x.rec")], "FOLDER must be an existing folder"),
+        (["evaluate", "--model", str(file_in_the_way), "--pairs", "p.txt", "--out", str(file_in_the_way / "r")],
+         "--out must be a folder that can be written"),
+    ]
+    for argv, expected in cases:
+        code, _, err = facemargin(*argv, pythonpath=str(tmp_path / "fake"))
+        assert code == 2, (argv, err)
+        assert expected in one_error_line(err, argv[0]), (argv, err)
+    assert sorted(os.listdir(work)) == ["file"]  # nothing written

@@ -118,3 +118,11 @@ def test_partial_fc_runs_get_sparse_updates_without_decaying_every_centre(tmp_pa
     model.train_on_batch((images, labels))
     changed = np.flatnonzero(np.any(keras.ops.convert_to_numpy(centres) != before, axis=1))
     assert {3, 7} <= set(changed) and len(changed) <= 5  # the 5 sampled centres, no others
+
+
+def test_a_config_file_may_spell_none_and_must_give_paths_as_strings(tmp_path):
+    (tmp_path / "a.yaml").write_text("scale: none\nloss: arcface\n")
+    assert TrainConfig.from_file(str(tmp_path / "a.yaml")).validate(complete=False).scale is None
+    (tmp_path / "b.yaml").write_text("data: 3\n")
+    with pytest.raises(ValueError, match=r"--data must be a path \(a string\); got 3"):
+        TrainConfig.from_file(str(tmp_path / "b.yaml")).validate()
