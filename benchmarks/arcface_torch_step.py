@@ -136,7 +136,8 @@ def make_step(args):
         optimizer.step()
         return float(loss.item())
 
-    info = {"framework": f"torch {torch.__version__}", "device": str(device), "threads": torch.get_num_threads(),
+    info = {"framework": f"torch {torch.__version__}", "device": str(device),
+            "threads": torch.get_num_threads(),
             "mkldnn": bool(torch.backends.mkldnn.is_available()),
             "parameters": sum(p.numel() for p in params)}
     return step, info
@@ -177,7 +178,8 @@ def main():
             loss = step()  # .item() waits for the device
         seconds = (time.perf_counter() - start) / args.time_steps
         print(f"arcface_torch-style IR-ResNet-{args.depth} on {info['device']} ({args.precision}), batch "
-              f"{args.batch}: {seconds * 1e3:.1f} ms/step, {args.batch / seconds:.0f} images/s, loss {loss:.3f}")
+              f"{args.batch}: {seconds * 1e3:.1f} ms/step, {args.batch / seconds:.0f} images/s, "
+              f"loss {loss:.3f}")
         return 0
     _step_protocol.serve(step, info)
     return 0

@@ -173,7 +173,7 @@ def keras_worker(args):
 
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         tf.config.threading.set_inter_op_parallelism_threads(args.threads)
-    from keras_facemargin import losses, recipe
+    from keras_facemargin import recipe
     from keras_facemargin.config import TrainConfig
 
     if args.precision != "float32":

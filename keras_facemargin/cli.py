@@ -494,7 +494,8 @@ def _parser():
     parser = _Parser(prog="facemargin", description=__doc__.splitlines()[0].replace("`", ""),
                                      formatter_class=_Formatter)
     parser.add_argument("--version", action="version", version=f"facemargin {__version__}")
-    parser.add_argument("--verbose", action="store_true", help="show TensorFlow's own log lines, and an error's whole traceback")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow's own log lines, and an error's whole traceback")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("train", formatter_class=_Formatter,
@@ -572,7 +573,9 @@ def _check_paths(args):
             raise UsageError(f"{flag} must be an existing folder; got {value!r}")
     if args.command == "embed" and not args.out.endswith(".npz"):
         args.out += ".npz"  # what np.savez writes; the message then names the real file
-    if args.command in ("embed", "pairs", "pack") or (args.command == "export" and args.format != "saved_model"):
+    writes_a_file = args.command in ("embed", "pairs", "pack") or (
+        args.command == "export" and args.format != "saved_model")
+    if writes_a_file:
         flag = "OUT.rec" if args.command == "pack" else "--out"
         if os.path.isdir(args.out):
             raise UsageError(f"{flag} must be a file; got the folder {args.out!r}")
