@@ -632,6 +632,17 @@ class NormFaceLoss(MarginSoftmaxLoss):
         super().__init__(scale=scale, **kwargs)
 
 
+def _chebyshev(c, n, first_kind):
+    """T_n(c) (first kind) or U_n(c) (second kind), by the recurrence P_{k+1} = 2c·P_k − P_{k−1}
+    from T_0 = U_0 = 1, T_1 = c, U_1 = 2c."""
+    previous, current = ops.ones_like(c), (c if first_kind else 2.0 * c)
+    if n == 0:
+        return previous
+    for _ in range(n - 1):
+        previous, current = current, 2.0 * c * current - previous
+    return current
+
+
 @registry.register("loss", "sphereface")
 @keras.saving.register_keras_serializable(package="keras_facemargin")
 class SphereFaceLoss(MarginSoftmaxLoss):
@@ -664,24 +675,20 @@ class SphereFaceLoss(MarginSoftmaxLoss):
         super().__init__(scale=scale, **kwargs)
         self.margin = int(margin)
 
+    def _piece(self, cosine):
+        """k, the piece of SphereFace's extension that θ lies in, and its sign (−1)^k."""
+        k = ops.clip(ops.floor(ops.stop_gradient(_angle(cosine)) * (self.margin / math.pi)), 0.0,
+                     self.margin - 1.0)
+        return k, 1.0 - 2.0 * ops.mod(k, 2.0)
+
     def apply_margin(self, cosine):
-        m = self.margin
-        previous, current = ops.ones_like(cosine), cosine
-        for _ in range(m - 1):
-            previous, current = current, 2.0 * cosine * current - previous
-        k = ops.floor(ops.stop_gradient(_angle(cosine)) * (m / math.pi))
-        k = ops.clip(k, 0.0, m - 1.0)
-        sign = 1.0 - 2.0 * ops.mod(k, 2.0)
-        return sign * current - 2.0 * k
+        k, sign = self._piece(cosine)
+        return sign * _chebyshev(cosine, self.margin, first_kind=True) - 2.0 * k
 
     def margin_slope(self, cosine):
         # d/dc T_m(c) = m·U_{m−1}(c), U the Chebyshev polynomials of the second kind.
-        m = self.margin
-        previous, current = ops.zeros_like(cosine), ops.ones_like(cosine)
-        for _ in range(m - 1):
-            previous, current = current, 2.0 * cosine * current - previous
-        k = ops.clip(ops.floor(_angle(cosine) * (m / math.pi)), 0.0, m - 1.0)
-        return (1.0 - 2.0 * ops.mod(k, 2.0)) * m * current
+        _, sign = self._piece(cosine)
+        return sign * self.margin * _chebyshev(cosine, self.margin - 1, first_kind=False)
 
     def get_config(self):
         return {**super().get_config(), "margin": self.margin}

@@ -168,8 +168,13 @@ def _over_positive_slots(positive, count, body, state):
 
 def _read_rows(x, column):
     """x[a, column[a]] for every row a, `[batch]`; `column` is clamped into range."""
-    column = ops.minimum(column, ops.shape(x)[-1] - 1)
-    return ops.squeeze(ops.take_along_axis(x, column[:, None], axis=-1), axis=-1)
+    return _backend.take_per_row(x, ops.minimum(column, ops.shape(x)[-1] - 1))
+
+
+def _by_slots_or_sort(positive, by_slots, by_sort):
+    """`by_slots(count)` while every anchor has at most `SLOT_LIMIT` positives, else `by_sort()`."""
+    use_slots, count = _use_slots(positive)
+    return ops.cond(use_slots, lambda: by_slots(count), by_sort)
 
 
 def _semi_hard_columns_by_slots(scores, positive, negative, count):
@@ -223,10 +228,9 @@ def semi_hard_negative_scores(scores, positive, negative):
     positive's score binary-searched among them, O(batch² log batch).
     """
     fixed = ops.stop_gradient(scores)
-    use_slots, count = _use_slots(positive)
-    column = ops.cond(
-        use_slots,
-        lambda: _semi_hard_columns_by_slots(fixed, positive, negative, count),
+    column = _by_slots_or_sort(
+        positive,
+        lambda count: _semi_hard_columns_by_slots(fixed, positive, negative, count),
         lambda: _semi_hard_columns_by_sort(fixed, negative),
     )
     column = ops.minimum(ops.stop_gradient(column), ops.shape(scores)[-1] - 1)
@@ -278,10 +282,9 @@ def violating_triplet_counts(scores, positive, negative, margin):
     side is binary-searched in the other (O(batch² log batch)).
     """
     scores = ops.stop_gradient(scores)
-    use_slots, count = _use_slots(positive)
-    per_positive, per_negative = ops.cond(
-        use_slots,
-        lambda: _violating_counts_by_slots(scores, positive, negative, margin, count),
+    per_positive, per_negative = _by_slots_or_sort(
+        positive,
+        lambda count: _violating_counts_by_slots(scores, positive, negative, margin, count),
         lambda: _violating_counts_by_sort(scores, positive, negative, margin),
     )
     return (ops.stop_gradient(ops.cast(per_positive, scores.dtype)),
