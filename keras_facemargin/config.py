@@ -110,9 +110,8 @@ class TrainConfig:
         data: the training images: a folder with one sub-folder per identity, or an InsightFace
             RecordIO `train.rec` (`train.idx` beside it). Required by `validate`.
         loss: `"softmax"` (a `Dense` head and cross-entropy), a margin loss (`MARGIN_LOSSES`,
-            on a `CosineHead`) or a pair loss (`PAIR_LOSSES`, on P×K batches). auto:
-            `"arcface"` at face scale, with `sample_rate` below 1 or with mixup or cutmix;
-            otherwise `"supcon"`.
+            on a `CosineHead`) or a pair loss (`PAIR_LOSSES`, on P×K batches); default
+            `"arcface"`.
         margin: the loss's margin, a finite number; None: the loss's own default. Taken by the
             losses in `LOSS_FLAGS["margin"]`.
         scale: the scale s of a margin loss, > 0; None: the loss's own default. auto: 64 at
@@ -136,11 +135,12 @@ class TrainConfig:
         learning_rate: the peak learning rate, > 0. auto: 0.1 with SGD, else 1e-3.
         weight_decay: decoupled weight decay, >= 0. auto: 5e-4 with SGD, 5e-2 with AdamW, 0
             with Adam.
-        schedule: the learning rate after the warm-up: `"cosine"` (default), `"step"` or
-            `"constant"` (see `optimizers.WarmupSchedule`).
+        schedule: the learning rate after the warm-up: `"cosine"`, `"step"` or `"constant"`
+            (see `optimizers.WarmupSchedule`). auto: `"cosine"` at face scale, else
+            `"constant"` (a short run on few identities lost open-set accuracy to the decay).
         ema: momentum in [0, 1) of an exponential moving average of the weights, which replaces
-            the weights when training ends, so `model.keras` and the export hold it (0: none).
-            auto: 0 at face scale, else 0.99.
+            the weights when training ends, so `model.keras` and the export hold it; default 0
+            (none). BatchNormalization's moving statistics are not averaged.
         warmup_epochs: epochs of linear learning-rate warm-up, >= 0. auto: 0.
         augment: the training augmentations: a list, or a comma- or space-separated string, of
             `AUGMENTATIONS` (kept in that order, each once); `"none"` or an empty list for none.
@@ -169,9 +169,8 @@ class TrainConfig:
 
     data: str = _field("", "training images: a folder with one sub-folder per identity, or an "
                        "InsightFace RecordIO train.rec (train.idx beside it)")
-    loss: str = _field(AUTO, "training objective: softmax (Dense + cross-entropy), a margin loss "
-                       "(CosineHead) or a pair loss (P×K batches); auto: see the README",
-                       _choice((AUTO, *LOSSES)), choices=(AUTO, *LOSSES))
+    loss: str = _field("arcface", "training objective: softmax (Dense + cross-entropy), a margin loss "
+                       "(CosineHead) or a pair loss (P×K batches)", _choice(LOSSES), choices=LOSSES)
     margin: float | None = _field(None, "the loss's margin (default: the loss's own)",
                                   _optional(lambda n, x: v.check_number(n, x)))
     scale: float | None = _field(AUTO, "scale s of a margin loss; auto: from the number of identities",
@@ -194,12 +193,14 @@ class TrainConfig:
                                   _auto(_positive))
     weight_decay: float = _field(AUTO, "decoupled weight decay; auto: from the optimizer",
                                  _auto(lambda n, x: v.check_number(n, x, low=0.0)))
-    schedule: str = _field("cosine", "learning-rate schedule after the warm-up",
-                           _choice(SCHEDULES), choices=SCHEDULES)
-    ema: float = _field(AUTO, "momentum of an exponential moving average of the weights, which "
+    schedule: str = _field(AUTO, "learning-rate schedule after the warm-up; auto: cosine at face "
+                           "scale, else constant (README: Training recipe)",
+                           _choice((AUTO, *SCHEDULES)), choices=(AUTO, *SCHEDULES))
+    ema: float = _field(0.0, "momentum of an exponential moving average of the weights, which "
                         "replaces them when training ends, for the export (0: none; per-epoch "
-                        "validation sees the raw weights); auto: see the README",
-                        _auto(lambda n, x: v.check_number(n, x, 0.0, 1.0, high_open=True)))
+                        "validation sees the raw weights, and BatchNormalization's statistics "
+                        "stay those of the raw weights)",
+                        lambda n, x: v.check_number(n, x, 0.0, 1.0, high_open=True))
     warmup_epochs: float = _field(AUTO, "epochs of linear learning-rate warm-up; auto: see the README",
                                   _auto(lambda n, x: v.check_number(n, x, low=0.0)))
     augment: list = _field(AUTO, "training augmentations, comma-separated (" + ", ".join(AUGMENTATIONS)
@@ -343,8 +344,6 @@ class TrainConfig:
     def check_combination(self, given=()):
         """Refuses flags that the chosen loss does not take; returns warnings for ignored ones.
 
-        While `loss` is "auto" only the checks that do not depend on it are made: `recipe.prepare`
-        checks again once `resolve` has chosen the loss.
 
         Args:
             given: the names of the fields the user set (flags and config file), so that a
@@ -371,8 +370,6 @@ class TrainConfig:
             raise ValueError(f"--warmup-epochs must be less than --epochs ({self.epochs}); got "
                              f"{self.warmup_epochs}")
         loss = self.loss
-        if loss == AUTO:
-            return warnings
         for name, takers in LOSS_FLAGS.items():
             if name in given and getattr(self, name) not in (None, AUTO, 0.0) and loss not in takers:
                 takers_text = ", ".join(takers)

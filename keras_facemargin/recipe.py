@@ -98,7 +98,7 @@ def resolve(config, num_classes, num_images):
     """A copy of `config` with every "auto" value decided from the data.
 
     The rules are given field by field in `TrainConfig`'s docstring. Most follow `face_scale`;
-    the loss is decided first, since the scale and the batch depend on it. A value that is not
+    the scale and the batch also depend on the loss. A value that is not
     "auto" is kept, except that a pair loss's `batch_size` is always `classes_per_batch *
     samples_per_class`.
 
@@ -117,9 +117,6 @@ def resolve(config, num_classes, num_images):
         if getattr(config, name) == AUTO:
             setattr(config, name, value)
 
-    # Partial FC and mixing need a margin loss (integer or mixed labels over the classes).
-    classifier = faces or config.sample_rate != 1.0 or config.mixup or config.cutmix
-    auto("loss", "arcface" if classifier else "supcon")
     pair = config.loss in PAIR_LOSSES
     auto("backbone", "iresnet50" if faces else ("iresnet18" if config.image_size >= 96 else "small_vgg"))
     auto("embedding_dim", 512 if config.image_size >= 96 else 128)
@@ -133,7 +130,7 @@ def resolve(config, num_classes, num_images):
     auto("learning_rate", 0.1 if config.optimizer == "sgd" else 1e-3)
     auto("weight_decay", {"sgd": 5e-4, "adamw": 5e-2, "adam": 0.0}[config.optimizer])
     auto("warmup_epochs", 0.0)
-    auto("ema", 0.0 if faces else 0.99)
+    auto("schedule", "cosine" if faces else "constant")
     auto("augment", ["flip"] if faces else ["translate", "zoom", "contrast"])
     if pair:
         config.batch_size = config.classes_per_batch * config.samples_per_class

@@ -34,7 +34,7 @@ def test_the_command_line_offers_exactly_the_registered_names():
 
 def test_every_field_is_checked_and_named_as_its_flag(tmp_path):
     good = TrainConfig(data=str(tmp_path)).validate()
-    assert good.epochs == 10 and good.loss == "auto"
+    assert good.epochs == 10 and good.loss == "arcface"
     for name, value, message in [
         ("epochs", -3, "--epochs must be an integer >= 1; got -3"),
         ("epochs", "1", "--epochs must be an integer >= 1; got '1' (a string)"),
@@ -42,7 +42,7 @@ def test_every_field_is_checked_and_named_as_its_flag(tmp_path):
         ("learning_rate", float("nan"), "--learning-rate must be a finite number > 0; got nan"),
         ("label_smoothing", 1.0, "--label-smoothing must be a number in [0, 1); got 1.0"),
         ("mixup", 2, "--mixup must be a number in [0, 1]; got 2"),
-        ("loss", "arcfase", "--loss must be one of auto, softmax, normface"),
+        ("loss", "arcfase", "--loss must be one of softmax, normface"),
         ("augment", ["flip", "spin"], "--augment must be 'auto', 'none' or a list of flip, crop"),
         ("val_pairs", [1], "--val-pairs must be a list of file paths; got [1]"),
         ("seed", -1, "--seed must be an integer >= 0; got -1"),
@@ -80,18 +80,18 @@ def test_flags_the_loss_does_not_take_are_refused_and_ignored_ones_warned(tmp_pa
 
 def test_auto_values_follow_the_written_rules(tmp_path):
     small = recipe.resolve(TrainConfig(data=str(tmp_path), image_size=48).validate(), 1000, 4000)
-    assert small.backbone == "small_vgg" and small.embedding_dim == 128 and small.loss == "supcon"
-    assert small.scale is None and small.optimizer == "adam" and small.ema == 0.99
-    assert small.classes_per_batch == 32 and small.batch_size == 128  # P×K = 32×4
-    assert "flip" not in small.augment
-    margin = recipe.resolve(TrainConfig(data=str(tmp_path), image_size=48, loss="cosface").validate(),
-                            1000, 4000)
-    assert margin.scale == recipe.auto_scale(1000)
+    assert small.backbone == "small_vgg" and small.embedding_dim == 128 and small.loss == "arcface"
+    assert small.scale == recipe.auto_scale(1000) == 16.0 and small.optimizer == "adam"
+    assert small.schedule == "constant" and small.ema == 0.0 and small.batch_size == 128
+    assert small.augment == ["translate", "zoom", "contrast"]
+    pair = recipe.resolve(TrainConfig(data=str(tmp_path), image_size=48, loss="supcon").validate(),
+                          1000, 4000)
+    assert pair.scale is None and pair.classes_per_batch == 32 and pair.batch_size == 128  # P×K = 32×4
     faces = recipe.resolve(TrainConfig(data=str(tmp_path), image_size=112).validate(), 85_742, 5_800_000)
     assert (faces.loss, faces.backbone, faces.embedding_dim, faces.scale) == ("arcface", "iresnet50", 512, 64.0)
     assert (faces.optimizer, faces.learning_rate, faces.weight_decay) == ("sgd", 0.1, 5e-4)
-    assert faces.augment == ["flip"] and faces.batch_size == 128 and faces.ema == 0.0
-    tiny = recipe.resolve(TrainConfig(data=str(tmp_path), image_size=32).validate(), 5, 55)
+    assert faces.augment == ["flip"] and faces.batch_size == 128 and faces.schedule == "cosine"
+    tiny = recipe.resolve(TrainConfig(data=str(tmp_path), image_size=32, loss="supcon").validate(), 5, 55)
     assert (tiny.classes_per_batch, tiny.batch_size) == (5, 20)  # every identity, K = 4 each
     tiny = recipe.resolve(TrainConfig(data=str(tmp_path), image_size=32, loss="cosface").validate(), 5, 55)
     assert tiny.batch_size == 13  # a quarter of the images
