@@ -124,8 +124,9 @@ class TrainConfig:
         embedding_dim: the embedding size, >= 1. auto: 512 for images of at least 96 px, else
             128.
         epochs: training epochs, >= 1; default 10. A larger value extends a finished run.
-        batch_size: images per batch of softmax and the margin losses, >= 1. auto: 128, or a
-            quarter of the images (at least 2) when there are fewer than 512. With a pair loss
+        batch_size: images per batch of softmax and the margin losses, >= 1. auto: 128 at face
+            scale, else 64, or a quarter of the images (at least 2) when there are fewer than
+            256. With a pair loss
             it is always `classes_per_batch * samples_per_class`.
         classes_per_batch: P, identities per batch of a pair loss, >= 1. auto:
             `128 // samples_per_class`, at most the number of identities and at least 2.
@@ -182,8 +183,9 @@ class TrainConfig:
     image_size: int = _field(112, "height and width the images are resized to", _positive_int)
     embedding_dim: int = _field(AUTO, "embedding size; auto: from the image size", _auto(_positive_int))
     epochs: int = _field(10, "training epochs (a larger value extends a finished run)", _positive_int)
-    batch_size: int = _field(AUTO, "images per batch (softmax and margin losses); auto: 128, or a "
-                             "quarter of the images when there are fewer than 512", _auto(_positive_int))
+    batch_size: int = _field(AUTO, "images per batch (softmax and margin losses); auto: 128 at face "
+                             "scale, else 64, or a quarter of the images when there are fewer than "
+                             "256", _auto(_positive_int))
     classes_per_batch: int = _field(AUTO, "P, identities per batch (pair losses)", _auto(_positive_int))
     samples_per_class: int = _field(4, "K, images per identity in a batch (pair losses)",
                                     lambda n, x: v.check_int(n, x, minimum=2))

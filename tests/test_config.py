@@ -82,7 +82,7 @@ def test_auto_values_follow_the_written_rules(tmp_path):
     small = recipe.resolve(TrainConfig(data=str(tmp_path), image_size=48).validate(), 1000, 4000)
     assert small.backbone == "small_vgg" and small.embedding_dim == 128 and small.loss == "arcface"
     assert small.scale == recipe.auto_scale(1000) == 16.0 and small.optimizer == "adam"
-    assert small.schedule == "constant" and small.ema == 0.0 and small.batch_size == 128
+    assert small.schedule == "constant" and small.ema == 0.0 and small.batch_size == 64
     assert small.augment == ["translate", "zoom", "contrast"]
     pair = recipe.resolve(TrainConfig(data=str(tmp_path), image_size=48, loss="supcon").validate(),
                           1000, 4000)
