@@ -13,12 +13,14 @@ def tensorflow_without_xla():
     """
     if keras.backend.backend() != "tensorflow":
         return False
-    try:
-        import tensorflow as tf
-        from tensorflow.python.ops import control_flow_util
-    except ImportError:  # a TensorFlow without this (internal) helper: take the portable path
+    import tensorflow as tf
+
+    # TensorFlow's exported (not a private module's) way to ask, as its own losses do; it walks
+    # the outer graphs, so a function nested in an XLA one counts as XLA.
+    enclosing = getattr(tf.__internal__, "get_enclosing_xla_context", None)
+    if enclosing is None:  # a TensorFlow without it: take the portable path
         return False
-    return not control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+    return enclosing() is None
 
 
 def matmul(a, b, transpose_a=False, transpose_b=False):
