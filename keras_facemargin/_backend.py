@@ -21,6 +21,17 @@ def tensorflow_without_xla():
     return not control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
 
 
+def keras_placeholder_call():
+    """Whether Keras is calling a function only to learn its output's shape and dtype.
+
+    On PyTorch that call (`compute_output_spec`, as `fit` builds its loss) is eager, on tensors of
+    ones: values seen then are placeholders, not inputs to check.
+    """
+    from keras.src.backend.common.symbolic_scope import in_symbolic_scope  # Keras exports no query
+
+    return in_symbolic_scope()
+
+
 def matmul(a, b, transpose_a=False, transpose_b=False):
     """`a @ b` with either operand transposed, without materialising the transpose on TensorFlow."""
     if keras.backend.backend() == "tensorflow":
