@@ -666,6 +666,7 @@ class SphereFaceLoss(MarginSoftmaxLoss):
 
     def apply_margin(self, cosine):
         m = self.margin
+        cosine = ops.convert_to_tensor(cosine)  # a NumPy array would meet torch tensors in `-`
         previous, current = ops.ones_like(cosine), cosine
         for _ in range(m - 1):
             previous, current = current, 2.0 * cosine * current - previous
@@ -677,6 +678,7 @@ class SphereFaceLoss(MarginSoftmaxLoss):
     def margin_slope(self, cosine):
         # d/dc T_m(c) = m·U_{m−1}(c), U the Chebyshev polynomials of the second kind.
         m = self.margin
+        cosine = ops.convert_to_tensor(cosine)
         previous, current = ops.zeros_like(cosine), ops.ones_like(cosine)
         for _ in range(m - 1):
             previous, current = current, 2.0 * cosine * current - previous
