@@ -36,7 +36,7 @@ def value_and_grad(fn, *args):
         tensors = [ops.convert_to_tensor(a).detach().clone().requires_grad_(True) for a in args]
         value = fn(*tensors)
         value.backward()
-        return float(value), [np.asarray(ops.convert_to_numpy(t.grad)) for t in tensors]
+        return float(value.detach()), [np.asarray(ops.convert_to_numpy(t.grad)) for t in tensors]
     raise NotImplementedError(backend)
 
 
