@@ -23,14 +23,36 @@ def tensorflow_without_xla():
     return enclosing() is None
 
 
+def keras_placeholder_call():
+    """Whether Keras is calling a function only to learn its output's shape and dtype.
+
+    On PyTorch that call (`compute_output_spec`, as `fit` builds its loss) is eager, on tensors of
+    ones: values seen then are placeholders, not inputs to check.
+    """
+    from keras.src.backend.common.symbolic_scope import in_symbolic_scope  # Keras exports no query
+
+    return in_symbolic_scope()
+
+
 def matmul(a, b, transpose_a=False, transpose_b=False):
-    """`a @ b` with either operand transposed, without materialising the transpose on TensorFlow."""
-    if keras.backend.backend() == "tensorflow":
+    """`a @ b` with either operand transposed, without materialising the transpose on TensorFlow.
+
+    On PyTorch two float64 operands multiply in float64: Keras's `ops.matmul` there computes
+    64-bit floats in float32, which costs a float64 loss its precision (‖a‖² + ‖b‖² − 2ab).
+    """
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
         import tensorflow as tf
 
         return tf.linalg.matmul(a, b, transpose_a=transpose_a, transpose_b=transpose_b)
     a = ops.transpose(a) if transpose_a else a
     b = ops.transpose(b) if transpose_b else b
+    if backend == "torch":
+        a, b = ops.convert_to_tensor(a), ops.convert_to_tensor(b)
+        if keras.backend.standardize_dtype(a.dtype) == keras.backend.standardize_dtype(b.dtype) == "float64":
+            import torch
+
+            return torch.matmul(a, b)
     return ops.matmul(a, b)
 
 

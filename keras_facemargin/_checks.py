@@ -210,7 +210,9 @@ def concrete(x):
     elif backend == "torch":
         import torch
 
-        if torch.compiler.is_compiling():
+        from keras_facemargin import _backend
+
+        if torch.compiler.is_compiling() or _backend.keras_placeholder_call():
             return None
     return np.asarray(keras.ops.convert_to_numpy(x))
 

@@ -32,12 +32,11 @@ def value_and_grad(fn, *args):
         value, grads = jax.value_and_grad(fn, argnums=tuple(range(len(args))))(*args)
         return float(value), [np.asarray(g) for g in grads]
     if backend == "torch":
-        import torch
-
-        tensors = [torch.tensor(a, requires_grad=True) for a in args]
+        # Through Keras's conversions, which carry bfloat16 (torch's own .numpy() refuses it).
+        tensors = [ops.convert_to_tensor(a).detach().clone().requires_grad_(True) for a in args]
         value = fn(*tensors)
         value.backward()
-        return float(value), [t.grad.numpy() for t in tensors]
+        return float(value.detach()), [np.asarray(ops.convert_to_numpy(t.grad)) for t in tensors]
     raise NotImplementedError(backend)
 
 

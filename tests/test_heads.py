@@ -64,7 +64,8 @@ def test_gradient_matches_reference(rng):
     weights = rng.normal(size=(3, 5))
 
     def fn(f):
-        return ops.sum(weights * ops.matmul(kf.heads.l2_normalize(f), kf.heads.l2_normalize(kernel, axis=0)))
+        cosines = ops.matmul(kf.heads.l2_normalize(f), kf.heads.l2_normalize(kernel, axis=0))
+        return ops.sum(ops.multiply(weights, cosines))  # a NumPy array times a torch tensor fails
 
     _, (grad,) = value_and_grad(fn, features)
     numeric = numerical_gradient(lambda f: float(np.sum(weights * ref.head(f, kernel))), features)
@@ -77,7 +78,7 @@ def _head_value_and_grads(head, features, kernel, weights):
 
     def fn(f, w):
         out, _ = head.stateless_call([w], [], f)
-        return ops.sum(weights * out)
+        return ops.sum(ops.multiply(weights, out))
 
     return value_and_grad(fn, features, kernel)
 

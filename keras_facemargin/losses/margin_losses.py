@@ -682,11 +682,13 @@ class SphereFaceLoss(MarginSoftmaxLoss):
         return k, 1.0 - 2.0 * ops.mod(k, 2.0)
 
     def apply_margin(self, cosine):
+        cosine = ops.convert_to_tensor(cosine)  # a NumPy array would meet torch tensors in `-`
         k, sign = self._piece(cosine)
         return sign * _chebyshev(cosine, self.margin, first_kind=True) - 2.0 * k
 
     def margin_slope(self, cosine):
         # d/dc T_m(c) = m·U_{m−1}(c), U the Chebyshev polynomials of the second kind.
+        cosine = ops.convert_to_tensor(cosine)
         _, sign = self._piece(cosine)
         return sign * self.margin * _chebyshev(cosine, self.margin - 1, first_kind=False)
 

@@ -12,7 +12,7 @@ import warnings
 import keras
 from keras import ops
 
-from keras_facemargin import _checks, registry
+from keras_facemargin import _backend, _checks, registry
 from keras_facemargin._replicas import replica_context
 from keras_facemargin.losses import pairwise
 
@@ -447,7 +447,8 @@ class NPairLoss(PairLoss):
         if self.similarity == "cosine":
             scores = _cosine_scores(embeddings, candidates)
         else:
-            scores = ops.matmul(embeddings, ops.transpose(embeddings if candidates is None else candidates))
+            scores = _backend.matmul(embeddings, embeddings if candidates is None else candidates,
+                                     transpose_b=True)
         negatives = pairwise.masked_logsumexp(scores, negative)
         per_pair = ops.softplus(negatives[:, None] - scores + self.margin)
         return _one_term_each(pairwise.masked_mean(per_pair, positive))

@@ -37,7 +37,7 @@ def pairwise_squared_distance(embeddings, candidates=None):
     candidates = embeddings if candidates is None else candidates
     squared_norms = ops.sum(ops.square(embeddings), axis=-1)
     candidate_norms = ops.sum(ops.square(candidates), axis=-1)
-    dots = ops.matmul(embeddings, ops.transpose(candidates))
+    dots = _backend.matmul(embeddings, candidates, transpose_b=True)
     return ops.maximum(squared_norms[:, None] + candidate_norms[None, :] - 2.0 * dots, 0.0)
 
 
@@ -47,7 +47,7 @@ def pairwise_scores(embeddings, distance="cosine", candidates=None):
     if distance == "cosine":
         unit = l2_normalize(embeddings, axis=-1)
         others = unit if candidates is None else l2_normalize(candidates, axis=-1)
-        return ops.matmul(unit, ops.transpose(others))
+        return _backend.matmul(unit, others, transpose_b=True)
     squared = pairwise_squared_distance(embeddings, candidates)
     if distance == "squared_euclidean":
         return -squared
