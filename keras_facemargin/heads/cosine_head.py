@@ -34,55 +34,57 @@ def cosine_to_columns(features, kernel, epsilon=1e-12):
     Returns:
         cos θ `[batch, classes]`, in the dtype of `features @ kernel`.
     """
-    floor = math.sqrt(epsilon)
-
-    @ops.custom_gradient
-    def cosine(features, kernel):
-        norms = _backend.column_norms(kernel)
-        inverse = 1.0 / ops.maximum(norms, floor)
-        cos = ops.matmul(features, kernel) * inverse
-
-        def grad(*args, upstream=None):
-            if upstream is None:
-                (upstream,) = args
-            scaled = upstream * inverse
-            d_features = _backend.matmul(scaled, kernel, transpose_b=True)
-            radial = ops.sum(upstream * cos, axis=0) * ops.square(inverse)
-            radial = ops.where(norms > floor, radial, ops.zeros_like(radial))
-            d_kernel = _backend.matmul(features, scaled, transpose_a=True) - kernel * radial
-            return d_features, d_kernel
-
-        return cos, grad
-
-    return cosine(features, kernel)
+    return _cosine(features, kernel, rows=False, epsilon=epsilon)
 
 
 def cosine_to_rows(features, centres, epsilon=1e-12):
     """`cosine_to_columns` for centres stored as rows, `[classes, dim]` (as in `PartialFC`).
 
     Computed as `[classes, batch]` and transposed: on TensorFlow's CPU kernels that product is
-    faster than `features @ centresᵀ` at 100k classes. Same hand-written gradient, by rows.
+    faster than `features @ centresᵀ` at 100k classes. The same hand-written gradient (one
+    implementation serves both layouts).
+    """
+    return _cosine(features, centres, rows=True, epsilon=epsilon)
+
+
+def _cosine(features, centres, rows, epsilon):
+    """Both layouts' cosine and its hand-written gradient, written once.
+
+    P is the product in the layout's own orientation: `features @ kernel` `[batch, classes]` for
+    columns, `centres @ featuresᵀ` `[classes, batch]` for rows (transposed at the end). The
+    classes run along `class_axis` of P and of the centres alike, so the scaling by the inverse
+    norms and the radial term broadcast the same way in both; only the three products differ.
     """
     floor = math.sqrt(epsilon)
+    class_axis = 0 if rows else 1
+    batch_axis = 1 - class_axis
 
     @ops.custom_gradient
     def cosine(features, centres):
-        norms = _backend.row_norms(centres)
-        inverse = (1.0 / ops.maximum(norms, floor))[:, None]
-        transposed = _backend.matmul(centres, features, transpose_b=True) * inverse
+        norms = _backend.row_norms(centres) if rows else _backend.column_norms(centres)
+        inverse = ops.expand_dims(1.0 / ops.maximum(norms, floor), batch_axis)
+        if rows:
+            product = _backend.matmul(centres, features, transpose_b=True) * inverse
+        else:
+            product = ops.matmul(features, centres) * inverse
 
         def grad(*args, upstream=None):
             if upstream is None:
                 (upstream,) = args
-            upstream = ops.transpose(upstream)
+            if rows:
+                upstream = ops.transpose(upstream)
             scaled = upstream * inverse
-            d_features = _backend.matmul(scaled, centres, transpose_a=True)
-            radial = ops.sum(upstream * transposed, axis=1, keepdims=True) * ops.square(inverse)
-            radial = ops.where(norms[:, None] > floor, radial, ops.zeros_like(radial))
-            d_centres = ops.matmul(scaled, features) - centres * radial
-            return d_features, d_centres
+            radial = ops.sum(upstream * product, axis=batch_axis, keepdims=True) * ops.square(inverse)
+            radial = ops.where(ops.expand_dims(norms, batch_axis) > floor, radial, ops.zeros_like(radial))
+            if rows:
+                d_features = _backend.matmul(scaled, centres, transpose_a=True)
+                d_centres = ops.matmul(scaled, features)
+            else:
+                d_features = _backend.matmul(scaled, centres, transpose_b=True)
+                d_centres = _backend.matmul(features, scaled, transpose_a=True)
+            return d_features, d_centres - centres * radial
 
-        return ops.transpose(transposed), grad
+        return (ops.transpose(product) if rows else product), grad
 
     return cosine(features, centres)
 
