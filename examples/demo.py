@@ -103,8 +103,8 @@ def embed_in_fresh_process(path, images):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=experiments.positive_int, default=15)
-    parser.add_argument("--loss", default="auto", choices=("auto", *kf.losses.names()),
-                        help="the objective compared with softmax (auto: the recipe's choice)")
+    parser.add_argument("--loss", default="arcface", choices=kf.losses.names(),
+                        help="the objective compared with softmax (the recipe's default: arcface)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="saved_models/demo", help="SavedModel export folder")
     parser.add_argument("--plot", default="runs/demo/roc.png")
@@ -127,7 +127,7 @@ def main(argv=None):
     reports, curves, embedders = {}, {}, {}
     for objective in ("softmax", args.loss):
         trained = train(objective, task, args)
-        name = trained.config.loss if objective == "auto" else objective
+        name = objective
         embeddings = ev.embed(trained.embedder, images_a.astype("float32"), verbose=0)
         scores = ev.pair_scores(embeddings, ev.embed(trained.embedder, images_b.astype("float32"), verbose=0))
         reports[name] = (ev.verification_report(is_same, scores, far_targets=(1e-3, 1e-2)), trained.seconds)

@@ -44,19 +44,19 @@ def is_classifier(objective):
     """Whether `objective` trains a classifier over the training identities.
 
     Args:
-        objective: one of `objective_names()` (not `"auto"`).
+        objective: one of `objective_names()`.
 
     Returns:
         True for softmax and the margin-softmax losses (a head over the identities), False for
         the pair losses (trained on the embeddings of P×K batches).
     """
-    if objective == config_lib.AUTO or objective not in objective_names():
+    if objective not in objective_names():
         raise ValueError(f"objective must be one of {', '.join(objective_names())}; got {objective!r}")
     return objective not in config_lib.PAIR_LOSSES
 
 
 def _check_objective(objective):
-    if objective != config_lib.AUTO and objective not in objective_names():
+    if objective not in objective_names():
         raise ValueError(f"objective must be one of {', '.join(objective_names())}; got {objective!r}")
 
 
