@@ -449,7 +449,8 @@ def test_tensorboard_writes_scalars_and_the_projector(tmp_path):
 
 def test_ctrl_c_is_one_line_and_the_run_resumes(tmp_path):
     run_dir = str(tmp_path / "run")
-    command = [SCRIPT, "train", "--data", FACES, *SMALL, "--epochs", "30", "--run-dir", run_dir]
+    command = [SCRIPT, "train", "--data", FACES, *SMALL, "--epochs", "1000", "--run-dir", run_dir]
+    # (so many epochs that the run cannot finish before the signal arrives)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
