@@ -11,7 +11,6 @@ L2-normalised; each pair scored by the cosine of its templates; TAR at FAR 1e-6 
 """
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -20,7 +19,7 @@ import numpy as np
 from sklearn import metrics as sk_metrics
 
 from keras_facemargin.evaluation.scores import embed, indexed_pair_scores, normalize_rows
-from keras_facemargin.evaluation.verification import far_name
+from keras_facemargin.evaluation.verification import JsonReport, far_name
 
 logger = logging.getLogger(__name__)
 
@@ -242,7 +241,7 @@ def _nearest_far_tar(far, tar, target):
 
 
 @dataclasses.dataclass
-class IJBReport:
+class IJBReport(JsonReport):
     """TAR at each FAR target of an IJB 1:1 evaluation; prints as a table, saves as JSON.
 
     `tar_at_far` uses the smallest threshold whose FAR does not exceed the target (as
@@ -285,21 +284,6 @@ class IJBReport:
         data["thresholds_at_far"] = {far_name(k): (v if math.isfinite(v) else None)
                                      for k, v in self.thresholds_at_far.items()}
         return data
-
-    def to_json(self, path=None):
-        """The report as indented JSON text (`to_dict`), also written to `path` if given.
-
-        Args:
-            path: a file to write the JSON to (with a final newline), or None.
-
-        Returns:
-            The JSON text.
-        """
-        text = json.dumps(self.to_dict(), indent=2)
-        if path is not None:
-            with open(path, "w") as f:
-                f.write(text + "\n")
-        return text
 
     def __str__(self):
         lines = [f"{self.target} 1:1: {self.num_templates} templates, {self.num_pairs} pairs "

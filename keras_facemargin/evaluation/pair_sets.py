@@ -1,7 +1,6 @@
 """Several verification sets at once (LFW, CFP-FP, AgeDB-30, ...): each unique image decoded and
 embedded once, one report per set, one table for all."""
 
-import json
 import logging
 import os
 
@@ -9,6 +8,7 @@ import numpy as np
 
 from keras_facemargin.evaluation.scores import embed, indexed_pair_scores
 from keras_facemargin.evaluation.verification import (
+    JsonReport,
     far_name,
     kfold_accuracy_insightface,
     verification_report,
@@ -253,7 +253,7 @@ def evaluate_pair_sets(embedder, pair_sets, image_size=None, flip=False,
     return pair_sets.evaluate(embeddings, far_targets, folds=folds)
 
 
-class PairSetsReport:
+class PairSetsReport(JsonReport):
     """The reports of several verification sets: one row each in `table()`, one JSON, plots.
 
     Made by `PairSets.evaluate` (and so `evaluate_pair_sets`); the first two arguments are kept
@@ -307,21 +307,6 @@ class PairSetsReport:
             out[name]["accuracy_10fold_insightface"] = mean
             out[name]["accuracy_10fold_insightface_std"] = std
         return out
-
-    def to_json(self, path=None):
-        """The report as indented JSON text (`to_dict`), also written to `path` if given.
-
-        Args:
-            path: a file to write the JSON to (with a final newline), or None.
-
-        Returns:
-            The JSON text.
-        """
-        text = json.dumps(self.to_dict(), indent=2)
-        if path is not None:
-            with open(path, "w") as f:
-                f.write(text + "\n")
-        return text
 
     def table(self):
         """The reports as a text table.

@@ -272,8 +272,27 @@ def kfold_accuracy_insightface(labels, scores, folds=10, thresholds=None):
     return float(out.mean()), float(out.std()), out
 
 
+class JsonReport:
+    """`to_json` for a report class that has `to_dict`."""
+
+    def to_json(self, path=None):
+        """The report as indented JSON text (`to_dict`), also written to `path` if given.
+
+        Args:
+            path: a file to write the JSON to (with a final newline), or None.
+
+        Returns:
+            The JSON text.
+        """
+        text = json.dumps(self.to_dict(), indent=2)
+        if path is not None:
+            with open(path, "w") as f:
+                f.write(text + "\n")
+        return text
+
+
 @dataclasses.dataclass
-class VerificationReport:
+class VerificationReport(JsonReport):
     """What a verification benchmark reports; prints as a table, serialises to JSON.
 
     Made by `verification_report`; FAR targets are the float keys of the two dicts.
@@ -335,21 +354,6 @@ class VerificationReport:
             far_name(k): (v if math.isfinite(v) else None) for k, v in self.thresholds_at_far.items()
         }
         return data
-
-    def to_json(self, path=None):
-        """The report as indented JSON text (`to_dict`), also written to `path` if given.
-
-        Args:
-            path: a file to write the JSON to (with a final newline), or None.
-
-        Returns:
-            The JSON text.
-        """
-        text = json.dumps(self.to_dict(), indent=2)
-        if path is not None:
-            with open(path, "w") as f:
-                f.write(text + "\n")
-        return text
 
     def as_logs(self, prefix="val_"):
         """The metrics as Keras logs, for a callback's `logs`.
