@@ -537,3 +537,14 @@ def test_the_other_commands_check_their_paths_before_tensorflow_loads(tmp_path):
         assert code == 2, (argv, err)
         assert expected in one_error_line(err, argv[0]), (argv, err)
     assert sorted(os.listdir(work)) == ["file"]  # nothing written
+
+
+def test_a_run_prints_each_line_once(tmp_path):
+    # "Assets written to ..." (TensorFlow's logger) and the per-epoch lines used to come twice.
+    code, out, err = facemargin("train", "--data", FACES, *SMALL, "--epochs", "2", "--val-fraction", "0.4",
+                                "--run-dir", str(tmp_path / "run"))
+    assert code == 0, err
+    lines = [line.strip() for line in (out + err).splitlines() if line.strip()]
+    assert "Assets written to" not in out + err
+    assert len(lines) == len(set(lines)), lines
+    assert sum("exported the embedding model" in line for line in lines) == 1
