@@ -401,7 +401,8 @@ def train(config, given=(), verbose=2):
     """
     from keras_facemargin import recipe
 
-    run = recipe.train(config, given=given, verbose=verbose)
+    with _InterruptBetweenSteps() as interrupt:
+        run = recipe.train(config, given=given, verbose=verbose, callbacks=[interrupt.callback()])
     if run.export_path:
         print(f"exported the embedding model to {run.export_path}")
     return run
@@ -558,6 +559,62 @@ def _parser():
     p.add_argument("--num-pairs", type=_positive_int, default=6000, help="pairs wanted, half genuine")
     p.add_argument("--seed", type=int, default=0, help="seed of the draw")
     return parser
+
+
+class _InterruptBetweenSteps:
+    """Ctrl-C during `fit` stops training after the current step, as a KeyboardInterrupt.
+
+    Python runs a signal handler in the main thread whenever that thread runs Python, which
+    during `fit` includes the code TensorFlow calls back into (a `tf.data` generator): a
+    KeyboardInterrupt raised there became a TensorFlow error inside the pipeline and could be
+    lost, and training went on. So while training, the handler only sets a flag, and a callback
+    raises the KeyboardInterrupt at the end of the step, in Keras's own loop. A second Ctrl-C
+    raises at once.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self.active = False
+
+    def __enter__(self):
+        import signal
+
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        signal.signal(signal.SIGINT, self._previous)
+        return False
+
+    def _handle(self, signum, frame):
+        if self.active and not self.requested:
+            self.requested = True
+            return
+        raise KeyboardInterrupt
+
+    def callback(self):
+        import keras
+
+        owner = self
+
+        class StopOnInterrupt(keras.callbacks.Callback):
+            def on_train_begin(self, logs=None):
+                owner.active = True
+
+            def on_train_batch_end(self, batch, logs=None):
+                if owner.requested:
+                    raise KeyboardInterrupt
+
+            def on_epoch_end(self, epoch, logs=None):
+                if owner.requested:
+                    raise KeyboardInterrupt
+
+            def on_train_end(self, logs=None):
+                owner.active = False
+
+        return StopOnInterrupt()
 
 
 def _check_paths(args):
