@@ -548,3 +548,13 @@ def test_a_run_prints_each_line_once(tmp_path):
     assert "Assets written to" not in out + err
     assert len(lines) == len(set(lines)), lines
     assert sum("exported the embedding model" in line for line in lines) == 1
+
+
+def test_verbose_shows_the_whole_traceback_of_a_mistake(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    argv = ["pairs", "--images", FACES, "--out", str(blocker / "pairs.txt")]
+    code, _, err = facemargin(*argv)
+    assert code == 2 and "Traceback" not in err
+    code, _, err = facemargin("--verbose", *argv)
+    assert code != 0 and "Traceback" in err and "--out's folder must be a folder that can be written" in err
