@@ -625,9 +625,11 @@ def _check_paths(args):
                          f"(no such file or folder)")
     for name in ("images", "folder", "root"):
         value = getattr(args, name, None)
-        if value is not None and not os.path.isdir(value):
-            flag = "FOLDER" if name == "folder" else f"--{name}"
-            raise UsageError(f"{flag} must be an existing folder; got {value!r}")
+        if value is not None:
+            try:
+                _checks.check_existing_dir("FOLDER" if name == "folder" else f"--{name}", value)
+            except ValueError as error:
+                raise UsageError(str(error)) from None
     if args.command == "embed" and not args.out.endswith(".npz"):
         args.out += ".npz"  # what np.savez writes; the message then names the real file
     writes_a_file = args.command in ("embed", "pairs", "pack") or (
