@@ -26,7 +26,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("default", "mirrored", "multi_worker")
-AUGMENTATIONS = ("flip", "crop", "translate", "zoom", "contrast", "erase")
+AUGMENTATIONS = ("flip", "crop", "translate", "zoom", "contrast", "color", "erase")
 AUTO = "auto"
 
 # The loss hyperparameters a flag sets, and which losses take them.

@@ -265,8 +265,9 @@ def make_augmentation(names):
 
     Each name turns on one transformation at the recipe's strength: `flip`; `crop`, a random
     resized crop of 80–100% of the area; `translate`, shifts of up to 8% of the height and width;
-    `zoom` by up to 10%; `contrast` by up to 20%; `erase`, a rectangle of noise in a quarter of
-    the images. Other names are ignored (`TrainConfig.validate` has refused them already).
+    `zoom` by up to 10%; `contrast` by up to 20%; `color`, brightness by up to ±20% of the range
+    and contrast and saturation by up to 20%; `erase`, a rectangle of noise in a quarter of the
+    images. Other names are ignored (`TrainConfig.validate` has refused them already).
 
     Args:
         names: augmentation names, such as a resolved `TrainConfig.augment`; empty for none.
@@ -283,6 +284,7 @@ def make_augmentation(names):
         translate=0.08 if "translate" in names else 0.0,
         zoom=0.1 if "zoom" in names else 0.0,
         contrast=0.2 if "contrast" in names else 0.0,
+        color_jitter=0.2 if "color" in names else 0.0,
         erase=0.25 if "erase" in names else 0.0,
     )
 

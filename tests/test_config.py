@@ -67,6 +67,17 @@ def test_augment_accepts_commas_spaces_and_none(tmp_path):
     assert TrainConfig(data=str(tmp_path), augment="none").validate().augment == []
 
 
+def test_each_augment_name_turns_on_its_transformation_at_the_documented_strength():
+    expected = {"flip": {"flip": True}, "crop": {"crop_scale": (0.8, 1.0)}, "translate": {"translate": 0.08},
+                "zoom": {"zoom": 0.1}, "contrast": {"contrast": 0.2}, "color": {"color_jitter": 0.2},
+                "erase": {"erase": 0.25}}
+    assert sorted(expected) == sorted(config_lib.AUGMENTATIONS)
+    none = recipe.make_augmentation([])
+    assert none == kf.data.Augmentation(flip=False, crop_scale=None)
+    for name, fields in expected.items():
+        assert recipe.make_augmentation([name]) == dataclasses.replace(none, **fields), name
+
+
 def test_flags_the_loss_does_not_take_are_refused_and_ignored_ones_warned(tmp_path):
     config = TrainConfig(data=str(tmp_path), loss="triplet", scale=30.0).validate()
     assert "--scale does not apply to --loss triplet" in _error(lambda: config.check_combination({"scale"}))
