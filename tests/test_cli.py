@@ -41,7 +41,7 @@ def trained(tmp_path_factory):
     )
     run_dir, export = str(tmp / "run"), str(tmp / "export")
     code = cli.main(["train", "--config", str(config), "--data", FACES, "--run-dir", run_dir,
-                     "--export", export, "--mixup", "0.5"])
+                     "--export", export, "--mixup", "0.5", "--augment", "color,translate"])
     assert code == 0
     return tmp, run_dir, export
 
@@ -50,6 +50,7 @@ def test_train_writes_the_run_folder_and_the_export(trained):
     _, run_dir, export = trained
     saved = json.load(open(os.path.join(run_dir, "config.json")))
     assert saved["loss"] == "arcface" and saved["scale"] == 16.0 and saved["mixup"] == 0.5
+    assert saved["augment"] == ["translate", "color"]
     assert saved["epochs"] == 2 and saved["data"] == FACES
     for name in ("log.csv", "model.keras", "backup/state.json"):
         assert os.path.exists(os.path.join(run_dir, name)), name
