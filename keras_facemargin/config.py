@@ -121,6 +121,8 @@ class TrainConfig:
         backbone: one of `BACKBONES`. auto: `"iresnet50"` at face scale, else `"iresnet18"`
             for images of at least 96 px, else `"small_vgg"`.
         image_size: height and width the images are resized to, >= 1; default 112.
+        width: the multiplier of the backbone's channels, > 0 (2 doubles every layer's); None
+            (the default): the backbone's own, 1 for every backbone but `small_resnet` (0.5).
         embedding_dim: the embedding size, >= 1. auto: 512 for images of at least 96 px, else
             128.
         epochs: training epochs, >= 1; default 10. A larger value extends a finished run.
@@ -181,6 +183,8 @@ class TrainConfig:
     backbone: str = _field(AUTO, "network from images to embeddings; auto: from the image size",
                            _choice((AUTO, *BACKBONES)), choices=(AUTO, *BACKBONES))
     image_size: int = _field(112, "height and width the images are resized to", _positive_int)
+    width: float | None = _field(None, "multiplier of the backbone's channels (default: the "
+                                 "backbone's own, 1, or 0.5 for small_resnet)", _optional(_positive))
     embedding_dim: int = _field(AUTO, "embedding size; auto: from the image size", _auto(_positive_int))
     epochs: int = _field(10, "training epochs (a larger value extends a finished run)", _positive_int)
     batch_size: int = _field(AUTO, "images per batch (softmax and margin losses); auto: 128 at face "

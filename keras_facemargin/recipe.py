@@ -413,7 +413,8 @@ def build_model(config, num_classes, backbone=None):
         config: a resolved `TrainConfig`.
         num_classes: identities in the training data, the head's classes.
         backbone: a function of no arguments that builds the backbone; None: the registry's
-            `config.backbone` at `config.image_size` and `config.embedding_dim`.
+            `config.backbone` at `config.image_size`, `config.embedding_dim` and
+            `config.width`.
 
     Returns:
         `(model, embedder, loss)`: the model to compile and fit, the model from images in
@@ -426,9 +427,10 @@ def build_model(config, num_classes, backbone=None):
     if backbone is not None:
         backbone = backbone()
     else:
+        width = {} if config.width is None else {"width": config.width}
         backbone = models.get_backbone(config.backbone,
                                        input_shape=(config.image_size, config.image_size, 3),
-                                       embedding_dim=config.embedding_dim)
+                                       embedding_dim=config.embedding_dim, **width)
     loss = _loss(config)
     if config.loss == SOFTMAX:
         return (*models.build_recognizer(backbone, num_classes, head="dense"), loss)

@@ -47,6 +47,7 @@ def test_every_field_is_checked_and_named_as_its_flag(tmp_path):
         ("val_pairs", [1], "--val-pairs must be a list of file paths; got [1]"),
         ("seed", -1, "--seed must be an integer >= 0; got -1"),
         ("samples_per_class", 1, "--samples-per-class must be an integer >= 2; got 1"),
+        ("width", 0, "--width must be a finite number > 0; got 0"),
         ("tensorboard", "yes", "--tensorboard must be True or False; got 'yes' (a string)"),
     ]:
         with pytest.raises(ValueError) as error:
@@ -107,6 +108,24 @@ def test_auto_values_follow_the_written_rules(tmp_path):
     tiny = recipe.resolve(TrainConfig(data=str(tmp_path), image_size=32, loss="cosface").validate(), 5, 55)
     assert tiny.batch_size == 13  # a quarter of the images
     assert recipe.auto_scale(1000) == pytest.approx(max(16.0, 2 ** 0.5 * __import__("math").log(999)), abs=0.01)
+
+
+def test_width_multiplies_the_channels_of_every_layer_of_the_backbone_and_none_keeps_its_own(tmp_path):
+    def conv_channels(width, backbone="small_vgg"):
+        config = recipe.resolve(TrainConfig(data=str(tmp_path), image_size=32, backbone=backbone,
+                                            width=width).validate(), 10, 40)
+        _, embedder, _ = recipe.build_model(config, 10)
+        return [layer.filters for layer in _all_layers(embedder) if hasattr(layer, "filters")]
+
+    def _all_layers(model):
+        for layer in model.layers:
+            yield from _all_layers(layer) if hasattr(layer, "layers") else [layer]
+
+    assert conv_channels(None) == [32, 32, 64, 64, 128, 128, 256, 256]  # small_vgg's own filters
+    assert conv_channels(1.5) == [48, 48, 96, 96, 192, 192, 384, 384]
+    assert conv_channels(None, "small_resnet")[0] == 32  # its own width, 0.5 of IR-ResNet's 64
+    assert conv_channels(1.0, "small_resnet")[0] == 64
+    assert TrainConfig(data=str(tmp_path), width="none").validate().width is None
 
 
 def test_partial_fc_runs_get_sparse_updates_without_decaying_every_centre(tmp_path):
