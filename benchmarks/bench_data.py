@@ -108,13 +108,16 @@ def keras_augmentation(names):
     return keras.Sequential(layers)
 
 
-def bench_decode(data, batch, p, k, image_size, rounds):
+PIPELINES = ("keras", "ours", "pk", "rec", "keras_flip", "ours_flip", "keras_glyphs", "ours_glyphs")
+
+
+def bench_decode(data, batch, p, k, image_size, rounds, only=PIPELINES, epochs_per_round=1):
     from keras_facemargin import recipe
 
     print(f"(2) decoding {data}: batches of {batch} vs keras.utils.image_dataset_from_directory")
     index = ImageIndex.from_directory(data)
     print(f"    {len(index):,} images, {index.num_classes:,} classes, image_size={image_size}; "
-          f"{rounds} interleaved rounds of one epoch each")
+          f"{rounds} interleaved rounds of {epochs_per_round} epoch(s) per pipeline each")
     tmp = tempfile.TemporaryDirectory()
     rec_index = pack_recordio(index, os.path.join(tmp.name, "train.rec"))
 
@@ -132,16 +135,21 @@ def bench_decode(data, batch, p, k, image_size, rounds):
 
     faces, glyphs = ("flip",), ("translate", "zoom", "contrast")
     # (name, dataset, the name of its baseline)
-    pipelines = [
-        ("keras", keras_pipeline(), None),
-        ("ours", ours(), "keras"),
-        ("ours P×K", pk_dataset(index, p, k, image_size=image_size, augment=False, seed=0), "keras"),
-        ("ours .rec", ours(source=rec_index), "keras"),
-        ("keras + RandomFlip", keras_pipeline(faces), None),
-        ("ours + flip", ours(faces), "keras + RandomFlip"),
-        ("keras + Transl.+Zoom+Contr.", keras_pipeline(glyphs), None),
-        ("ours + translate,zoom,contrast", ours(glyphs), "keras + Transl.+Zoom+Contr."),
+    builders = [  # (--pipelines key, name, builder, the name of its baseline)
+        ("keras", "keras", keras_pipeline, None),
+        ("ours", "ours", ours, "keras"),
+        ("pk", "ours P×K", lambda: pk_dataset(index, p, k, image_size=image_size, augment=False, seed=0),
+         "keras"),
+        ("rec", "ours .rec", lambda: ours(source=rec_index), "keras"),
+        ("keras_flip", "keras + RandomFlip", lambda: keras_pipeline(faces), None),
+        ("ours_flip", "ours + flip", lambda: ours(faces), "keras + RandomFlip"),
+        ("keras_glyphs", "keras + Transl.+Zoom+Contr.", lambda: keras_pipeline(glyphs), None),
+        ("ours_glyphs", "ours + translate,zoom,contrast", lambda: ours(glyphs), "keras + Transl.+Zoom+Contr."),
     ]
+    # A chosen pipeline brings its baseline.
+    wanted = {name for key, name, _, _ in builders if key in only}
+    wanted |= {base for key, name, _, base in builders if name in wanted and base}
+    pipelines = [(name, build(), base) for _, name, build, base in builders if name in wanted]
     for _, ds, _ in pipelines:  # warm-up: page cache, tracing
         epoch_images(ds)
     # Wall-clock rates swing on a shared machine; each round times every pipeline once, so the
@@ -152,7 +160,7 @@ def bench_decode(data, batch, p, k, image_size, rounds):
     for _ in range(rounds):
         for name, ds, _ in pipelines:
             start_cpu = time.process_time()
-            n, t = timed(lambda ds=ds: epoch_images(ds))
+            n, t = timed(lambda ds=ds: sum(epoch_images(ds) for _ in range(epochs_per_round)))
             rates[name].append(n / t)
             cpu[name].append(1000 * (time.process_time() - start_cpu) / n)
     print(f"    {'pipeline':<32}{'images/s':>9}{'CPU ms/img':>11}{'vs':>30}{'ratio':>7}{'CPU ratio':>10}")
@@ -279,6 +287,11 @@ def main():
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--image-size", type=int, default=112)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--pipelines", default=",".join(PIPELINES),
+                        help="part (2)'s pipelines, comma-separated (each brings its baseline): "
+                        + ", ".join(PIPELINES))
+    parser.add_argument("--epochs-per-round", type=int, default=1,
+                        help="part (2): epochs timed together per pipeline and round")
     parser.add_argument("--rec-images", type=int, default=5_000_000)
     parser.add_argument("--rec-identities", type=int, default=85_000)
     parser.add_argument("--skip-index", action="store_true", help="skip parts (1) and (3)")
@@ -288,10 +301,17 @@ def main():
     parser.add_argument("--wait-steps", type=int, default=5)
     parser.add_argument("--dry-run", action="store_true", help="tiny sizes, one round, one step")
     args = parser.parse_args()
+    only = args.pipelines.split(",")
+    unknown = sorted(set(only) - set(PIPELINES))
+    if unknown:
+        parser.error(f"--pipelines must be a comma-separated list of {', '.join(PIPELINES)}; got {unknown}")
+    if args.epochs_per_round < 1:
+        parser.error(f"--epochs-per-round must be an integer >= 1; got {args.epochs_per_round}")
     if args.dry_run:
         args.classes, args.images, args.rec_images, args.rec_identities = 100, 1000, 1000, 50
         args.P, args.K, args.batch, args.image_size, args.rounds = 2, 2, 4, 32, 1
-        args.wait_backbone, args.wait_batch, args.wait_steps = "small_resnet", 4, 1
+        args.wait_batch, args.wait_steps = 4, 1
+        args.wait_backbone = "none" if args.wait_backbone == "none" else "small_resnet"
     print(
         f"bench_data.py  {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  "
         f"{platform.machine()}, {os.cpu_count()} CPUs, TF {tf.__version__}, Keras "
@@ -302,7 +322,7 @@ def main():
         bench_recordio_index(args.rec_images, args.rec_identities)
     size = (args.image_size, args.image_size)
     if args.data and not args.skip_decode:
-        bench_decode(args.data, args.batch, args.P, args.K, size, args.rounds)
+        bench_decode(args.data, args.batch, args.P, args.K, size, args.rounds, only, args.epochs_per_round)
     if args.data and args.wait_backbone != "none":
         bench_input_wait(args.data, args.wait_backbone, size, args.wait_batch, args.wait_steps)
     print(f"# load average at the end {' '.join(f'{v:.1f}' for v in os.getloadavg())}")

@@ -77,6 +77,10 @@ def test_bench_cli():
 def test_bench_data():
     out = run("bench_data.py", "--dry-run", "--data", FACES)
     assert "ours + translate,zoom,contrast" in out and "input wait" in out
+    out = run("bench_data.py", "--dry-run", "--data", FACES, "--pipelines", "ours", "--epochs-per-round", "2",
+              "--wait-backbone", "none")
+    rows = [line.split()[0] for line in out.splitlines() if line.startswith("    ") and "img" not in line]
+    assert "ours" in rows and "keras" in rows and "ours P×K" not in out and "input wait" not in out
 
 
 @tensorflow_only
