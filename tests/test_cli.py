@@ -41,7 +41,7 @@ def trained(tmp_path_factory):
     )
     run_dir, export = str(tmp / "run"), str(tmp / "export")
     code = cli.main(["train", "--config", str(config), "--data", FACES, "--run-dir", run_dir,
-                     "--export", export, "--mixup", "0.5", "--augment", "color,translate"])
+                     "--export", export, "--mixup", "0.5", "--augment", "color,translate", "--width", "2"])
     assert code == 0
     return tmp, run_dir, export
 
@@ -51,10 +51,18 @@ def test_train_writes_the_run_folder_and_the_export(trained):
     saved = json.load(open(os.path.join(run_dir, "config.json")))
     assert saved["loss"] == "arcface" and saved["scale"] == 16.0 and saved["mixup"] == 0.5
     assert saved["augment"] == ["translate", "color"]
-    assert saved["epochs"] == 2 and saved["data"] == FACES
+    assert saved["epochs"] == 2 and saved["data"] == FACES and saved["width"] == 2.0
     for name in ("log.csv", "model.keras", "backup/state.json"):
         assert os.path.exists(os.path.join(run_dir, name)), name
+    model = keras.saving.load_model(os.path.join(run_dir, "model.keras"), compile=False)
+    convs = [layer.filters for layer in _all_layers(model) if hasattr(layer, "filters")]
+    assert convs == [32, 64, 128]  # simple_cnn's 16, 32, 64 at --width 2
     assert os.path.exists(os.path.join(export, "saved_model.pb"))
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        yield from _all_layers(layer) if hasattr(layer, "layers") else [layer]
 
 
 @pytest.mark.parametrize("which", ["savedmodel", "keras"])
@@ -108,6 +116,9 @@ def test_bad_inputs_are_clear_errors(tmp_path, capsys):
     assert "SavedModel folder" in capsys.readouterr().err
     assert cli.main(["train", "--data", FACES, "--embedding-dim", "0", "--run-dir", str(tmp_path / "r4")]) == 2
     assert "--embedding-dim must be an integer >= 1; got 0" in capsys.readouterr().err
+    assert cli.main(["train", "--data", FACES, "--width", "-2", "--run-dir", str(tmp_path / "r5")]) == 2
+    assert "--width must be a finite number > 0; got -2.0" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "r5")
 
 
 def test_train_with_a_pair_loss_on_pk_batches(tmp_path):
