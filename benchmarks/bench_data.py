@@ -134,7 +134,6 @@ def bench_decode(data, batch, p, k, image_size, rounds, only=PIPELINES, epochs_p
         return classification_dataset(source, batch, image_size=image_size, augment=augment, seed=0)
 
     faces, glyphs = ("flip",), ("translate", "zoom", "contrast")
-    # (name, dataset, the name of its baseline)
     builders = [  # (--pipelines key, name, builder, the name of its baseline)
         ("keras", "keras", keras_pipeline, None),
         ("ours", "ours", ours, "keras"),
