@@ -85,3 +85,14 @@ def numerical_gradient(fn, x, step=1e-6):
         x[idx] = orig
         grad[idx] = (up - down) / (2 * step)
     return grad
+
+
+def conv_channels(model):
+    """The `filters` of every convolution of `model`, nested models included, in layer order."""
+    channels = []
+    for layer in model.layers:
+        if hasattr(layer, "layers"):
+            channels += conv_channels(layer)
+        elif hasattr(layer, "filters"):
+            channels.append(layer.filters)
+    return channels

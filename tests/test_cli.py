@@ -7,6 +7,7 @@ import os
 import keras
 import numpy as np
 import pytest
+from helpers import conv_channels
 
 from keras_facemargin import cli
 
@@ -55,14 +56,8 @@ def test_train_writes_the_run_folder_and_the_export(trained):
     for name in ("log.csv", "model.keras", "backup/state.json"):
         assert os.path.exists(os.path.join(run_dir, name)), name
     model = keras.saving.load_model(os.path.join(run_dir, "model.keras"), compile=False)
-    convs = [layer.filters for layer in _all_layers(model) if hasattr(layer, "filters")]
-    assert convs == [32, 64, 128]  # simple_cnn's 16, 32, 64 at --width 2
+    assert conv_channels(model) == [32, 64, 128]  # simple_cnn's 16, 32, 64 at --width 2
     assert os.path.exists(os.path.join(export, "saved_model.pb"))
-
-
-def _all_layers(model):
-    for layer in model.layers:
-        yield from _all_layers(layer) if hasattr(layer, "layers") else [layer]
 
 
 @pytest.mark.parametrize("which", ["savedmodel", "keras"])

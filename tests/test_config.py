@@ -3,6 +3,7 @@
 import dataclasses
 
 import pytest
+from helpers import conv_channels
 
 import keras_facemargin as kf
 from keras_facemargin import config as config_lib
@@ -111,20 +112,16 @@ def test_auto_values_follow_the_written_rules(tmp_path):
 
 
 def test_width_multiplies_the_channels_of_every_layer_of_the_backbone_and_none_keeps_its_own(tmp_path):
-    def conv_channels(width, backbone="small_vgg"):
+    def channels(width, backbone="small_vgg"):
         config = recipe.resolve(TrainConfig(data=str(tmp_path), image_size=32, backbone=backbone,
                                             width=width).validate(), 10, 40)
         _, embedder, _ = recipe.build_model(config, 10)
-        return [layer.filters for layer in _all_layers(embedder) if hasattr(layer, "filters")]
+        return conv_channels(embedder)
 
-    def _all_layers(model):
-        for layer in model.layers:
-            yield from _all_layers(layer) if hasattr(layer, "layers") else [layer]
-
-    assert conv_channels(None) == [32, 32, 64, 64, 128, 128, 256, 256]  # small_vgg's own filters
-    assert conv_channels(1.5) == [48, 48, 96, 96, 192, 192, 384, 384]
-    assert conv_channels(None, "small_resnet")[0] == 32  # its own width, 0.5 of IR-ResNet's 64
-    assert conv_channels(1.0, "small_resnet")[0] == 64
+    assert channels(None) == [32, 32, 64, 64, 128, 128, 256, 256]  # small_vgg's own filters
+    assert channels(1.5) == [48, 48, 96, 96, 192, 192, 384, 384]
+    assert channels(None, "small_resnet")[0] == 32  # its own width, 0.5 of IR-ResNet's 64
+    assert channels(1.0, "small_resnet")[0] == 64
     assert TrainConfig(data=str(tmp_path), width="none").validate().width is None
 
 
