@@ -143,7 +143,8 @@ def bench_decode(data, batch, p, k, image_size, rounds, only=PIPELINES, epochs_p
         ("keras_flip", "keras + RandomFlip", lambda: keras_pipeline(faces), None),
         ("ours_flip", "ours + flip", lambda: ours(faces), "keras + RandomFlip"),
         ("keras_glyphs", "keras + Transl.+Zoom+Contr.", lambda: keras_pipeline(glyphs), None),
-        ("ours_glyphs", "ours + translate,zoom,contrast", lambda: ours(glyphs), "keras + Transl.+Zoom+Contr."),
+        ("ours_glyphs", "ours + translate,zoom,contrast", lambda: ours(glyphs),
+         "keras + Transl.+Zoom+Contr."),
     ]
     # A chosen pipeline brings its baseline.
     wanted = {name for key, name, _, _ in builders if key in only}
