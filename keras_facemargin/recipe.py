@@ -402,6 +402,14 @@ def make_optimizer(config, steps_per_epoch, sparse_variables=()):
     return optimizer
 
 
+def _check_backbone_function(config, backbone):
+    if backbone is not None and config.width is not None:
+        raise ValueError(
+            f"width applies to the registry's backbones; got width={config.width} with a backbone "
+            "function, which builds its own network (leave width None, or build it wider)"
+        )
+
+
 def build_model(config, num_classes, backbone=None):
     """`(training model, embedder, loss)` of a resolved configuration (inside a strategy's scope).
 
@@ -414,7 +422,7 @@ def build_model(config, num_classes, backbone=None):
         num_classes: identities in the training data, the head's classes.
         backbone: a function of no arguments that builds the backbone; None: the registry's
             `config.backbone` at `config.image_size`, `config.embedding_dim` and
-            `config.width`.
+            `config.width` (which must then be None: the function builds its own network).
 
     Returns:
         `(model, embedder, loss)`: the model to compile and fit, the model from images in
@@ -424,6 +432,7 @@ def build_model(config, num_classes, backbone=None):
     """
     from keras_facemargin import heads, models
 
+    _check_backbone_function(config, backbone)
     if backbone is not None:
         backbone = backbone()
     else:
@@ -492,7 +501,7 @@ def train(config, given=(), callbacks=(), verbose="auto", export=True, index=Non
             Python; `config.data` then only names the data set in `config.json`).
         backbone: a function of no arguments that builds the backbone (a Keras model from scaled
             images to `[batch, dim]`) instead of `config.backbone`, for models the registry does
-            not have.
+            not have; `config.width` must then be None.
 
     Returns:
         A `Run`.
@@ -504,6 +513,7 @@ def train(config, given=(), callbacks=(), verbose="auto", export=True, index=Non
     """
     import time
 
+    _check_backbone_function(config, backbone)
     config, index, validation, warnings = prepare(config, given, index)
     for warning in warnings:
         logger.warning("warning: %s", warning)

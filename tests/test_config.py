@@ -125,6 +125,17 @@ def test_width_multiplies_the_channels_of_every_layer_of_the_backbone_and_none_k
     assert TrainConfig(data=str(tmp_path), width="none").validate().width is None
 
 
+def test_a_width_with_a_backbone_function_is_refused_before_any_work(tmp_path):
+    built = []
+    config = TrainConfig(data=str(tmp_path / "faces"), image_size=32, width=2.0,
+                         run_dir=str(tmp_path / "run"))
+    with pytest.raises(ValueError, match=r"^width applies to the registry's backbones; got width=2.0"):
+        recipe.train(config, backbone=lambda: built.append(1))
+    with pytest.raises(ValueError, match="width=2.0 with a backbone function"):
+        recipe.build_model(config, 10, backbone=lambda: built.append(1))
+    assert built == [] and not (tmp_path / "run").exists()
+
+
 def test_partial_fc_runs_get_sparse_updates_without_decaying_every_centre(tmp_path):
     import keras
     import numpy as np
