@@ -19,6 +19,11 @@ seconds and its peak memory (`wait4`'s ru_maxrss).
     python benchmarks/quality.py --data ../shared/data/emoji-4vendor --out runs/quality
     python benchmarks/quality.py --data DIR --rows plain_softmax,default --seeds 0 --epochs 2 ...
     python benchmarks/quality.py --digits --train-identities 7 --unseen 3 --image-size 32 ...
+    python benchmarks/quality.py --data DIR --out runs/fused --fuse A/embeddings.npz B/embeddings.npz
+
+`--fuse` trains nothing: it scores the embeddings of earlier runs on the same split one by one and
+fused (the mean of their cosine similarities), which shows how much of the error one model's
+variance makes.
 """
 
 import argparse
@@ -117,18 +122,38 @@ def row_command(row, train_dir, run_dir, args, seed):
     return [FACEMARGIN, "train", *common, "--loss", row]
 
 
-def evaluate(npz, unseen_paths, pairs):
+def unseen_embeddings(npz, unseen_paths):
+    """The embeddings of `npz` (a `facemargin embed` output) in the order of `unseen_paths`, as unit
+    rows in float64; None when one is not finite or an unseen image is missing from it."""
     from keras_facemargin import evaluation as ev
 
     data = np.load(npz)
     position = {os.path.realpath(p): i for i, p in enumerate(data["paths"])}
+    if any(os.path.realpath(p) not in position for p in unseen_paths):
+        return None
     order = np.array([position[os.path.realpath(p)] for p in unseen_paths])
     embeddings = data["embeddings"][order].astype(np.float64)
-    if not np.isfinite(embeddings).all():
+    return ev.normalize_rows(embeddings) if np.isfinite(embeddings).all() else None
+
+
+def evaluate(npzs, unseen_paths, pairs):
+    """The verification report of one embeddings file, or of several fused: a pair's score is the
+    mean of its cosine similarities under each (the cosine of the concatenated unit embeddings, times
+    a constant). None when one of them fails `unseen_embeddings`."""
+    from keras_facemargin import evaluation as ev
+
+    npzs = [npzs] if isinstance(npzs, str) else list(npzs)
+    parts = [unseen_embeddings(npz, unseen_paths) for npz in npzs]
+    if any(part is None for part in parts):
         return None
     a, b, same = pairs
-    scores = ev.indexed_pair_scores(ev.normalize_rows(embeddings), a, b)
+    scores = np.mean([ev.indexed_pair_scores(part, a, b) for part in parts], axis=0)
     return ev.verification_report(same.astype(int), scores, far_targets=FARS)
+
+
+def report_fields(report):
+    return dict(auc=report.auc, eer=report.eer, tar_1e2=report.tar_at_far[1e-2],
+                tar_1e3=report.tar_at_far[1e-3], accuracy_10fold=report.accuracy_10fold)
 
 
 def run_row(row, seed, args, train_dir, unseen_dir, unseen_paths, pairs):
@@ -151,8 +176,7 @@ def run_row(row, seed, args, train_dir, unseen_dir, unseen_paths, pairs):
     report = evaluate(npz, unseen_paths, pairs) if code == 0 else None
     result = {"row": row, "seed": seed, "exit": code, "seconds": seconds, "peak_mib": peak}
     if report is not None:
-        result.update(auc=report.auc, eer=report.eer, tar_1e2=report.tar_at_far[1e-2],
-                      tar_1e3=report.tar_at_far[1e-3], accuracy_10fold=report.accuracy_10fold)
+        result.update(report_fields(report))
     with open(os.path.join(work, "result.json"), "w") as f:
         json.dump(result, f, indent=2)
     return result
@@ -186,6 +210,27 @@ def table(results, rows, commands):
                       *(join(line) for line in lines)])
 
 
+def fuse(parser, npzs, unseen_paths, pairs, out):
+    """`--fuse`: each file's report, then the fusion of all of them; writes OUT/fuse.{md,json}."""
+    results = []
+    for name, files in [*((npz, [npz]) for npz in npzs), ("fused", npzs)]:
+        report = evaluate(files, unseen_paths, pairs)
+        if report is None:
+            parser.error(f"argument --fuse: {name!r} lacks finite embeddings of this split's unseen images "
+                         "(expected the embeddings.npz of a run on the same --data and --split-seed)")
+        results.append({"row": name, **report_fields(report)})
+    header = ["embeddings", *(title for _, title in COLUMNS)]
+    lines = [[r["row"], *(f"{r[key]:.4f}" for key, _ in COLUMNS)] for r in results]
+    text = "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+                      *("| " + " | ".join(line) + " |" for line in lines)])
+    print(text)
+    with open(os.path.join(out, "fuse.md"), "w") as f:
+        f.write(text + "\n")
+    with open(os.path.join(out, "fuse.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    return results
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", help="image folder, one sub-folder per identity")
@@ -202,6 +247,9 @@ def main(argv=None):
     parser.add_argument("--split-seed", type=int, default=0)
     parser.add_argument("--best", default="", help="the flags of the 'best' row")
     parser.add_argument("--out", default="runs/quality")
+    parser.add_argument("--fuse", nargs="+", metavar="NPZ",
+                        help="train nothing: score these embeddings.npz of earlier runs (same --data and "
+                        "--split-seed) one by one and fused, a pair's score the mean of their cosines")
     parser.add_argument("--dry-run", action="store_true",
                         help="the plain_softmax and default rows, one seed, one epoch, 16 px, few identities")
     args = parser.parse_args(argv)
@@ -218,7 +266,11 @@ def main(argv=None):
         experiments.digit_folder(args.data, size=32)
     if not os.path.isdir(args.data):
         parser.error(f"argument --data: expected an image folder; got {args.data!r}")
-    if "best" in rows and not args.best:
+    for npz in args.fuse or ():
+        if not os.path.isfile(npz):
+            parser.error(f"argument --fuse: expected embeddings.npz files of earlier runs; got {npz!r}, "
+                         "which is not a file")
+    if "best" in rows and not args.best and not args.fuse:
         parser.error("the 'best' row needs --best FLAGS")
     os.makedirs(args.out, exist_ok=True)
     train_ids, unseen_ids = split_identities(args.data, args.train_identities, args.unseen, args.split_seed)
@@ -232,6 +284,8 @@ def main(argv=None):
           f"({len(unseen_paths)} images); {int(pairs[2].sum())} genuine + {int((~pairs[2]).sum())} impostor "
           f"pairs; {args.image_size} px, {args.epochs} epochs, seeds {args.seeds}; {started:%Y-%m-%d %H:%M} "
           f"UTC, {os.cpu_count()} CPUs {platform.machine()}", flush=True)
+    if args.fuse:
+        return fuse(parser, args.fuse, unseen_paths, pairs, args.out)
     commands = {}
     for row in rows:
         if row.startswith("plain_"):

@@ -5,6 +5,7 @@ import json
 import os
 
 import keras
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tf.data + SavedModel")
@@ -46,3 +47,63 @@ def test_quality_runs_the_plain_script_and_the_command_line_on_a_tiny_folder(tmp
     assert "plain_keras.py --head softmax" in table and "facemargin train --data TRAIN" in table
     saved = json.loads((out / "results.json").read_text())
     assert saved["settings"]["epochs"] == 1 and len(saved["results"]) == 2
+
+
+def write_embeddings(path, paths, embeddings):
+    np.savez(path, embeddings=embeddings.astype(np.float32), paths=np.array(paths),
+             corrupt=np.zeros(len(paths), bool), reasons=np.array([""] * len(paths)))
+
+
+def loop_auc(genuine, impostor):
+    """P(genuine score > impostor score) + half the ties, over every pair of the two."""
+    total = 0.0
+    for g in genuine:
+        for i in impostor:
+            total += 1.0 if g > i else 0.5 if g == i else 0.0
+    return total / (len(genuine) * len(impostor))
+
+
+def test_fuse_scores_each_file_and_the_mean_of_their_cosines(tmp_path):
+    quality = load()
+    _, unseen = quality.split_identities(FACES, 3, 2, seed=0)
+    paths = sorted(os.path.join(FACES, n, f) for n in unseen for f in os.listdir(os.path.join(FACES, n)))
+    rng = np.random.default_rng(0)
+    identity = np.array([unseen.index(os.path.basename(os.path.dirname(p))) for p in paths])
+    files, tables = [], []
+    for k in range(2):
+        centres = rng.normal(size=(2, 8))
+        table = centres[identity] + 1.5 * rng.normal(size=(len(paths), 8))
+        order = rng.permutation(len(paths))  # stored in another order than the protocol's
+        files.append(str(tmp_path / f"e{k}.npz"))
+        write_embeddings(files[-1], [paths[i] for i in order], table[order])
+        tables.append(table)
+    out = tmp_path / "q"
+    results = quality.main(["--data", FACES, "--train-identities", "3", "--unseen", "2",
+                            "--out", str(out), "--fuse", *files])
+    assert [r["row"] for r in results] == [*files, "fused"]
+    a, b, same = quality.verification_pairs(
+        sorted(os.path.join(out, "unseen", n, f) for n in unseen for f in os.listdir(os.path.join(FACES, n))), 0)
+    for k, expected in enumerate([[0], [1], [0, 1]]):
+        scores = []
+        for i, j in zip(a, b, strict=True):
+            cosines = [float(np.dot(tables[t][i], tables[t][j]) /
+                             (np.linalg.norm(tables[t][i]) * np.linalg.norm(tables[t][j]))) for t in expected]
+            scores.append(sum(cosines) / len(cosines))
+        scores = np.array(scores)
+        assert results[k]["auc"] == pytest.approx(loop_auc(scores[same], scores[~same]), abs=1e-6)
+    assert results[2]["auc"] not in (results[0]["auc"], results[1]["auc"])
+    assert (out / "fuse.md").read_text().startswith("| embeddings |")
+
+
+def test_fuse_refuses_a_missing_file_and_another_split_in_one_line(tmp_path, capsys):
+    quality = load()
+    common = ["--data", FACES, "--train-identities", "3", "--unseen", "2", "--out", str(tmp_path / "q")]
+    with pytest.raises(SystemExit):
+        quality.main([*common, "--fuse", str(tmp_path / "none.npz")])
+    assert "argument --fuse: expected embeddings.npz files of earlier runs; got" in capsys.readouterr().err
+    other = str(tmp_path / "other.npz")
+    write_embeddings(other, [os.path.join(FACES, "x.png")], np.ones((1, 4)))
+    with pytest.raises(SystemExit):
+        quality.main([*common, "--fuse", other])
+    err = capsys.readouterr().err
+    assert "lacks finite embeddings of this split's unseen images" in err and "Traceback" not in err
