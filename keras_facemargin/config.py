@@ -22,6 +22,8 @@ PAIR_LOSSES = ("triplet", "contrastive", "npair", "unified_pair", "circle", "sup
 LOSSES = (SOFTMAX, *MARGIN_LOSSES, *PAIR_LOSSES)
 BACKBONES = ("iresnet18", "iresnet34", "iresnet50", "iresnet100", "mobilefacenet", "sphereface20",
              "simple_cnn", "small_resnet", "small_vgg")
+# The backbones with a dropout layer before the embedding, which `dropout` sets.
+DROPOUT_BACKBONES = ("iresnet18", "iresnet34", "iresnet50", "iresnet100", "small_resnet", "small_vgg")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -123,6 +125,9 @@ class TrainConfig:
         image_size: height and width the images are resized to, >= 1; default 112.
         width: the multiplier of the backbone's channels, > 0 (2 doubles every layer's); None
             (the default): the backbone's own, 1 for every backbone but `small_resnet` (0.5).
+        dropout: the rate in [0, 1) of the dropout before the embedding layer, for the backbones
+            that have one (`DROPOUT_BACKBONES`); None (the default): the backbone's own, 0.2 for
+            `small_vgg` and `small_resnet`, 0 for the IR-ResNets.
         embedding_dim: the embedding size, >= 1. auto: 512 for images of at least 96 px, else
             128.
         epochs: training epochs, >= 1; default 10. A larger value extends a finished run.
@@ -185,6 +190,10 @@ class TrainConfig:
     image_size: int = _field(112, "height and width the images are resized to", _positive_int)
     width: float | None = _field(None, "multiplier of the backbone's channels (default: the "
                                  "backbone's own, 1, or 0.5 for small_resnet)", _optional(_positive))
+    dropout: float | None = _field(None, "dropout rate before the embedding layer (default: the "
+                                   "backbone's own, 0.2 for small_vgg and small_resnet, 0 for the "
+                                   "IR-ResNets; the other backbones have none)",
+                                   _optional(lambda n, x: v.check_number(n, x, 0.0, 1.0, high_open=True)))
     embedding_dim: int = _field(AUTO, "embedding size; auto: from the image size", _auto(_positive_int))
     epochs: int = _field(10, "training epochs (a larger value extends a finished run)", _positive_int)
     batch_size: int = _field(AUTO, "images per batch (softmax and margin losses); auto: 128 at face "
@@ -362,7 +371,8 @@ class TrainConfig:
 
         Raises:
             ValueError: a `margin`, `scale` or `label_smoothing` the loss does not take
-                (`LOSS_FLAGS`), mixup or cutmix with a pair loss, a `sample_rate` below 1
+                (`LOSS_FLAGS`), a `dropout` for a backbone without a dropout layer, mixup or
+                cutmix with a pair loss, a `sample_rate` below 1
                 without a margin loss or with mixup or cutmix, both `val_pairs` and
                 `val_fraction`, or a `warmup_epochs` not below `epochs`.
         """
@@ -381,6 +391,9 @@ class TrainConfig:
                 takers_text = ", ".join(takers)
                 raise ValueError(f"{flag(name)} does not apply to --loss {loss}; it is taken by "
                                  f"{takers_text}")
+        if self.dropout is not None and self.backbone not in (AUTO, *DROPOUT_BACKBONES):
+            raise ValueError(f"--dropout applies to the backbones with a dropout layer before the "
+                             f"embedding ({', '.join(DROPOUT_BACKBONES)}); got --backbone {self.backbone}")
         pair = loss in PAIR_LOSSES
         if pair and (self.mixup or self.cutmix):
             raise ValueError(f"--mixup/--cutmix need softmax or a margin loss (one identity mix per "

@@ -403,10 +403,17 @@ def make_optimizer(config, steps_per_epoch, sparse_variables=()):
 
 
 def _check_backbone_function(config, backbone):
-    if backbone is not None and config.width is not None:
+    if backbone is None:
+        return
+    if config.width is not None:
         raise ValueError(
             f"width applies to the registry's backbones; got width={config.width} with a backbone "
             "function, which builds its own network (leave width None, or build it wider)"
+        )
+    if config.dropout is not None:
+        raise ValueError(
+            f"dropout applies to the registry's backbones; got dropout={config.dropout} with a "
+            "backbone function, which builds its own network (leave dropout None, or build it in)"
         )
 
 
@@ -422,7 +429,8 @@ def build_model(config, num_classes, backbone=None):
         num_classes: identities in the training data, the head's classes.
         backbone: a function of no arguments that builds the backbone; None: the registry's
             `config.backbone` at `config.image_size`, `config.embedding_dim` and
-            `config.width` (which must then be None: the function builds its own network).
+            `config.width` and `config.dropout` (which must then be None: the function builds
+            its own network).
 
     Returns:
         `(model, embedder, loss)`: the model to compile and fit, the model from images in
@@ -436,10 +444,11 @@ def build_model(config, num_classes, backbone=None):
     if backbone is not None:
         backbone = backbone()
     else:
-        width = {} if config.width is None else {"width": config.width}
+        given = {name: getattr(config, name) for name in ("width", "dropout")
+                 if getattr(config, name) is not None}
         backbone = models.get_backbone(config.backbone,
                                        input_shape=(config.image_size, config.image_size, 3),
-                                       embedding_dim=config.embedding_dim, **width)
+                                       embedding_dim=config.embedding_dim, **given)
     loss = _loss(config)
     if config.loss == SOFTMAX:
         return (*models.build_recognizer(backbone, num_classes, head="dense"), loss)
@@ -501,7 +510,7 @@ def train(config, given=(), callbacks=(), verbose="auto", export=True, index=Non
             Python; `config.data` then only names the data set in `config.json`).
         backbone: a function of no arguments that builds the backbone (a Keras model from scaled
             images to `[batch, dim]`) instead of `config.backbone`, for models the registry does
-            not have; `config.width` must then be None.
+            not have; `config.width` and `config.dropout` must then be None.
 
     Returns:
         A `Run`.

@@ -114,6 +114,14 @@ def test_bad_inputs_are_clear_errors(tmp_path, capsys):
     assert cli.main(["train", "--data", FACES, "--width", "-2", "--run-dir", str(tmp_path / "r5")]) == 2
     assert "--width must be a finite number > 0; got -2.0" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "r5")
+    assert cli.main(["train", "--data", FACES, "--dropout", "1", "--run-dir", str(tmp_path / "r6")]) == 2
+    assert "--dropout must be a number in [0, 1); got 1.0" in capsys.readouterr().err
+    assert cli.main(["train", "--data", FACES, "--backbone", "mobilefacenet", "--dropout", "0.3",
+                     "--run-dir", str(tmp_path / "r7")]) == 2
+    err = capsys.readouterr().err
+    assert "--dropout applies to the backbones with a dropout layer" in err and "got --backbone mobilefacenet" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not os.path.exists(tmp_path / "r6") and not os.path.exists(tmp_path / "r7")
 
 
 def test_train_with_a_pair_loss_on_pk_batches(tmp_path):

@@ -49,6 +49,8 @@ def test_every_field_is_checked_and_named_as_its_flag(tmp_path):
         ("seed", -1, "--seed must be an integer >= 0; got -1"),
         ("samples_per_class", 1, "--samples-per-class must be an integer >= 2; got 1"),
         ("width", 0, "--width must be a finite number > 0; got 0"),
+        ("dropout", 1.0, "--dropout must be a number in [0, 1); got 1.0"),
+        ("dropout", -0.1, "--dropout must be a number in [0, 1); got -0.1"),
         ("tensorboard", "yes", "--tensorboard must be True or False; got 'yes' (a string)"),
     ]:
         with pytest.raises(ValueError) as error:
@@ -164,3 +166,42 @@ def test_a_config_file_may_spell_none_and_must_give_paths_as_strings(tmp_path):
     (tmp_path / "b.yaml").write_text("data: 3\n")
     with pytest.raises(ValueError, match=r"--data must be a path \(a string\); got 3"):
         TrainConfig.from_file(str(tmp_path / "b.yaml")).validate()
+
+
+def test_dropout_sets_the_rate_before_the_embedding_and_none_keeps_the_backbones_own(tmp_path):
+    import keras
+
+    def rates(dropout, backbone):
+        config = recipe.resolve(TrainConfig(data=str(tmp_path), image_size=32, backbone=backbone,
+                                            dropout=dropout).validate(), 10, 40)
+        _, embedder, _ = recipe.build_model(config, 10)
+        found = []
+
+        def walk(model):
+            for layer in model.layers:
+                if isinstance(layer, keras.layers.Dropout):
+                    found.append(layer.rate)
+                if hasattr(layer, "layers"):
+                    walk(layer)
+
+        walk(embedder)
+        return found
+
+    assert rates(None, "small_vgg") == [0.2]  # small_vgg's own
+    assert rates(0.5, "small_vgg") == [0.5]
+    assert rates(None, "small_resnet") == [0.2]
+    assert rates(0.0, "small_resnet") == [0.0]
+    assert TrainConfig(data=str(tmp_path), dropout="none").validate().dropout is None
+    with pytest.raises(ValueError, match=r"^--dropout applies to the backbones with a dropout layer before "
+                                         r"the embedding \(iresnet18, .*small_vgg\); got --backbone simple_cnn$"):
+        TrainConfig(data=str(tmp_path), backbone="simple_cnn", dropout=0.3).validate().check_combination()
+    assert TrainConfig(data=str(tmp_path), dropout=0.3).validate().check_combination() == []  # auto
+
+
+def test_a_dropout_with_a_backbone_function_is_refused_before_any_work(tmp_path):
+    built = []
+    config = TrainConfig(data=str(tmp_path / "faces"), image_size=32, dropout=0.3,
+                         run_dir=str(tmp_path / "run"))
+    with pytest.raises(ValueError, match=r"^dropout applies to the registry's backbones; got dropout=0.3"):
+        recipe.train(config, backbone=lambda: built.append(1))
+    assert not built and not (tmp_path / "run").exists()
