@@ -148,7 +148,8 @@ class TrainConfig:
             `"constant"` (a short run on few identities lost open-set accuracy to the decay).
         ema: momentum in [0, 1) of an exponential moving average of the weights, which replaces
             the weights when training ends, so `model.keras` and the export hold it; default 0
-            (none). BatchNormalization's moving statistics are not averaged.
+            (none). BatchNormalization's moving statistics are then recomputed for the averaged
+            weights over one pass of the training batches (`training.recalibrate_batch_norm`).
         warmup_epochs: epochs of linear learning-rate warm-up, >= 0. auto: 0.
         augment: the training augmentations: a list, or a comma- or space-separated string, of
             `AUGMENTATIONS` (kept in that order, each once); `"none"` or an empty list for none.
@@ -212,9 +213,9 @@ class TrainConfig:
                            "scale, else constant (README: Training recipe)",
                            _choice((AUTO, *SCHEDULES)), choices=(AUTO, *SCHEDULES))
     ema: float = _field(0.0, "momentum of an exponential moving average of the weights, which "
-                        "replaces them when training ends, for the export (0: none; per-epoch "
-                        "validation sees the raw weights, and BatchNormalization's statistics "
-                        "stay those of the raw weights)",
+                        "replaces them when training ends, for the export, with "
+                        "BatchNormalization's statistics recomputed for it over one pass of the "
+                        "training data (0: none; per-epoch validation sees the raw weights)",
                         lambda n, x: v.check_number(n, x, 0.0, 1.0, high_open=True))
     warmup_epochs: float = _field(AUTO, "epochs of linear learning-rate warm-up; auto: see the README",
                                   _auto(lambda n, x: v.check_number(n, x, low=0.0)))

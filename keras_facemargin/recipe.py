@@ -496,6 +496,18 @@ def _write_export(embedder, path, config, strategy):
                            json.dumps({"run_dir": os.path.abspath(config.run_dir)}) + "\n")
 
 
+def _recalibrate(model, embedder, dataset, steps, config, strategy):
+    """After the moving average replaced the weights: BatchNormalization's statistics for them,
+    from one pass over the training batches, and `model.keras` saved again with them."""
+    from keras_facemargin import distribute
+    from keras_facemargin.training import recalibrate_batch_norm, save_model_atomically
+
+    with strategy.scope():
+        recalibrate_batch_norm(embedder, dataset, steps)
+    with distribute.write_path(os.path.join(config.run_dir, "model.keras"), strategy) as path:
+        save_model_atomically(model, path)
+
+
 def train(config, given=(), callbacks=(), verbose="auto", export=True, index=None, backbone=None):
     """Trains, resumably, the run that `config` describes; see the module docstring.
 
@@ -566,6 +578,8 @@ def train(config, given=(), callbacks=(), verbose="auto", export=True, index=Non
     start = time.perf_counter()
     history = fit_resumable(model, dataset, config.epochs, config.run_dir, config=config.to_dict(),
                             callbacks=all_callbacks, strategy=strategy, verbose=verbose, shuffle=False)
+    if config.ema:
+        _recalibrate(model, embedder, make_dataset(), steps if steps > 0 else None, config, strategy)
     seconds = time.perf_counter() - start
     export_path = None
     if export:

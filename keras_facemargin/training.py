@@ -69,6 +69,74 @@ def save_model_atomically(model, path):
     return path
 
 
+def _batch_norm_layers(layer):
+    found = []
+    for sub in getattr(layer, "layers", ()):
+        if isinstance(sub, keras.layers.BatchNormalization):
+            found.append(sub)
+        else:
+            found += _batch_norm_layers(sub)
+    return found
+
+
+def recalibrate_batch_norm(model, data, steps=None):
+    """Recomputes the moving statistics of `model`'s BatchNormalization layers for its weights.
+
+    After a moving average of the weights (`use_ema`, `--ema`) replaces them, the moving means
+    and variances still belong to the raw weights. This runs the model in training mode over
+    `data` and sets every trainable BatchNormalization layer's statistics to the plain average
+    of the batch means and batch variances it saw (each layer's `momentum` set to k/(k + 1) at
+    the k-th batch, counted from 0, and restored after), as PyTorch's `update_bn` does for
+    stochastic weight averaging. The weights are not changed; frozen layers keep theirs.
+
+    Args:
+        model: a built Keras model (the embedder: images to embeddings).
+        data: an iterable of batches: image batches, or tuples whose first item is (or starts
+            with) the images, such as the `(images, labels)` of a training `tf.data.Dataset`.
+        steps: at most this many batches; None: all of `data`.
+
+    Returns:
+        The number of batches used, >= 1 (0 when the model has no trainable BatchNormalization
+        layer; `data` is then not read).
+
+    Raises:
+        ValueError: `steps` is not a positive integer or None, or `data` yields no batch (the
+            statistics are then left as they were).
+    """
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"steps must be an integer >= 1 or None; got {steps!r}")
+    layers = [layer for layer in _batch_norm_layers(model) if layer.trainable]
+    if not layers:
+        return 0
+
+    def images(element):
+        while isinstance(element, (tuple, list)):
+            element = element[0]
+        return element
+
+    batches = iter(data)
+    first = next(batches, None)
+    if first is None:
+        raise ValueError("data yielded no batch to recompute BatchNormalization's statistics on")
+    momenta = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.moving_mean.assign(keras.ops.zeros(layer.moving_mean.shape, layer.moving_mean.dtype))
+        layer.moving_variance.assign(keras.ops.ones(layer.moving_variance.shape, layer.moving_variance.dtype))
+    seen = 0
+    try:
+        element = first
+        while element is not None:
+            for layer in layers:
+                layer.momentum = seen / (seen + 1)
+            model(images(element), training=True)
+            seen += 1
+            element = None if steps is not None and seen >= steps else next(batches, None)
+    finally:
+        for layer, momentum in zip(layers, momenta, strict=True):
+            layer.momentum = momentum
+    return seen
+
+
 def latest_state(backup_dir):
     """The newest complete backup that `TrainingBackup` wrote in `backup_dir`.
 

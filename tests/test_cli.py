@@ -179,3 +179,32 @@ def test_partial_fc_needs_integer_labels(tmp_path, capsys):
                      "--image-size", "32", "--run-dir", str(tmp_path / "r")])
     assert code == 2
     assert "--sample-rate 0.5 (Partial FC) needs integer labels" in capsys.readouterr().err
+
+
+def _first_bn_statistics_and_input_mean(run_dir):
+    """conv1_bn's moving mean in model.keras, and the mean over every training image and position
+    of conv1's output under the same weights (float64)."""
+    import keras_facemargin as kf
+
+    model = keras.saving.load_model(os.path.join(run_dir, "model.keras"), compile=False)
+    backbone = model.get_layer("simple_cnn")
+    conv = keras.Model(backbone.inputs, backbone.get_layer("conv1").output)
+    paths = sorted(os.path.join(FACES, p, f) for p in os.listdir(FACES) if os.path.isdir(os.path.join(FACES, p))
+                   for f in os.listdir(os.path.join(FACES, p)))
+    images = np.concatenate([b.numpy() for b in kf.data.image_dataset(paths, image_size=(32, 32))])
+    outputs = np.asarray(conv(model.get_layer("scale_pixels")(images)), dtype=np.float64)
+    return np.asarray(backbone.get_layer("conv1_bn").moving_mean), outputs.reshape(-1, outputs.shape[-1]).mean(0)
+
+
+def test_ema_exports_the_averaged_weights_with_batch_norm_statistics_recomputed_for_them(tmp_path):
+    # 55 faces in 5 batches of 11, no augmentation: one pass sees every image once, so conv1_bn's
+    # mean (the average of the batch means) is the mean of conv1's output over the images.
+    flags = ["train", "--data", FACES, "--backbone", "simple_cnn", "--image-size", "32", "--embedding-dim", "8",
+             "--epochs", "2", "--batch-size", "11", "--augment", "none", "--optimizer", "adam",
+             "--learning-rate", "0.01"]
+    assert cli.main([*flags, "--ema", "0.9", "--run-dir", str(tmp_path / "ema")]) == 0
+    moving, expected = _first_bn_statistics_and_input_mean(tmp_path / "ema")
+    np.testing.assert_allclose(moving, expected, rtol=1e-4, atol=1e-4)
+    assert cli.main([*flags, "--run-dir", str(tmp_path / "raw")]) == 0  # without EMA: Keras's running mean
+    moving, expected = _first_bn_statistics_and_input_mean(tmp_path / "raw")
+    assert not np.allclose(moving, expected, rtol=1e-2, atol=1e-2)
