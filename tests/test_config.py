@@ -127,13 +127,14 @@ def test_width_multiplies_the_channels_of_every_layer_of_the_backbone_and_none_k
     assert TrainConfig(data=str(tmp_path), width="none").validate().width is None
 
 
-def test_a_width_with_a_backbone_function_is_refused_before_any_work(tmp_path):
+@pytest.mark.parametrize("name, value", [("width", 2.0), ("dropout", 0.3)])
+def test_a_backbone_setting_with_a_backbone_function_is_refused_before_any_work(tmp_path, name, value):
     built = []
-    config = TrainConfig(data=str(tmp_path / "faces"), image_size=32, width=2.0,
-                         run_dir=str(tmp_path / "run"))
-    with pytest.raises(ValueError, match=r"^width applies to the registry's backbones; got width=2.0"):
+    config = TrainConfig(data=str(tmp_path / "faces"), image_size=32, run_dir=str(tmp_path / "run"),
+                         **{name: value})
+    with pytest.raises(ValueError, match=rf"^{name} applies to the registry's backbones; got {name}={value}"):
         recipe.train(config, backbone=lambda: built.append(1))
-    with pytest.raises(ValueError, match="width=2.0 with a backbone function"):
+    with pytest.raises(ValueError, match=f"{name}={value} with a backbone function"):
         recipe.build_model(config, 10, backbone=lambda: built.append(1))
     assert built == [] and not (tmp_path / "run").exists()
 
@@ -196,12 +197,3 @@ def test_dropout_sets_the_rate_before_the_embedding_and_none_keeps_the_backbones
                                          r"the embedding \(iresnet18, .*small_vgg\); got --backbone simple_cnn$"):
         TrainConfig(data=str(tmp_path), backbone="simple_cnn", dropout=0.3).validate().check_combination()
     assert TrainConfig(data=str(tmp_path), dropout=0.3).validate().check_combination() == []  # auto
-
-
-def test_a_dropout_with_a_backbone_function_is_refused_before_any_work(tmp_path):
-    built = []
-    config = TrainConfig(data=str(tmp_path / "faces"), image_size=32, dropout=0.3,
-                         run_dir=str(tmp_path / "run"))
-    with pytest.raises(ValueError, match=r"^dropout applies to the registry's backbones; got dropout=0.3"):
-        recipe.train(config, backbone=lambda: built.append(1))
-    assert not built and not (tmp_path / "run").exists()
