@@ -558,6 +558,7 @@ def _parser():
     p.add_argument("--out", required=True, help="the pair list (tab-separated 'a b label' lines)")
     p.add_argument("--num-pairs", type=_positive_int, default=6000, help="pairs wanted, half genuine")
     p.add_argument("--seed", type=int, default=0, help="seed of the draw")
+    parser.commands = sub.choices  # so that `main` reports a command's unknown flags as that command
     return parser
 
 
@@ -675,7 +676,9 @@ def main(argv=None):
     """
     parser = _parser()
     try:
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:  # `facemargin pack: error: ...`, not argparse's `facemargin: error: ...`
+            parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     except SystemExit as exit:  # --help, --version, or a mistake already reported in one line
         return exit.code
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -215,7 +215,7 @@ def _check_folders(config, saved_config):
     from keras_facemargin.training import check_run_config
 
     _checks.check_writable_dir("--run-dir", config.run_dir)
-    check_run_config(config.run_dir, saved_config, write=False)
+    check_run_config(config.run_dir, saved_config, write=False, name="--run-dir")
     export = default_export_path(config)
     _checks.check_writable_dir("--export", export)
     mark = os.path.join(export, _EXPORT_MARK)
@@ -333,7 +333,14 @@ def _loss(config):
         kwargs["scale"] = config.scale
     if config.label_smoothing:
         kwargs["label_smoothing"] = config.label_smoothing
-    return losses.get(config.loss, **kwargs)
+    try:
+        return losses.get(config.loss, **kwargs)
+    except ValueError as error:  # the loss's own range check: name the flag, not the argument
+        message = str(error)
+        for name in kwargs:
+            if message.startswith(f"{name} "):
+                message = config_lib.flag(name) + message[len(name):]
+        raise ValueError(f"{message} (--loss {config.loss})") from None
 
 
 def make_schedule(config, steps_per_epoch):
@@ -446,9 +453,13 @@ def build_model(config, num_classes, backbone=None):
     else:
         given = {name: getattr(config, name) for name in ("width", "dropout")
                  if getattr(config, name) is not None}
-        backbone = models.get_backbone(config.backbone,
-                                       input_shape=(config.image_size, config.image_size, 3),
-                                       embedding_dim=config.embedding_dim, **given)
+        try:
+            backbone = models.get_backbone(config.backbone,
+                                           input_shape=(config.image_size, config.image_size, 3),
+                                           embedding_dim=config.embedding_dim, **given)
+        except ValueError as error:  # the backbone's own check, e.g. an image too small for it
+            raise ValueError(f"--backbone {config.backbone} at --image-size {config.image_size}: "
+                             f"{error}") from None
     loss = _loss(config)
     if config.loss == SOFTMAX:
         return (*models.build_recognizer(backbone, num_classes, head="dense"), loss)

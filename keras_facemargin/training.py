@@ -247,7 +247,7 @@ class DivergenceGuard(keras.callbacks.Callback):
                 f"step {step}); lower the learning rate or the scale, or use a warm-up")
 
 
-def check_run_config(run_dir, config, write=True, may_change=("epochs",)):
+def check_run_config(run_dir, config, write=True, may_change=("epochs",), name="run_dir"):
     """Saves `config` in `run_dir`, or refuses if the folder holds a run with another one.
 
     Args:
@@ -257,6 +257,7 @@ def check_run_config(run_dir, config, write=True, may_change=("epochs",)):
             run, and checks before any work starts).
         may_change: keys whose value may differ from the saved one (a larger `epochs` extends a
             run); the saved configuration is then updated.
+        name: what the messages call the folder (the command line's `--run-dir`).
     """
     path = os.path.join(run_dir, "config.json")
     text = json.dumps(config, indent=2, sort_keys=True, default=str)
@@ -266,15 +267,15 @@ def check_run_config(run_dir, config, write=True, may_change=("epochs",)):
             with open(path, encoding="utf-8") as f:
                 saved = json.load(f)
         except (ValueError, UnicodeDecodeError) as error:
-            raise ValueError(f"run_dir {run_dir!r} holds a config.json that is not valid JSON "
-                             f"({error}); use a new run_dir") from None
+            raise ValueError(f"{name} {run_dir!r} holds a config.json that is not valid JSON "
+                             f"({error}); use a new {name}") from None
         keys = sorted(k for k in set(saved) | set(current)
                       if saved.get(k) != current.get(k) and k not in may_change)
         if keys:
             details = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in keys)
             raise ValueError(
-                f"run_dir {run_dir!r} holds a run with a different configuration ({details}); "
-                "use a new run_dir, or the same configuration to resume"
+                f"{name} {run_dir!r} holds a run with a different configuration ({details}); "
+                f"use a new {name}, or the same configuration to resume"
             )
         if saved == current or not write:
             return

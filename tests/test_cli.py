@@ -90,7 +90,30 @@ def test_resume_with_another_configuration_is_refused(trained, capsys):
     code = cli.main(["train", "--data", FACES, "--run-dir", run_dir, "--image-size", "32",
                      "--backbone", "simple_cnn", "--epochs", "3"])
     assert code == 2
-    assert "different configuration" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "facemargin train: error: --run-dir" in err and "different configuration" in err
+    assert "use a new --run-dir" in err
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["train", "--data", FACES, "--image-size", "7", "--run-dir", "RUN"],
+     "facemargin train: error: --backbone small_vgg at --image-size 7: input_shape (7, 7, 3) is too "
+     "small for small_vgg: it downsamples by 16, so height and width must be at least 16"),
+    (["train", "--data", FACES, "--loss", "cosface", "--margin", "5", "--run-dir", "RUN"],
+     "facemargin train: error: --margin must be in [0.0, 1.0]; got 5.0 (--loss cosface)"),
+    (["train", "--data", FACES, "--epochs", "2", "--bogus", "3", "--run-dir", "RUN"],
+     "facemargin train: error: unrecognized arguments: --bogus 3 (see facemargin train --help)"),
+    (["pack", FACES, "RUN.rec", "--data", "x"],
+     "facemargin pack: error: unrecognized arguments: --data x (see facemargin pack --help)"),
+])
+def test_a_mistake_found_after_parsing_names_the_flag_and_its_command(tmp_path, capsys, argv, expected):
+    # The backbone's and the loss's own checks speak of input_shape and margin, and argparse
+    # reports a command's unknown flags as the top-level `facemargin`: the user typed flags.
+    run = str(tmp_path / "run")
+    assert cli.main([a.replace("RUN", run) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == expected and "Traceback" not in err
+    assert not os.listdir(tmp_path)  # no run folder, no .rec
 
 
 def test_bad_inputs_are_clear_errors(tmp_path, capsys):
