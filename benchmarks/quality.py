@@ -21,6 +21,8 @@ seconds and its peak memory (`wait4`'s ru_maxrss).
     python benchmarks/quality.py --digits --train-identities 7 --unseen 3 --image-size 32 ...
     python benchmarks/quality.py --data DIR --out runs/fused --fuse A/embeddings.npz B/embeddings.npz
 
+`--flip-test` also embeds each `facemargin` row with `facemargin embed --flip` (an image's
+embedding plus its mirror's) and reports it as the row `NAME+flip`, from the same training.
 `--fuse` trains nothing: it scores the embeddings of earlier runs on the same split one by one and
 fused (the mean of their cosine similarities), which shows how much of the error one model's
 variance makes.
@@ -173,10 +175,22 @@ def run_row(row, seed, args, train_dir, unseen_dir, unseen_paths, pairs):
             embed = [FACEMARGIN, "embed", "--model", os.path.join(run_dir, "saved_model"), "--images",
                      unseen_dir, "--out", npz, "--batch-size", "256"]
             code, _, _ = timed(embed, os.path.join(work, "embed.log"))
+    flip = None
+    if code == 0 and args.flip_test and not row.startswith("plain_"):
+        flip_npz = os.path.join(work, "embeddings_flip.npz")
+        embed = [FACEMARGIN, "embed", "--model", os.path.join(work, "run", "saved_model"), "--images",
+                 unseen_dir, "--out", flip_npz, "--batch-size", "256", "--flip"]
+        flip_code, _, _ = timed(embed, os.path.join(work, "embed_flip.log"))
+        flip = {"exit": flip_code}
+        report = evaluate(flip_npz, unseen_paths, pairs) if flip_code == 0 else None
+        if report is not None:
+            flip.update(report_fields(report))
     report = evaluate(npz, unseen_paths, pairs) if code == 0 else None
     result = {"row": row, "seed": seed, "exit": code, "seconds": seconds, "peak_mib": peak}
     if report is not None:
         result.update(report_fields(report))
+    if flip is not None:
+        result["flip_test"] = flip
     with open(os.path.join(work, "result.json"), "w") as f:
         json.dump(result, f, indent=2)
     return result
@@ -250,6 +264,9 @@ def main(argv=None):
     parser.add_argument("--fuse", nargs="+", metavar="NPZ",
                         help="train nothing: score these embeddings.npz of earlier runs (same --data and "
                         "--split-seed) one by one and fused, a pair's score the mean of their cosines")
+    parser.add_argument("--flip-test", action="store_true",
+                        help="also embed each facemargin row with `facemargin embed --flip` (the mean of "
+                        "an image's and its mirror's embeddings) and report it as the row NAME+flip")
     parser.add_argument("--dry-run", action="store_true",
                         help="the plain_softmax and default rows, one seed, one epoch, 16 px, few identities")
     args = parser.parse_args(argv)
@@ -293,16 +310,24 @@ def main(argv=None):
         else:
             command = row_command(row, "TRAIN", "RUN", args, 0)
             commands[row] = " ".join(["facemargin", *command[1:]]).replace(" --seed 0 --run-dir RUN", "")
+            if args.flip_test:
+                commands[f"{row}+flip"] = commands[row] + "; facemargin embed --flip"
     results = []
     for seed in args.seeds:
         for row in rows:
             result = run_row(row, seed, args, train_dir, unseen_dir, unseen_paths, pairs)
             results.append(result)
-            summary = ", ".join(f"{k} {result[k]:.4f}" for k, _ in COLUMNS if k in result)
-            failed = f"FAILED (exit {result['exit']})"
-            print(f"{row} seed {seed}: {summary or failed}; "
-                  f"{result['seconds']:.0f} s, {result['peak_mib']:.0f} MiB", flush=True)
-    text = table(results, rows, commands)
+            flip = result.get("flip_test")
+            if flip is not None:  # the same training, embedded with the flip test
+                results.append({"row": f"{row}+flip", "seed": seed, "seconds": result["seconds"],
+                                "peak_mib": result["peak_mib"], **flip})
+            for r in results[-2 if flip is not None else -1:]:
+                summary = ", ".join(f"{k} {r[k]:.4f}" for k, _ in COLUMNS if k in r)
+                failed = f"FAILED (exit {r['exit']})"
+                print(f"{r['row']} seed {seed}: {summary or failed}; "
+                      f"{r['seconds']:.0f} s, {r['peak_mib']:.0f} MiB", flush=True)
+    table_rows = [name for row in rows for name in (row, f"{row}+flip") if name in commands]
+    text = table(results, table_rows, commands)
     print("\n" + text)
     with open(os.path.join(args.out, "table.md"), "w") as f:
         f.write(text + "\n")

@@ -38,15 +38,21 @@ def test_quality_runs_the_plain_script_and_the_command_line_on_a_tiny_folder(tmp
     out = tmp_path / "q"
     results = quality.main(["--data", FACES, "--train-identities", "3", "--unseen", "2", "--epochs", "1",
                             "--image-size", "32", "--seeds", "0", "--rows", "plain_softmax,default",
-                            "--out", str(out)])
-    assert [r["row"] for r in results] == ["plain_softmax", "default"]
+                            "--flip-test", "--out", str(out)])
+    # --flip-test adds default+flip (the same training embedded with `embed --flip`), not plain+flip
+    assert [r["row"] for r in results] == ["plain_softmax", "default", "default+flip"]
     for r in results:
         assert r["exit"] == 0 and 0 <= r["auc"] <= 1 and 0 <= r["tar_1e2"] <= 1 and r["seconds"] > 0
         assert r["peak_mib"] > 100
     table = (out / "table.md").read_text()
     assert "plain_keras.py --head softmax" in table and "facemargin train --data TRAIN" in table
+    assert "| default+flip " in table and "facemargin embed --flip" in table
     saved = json.loads((out / "results.json").read_text())
-    assert saved["settings"]["epochs"] == 1 and len(saved["results"]) == 2
+    assert saved["settings"]["epochs"] == 1 and len(saved["results"]) == 3
+    run = out / "runs" / "default-seed0"
+    plain, flipped = np.load(run / "embeddings.npz"), np.load(run / "embeddings_flip.npz")
+    assert list(plain["paths"]) == list(flipped["paths"])
+    assert not np.allclose(plain["embeddings"], flipped["embeddings"], atol=1e-5)  # the mirrors count
 
 
 def write_embeddings(path, paths, embeddings):
