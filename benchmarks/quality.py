@@ -158,7 +158,17 @@ def report_fields(report):
                 tar_1e3=report.tar_at_far[1e-3], accuracy_10fold=report.accuracy_10fold)
 
 
+def embed(work, unseen_dir, npz, *flags):
+    """`facemargin embed` of the run in `work` on the unseen images; returns its exit status."""
+    command = [FACEMARGIN, "embed", "--model", os.path.join(work, "run", "saved_model"), "--images",
+               unseen_dir, "--out", npz, "--batch-size", "256", *flags]
+    name = os.path.splitext(os.path.basename(npz))[0].replace("embeddings", "embed")
+    return timed(command, os.path.join(work, f"{name}.log"))[0]
+
+
 def run_row(row, seed, args, train_dir, unseen_dir, unseen_paths, pairs):
+    """Trains and scores one row for one seed; returns a list: its result and, with `--flip-test` (a
+    `facemargin` row), `NAME+flip`, the same training embedded with the flip test."""
     work = os.path.join(args.out, "runs", f"{row}-seed{seed}")
     os.makedirs(work, exist_ok=True)
     npz = os.path.join(work, "embeddings.npz")
@@ -172,28 +182,19 @@ def run_row(row, seed, args, train_dir, unseen_dir, unseen_paths, pairs):
         code, seconds, peak = timed(row_command(row, train_dir, run_dir, args, seed),
                                     os.path.join(work, "train.log"))
         if code == 0:
-            embed = [FACEMARGIN, "embed", "--model", os.path.join(run_dir, "saved_model"), "--images",
-                     unseen_dir, "--out", npz, "--batch-size", "256"]
-            code, _, _ = timed(embed, os.path.join(work, "embed.log"))
-    flip = None
+            code = embed(work, unseen_dir, npz)
+    embedded = [(row, npz, code)]
     if code == 0 and args.flip_test and not row.startswith("plain_"):
         flip_npz = os.path.join(work, "embeddings_flip.npz")
-        embed = [FACEMARGIN, "embed", "--model", os.path.join(work, "run", "saved_model"), "--images",
-                 unseen_dir, "--out", flip_npz, "--batch-size", "256", "--flip"]
-        flip_code, _, _ = timed(embed, os.path.join(work, "embed_flip.log"))
-        flip = {"exit": flip_code}
-        report = evaluate(flip_npz, unseen_paths, pairs) if flip_code == 0 else None
-        if report is not None:
-            flip.update(report_fields(report))
-    report = evaluate(npz, unseen_paths, pairs) if code == 0 else None
-    result = {"row": row, "seed": seed, "exit": code, "seconds": seconds, "peak_mib": peak}
-    if report is not None:
-        result.update(report_fields(report))
-    if flip is not None:
-        result["flip_test"] = flip
+        embedded.append((f"{row}+flip", flip_npz, embed(work, unseen_dir, flip_npz, "--flip")))
+    results = []
+    for name, path, status in embedded:
+        report = evaluate(path, unseen_paths, pairs) if status == 0 else None
+        results.append({"row": name, "seed": seed, "exit": status, "seconds": seconds, "peak_mib": peak,
+                        **(report_fields(report) if report is not None else {})})
     with open(os.path.join(work, "result.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    return result
+        json.dump(results, f, indent=2)
+    return results
 
 
 COLUMNS = (("auc", "AUC"), ("eer", "EER"), ("tar_1e2", "TAR@FAR=1e-2"), ("tar_1e3", "TAR@FAR=1e-3"),
@@ -265,8 +266,8 @@ def main(argv=None):
                         help="train nothing: score these embeddings.npz of earlier runs (same --data and "
                         "--split-seed) one by one and fused, a pair's score the mean of their cosines")
     parser.add_argument("--flip-test", action="store_true",
-                        help="also embed each facemargin row with `facemargin embed --flip` (the mean of "
-                        "an image's and its mirror's embeddings) and report it as the row NAME+flip")
+                        help="also embed each facemargin row with `facemargin embed --flip` (an image's "
+                        "embedding plus its mirror's) and report it as the row NAME+flip")
     parser.add_argument("--dry-run", action="store_true",
                         help="the plain_softmax and default rows, one seed, one epoch, 16 px, few identities")
     args = parser.parse_args(argv)
@@ -315,17 +316,12 @@ def main(argv=None):
     results = []
     for seed in args.seeds:
         for row in rows:
-            result = run_row(row, seed, args, train_dir, unseen_dir, unseen_paths, pairs)
-            results.append(result)
-            flip = result.get("flip_test")
-            if flip is not None:  # the same training, embedded with the flip test
-                results.append({"row": f"{row}+flip", "seed": seed, "seconds": result["seconds"],
-                                "peak_mib": result["peak_mib"], **flip})
-            for r in results[-2 if flip is not None else -1:]:
-                summary = ", ".join(f"{k} {r[k]:.4f}" for k, _ in COLUMNS if k in r)
-                failed = f"FAILED (exit {r['exit']})"
-                print(f"{r['row']} seed {seed}: {summary or failed}; "
-                      f"{r['seconds']:.0f} s, {r['peak_mib']:.0f} MiB", flush=True)
+            for result in run_row(row, seed, args, train_dir, unseen_dir, unseen_paths, pairs):
+                results.append(result)
+                summary = ", ".join(f"{k} {result[k]:.4f}" for k, _ in COLUMNS if k in result)
+                failed = f"FAILED (exit {result['exit']})"
+                print(f"{result['row']} seed {seed}: {summary or failed}; "
+                      f"{result['seconds']:.0f} s, {result['peak_mib']:.0f} MiB", flush=True)
     table_rows = [name for row in rows for name in (row, f"{row}+flip") if name in commands]
     text = table(results, table_rows, commands)
     print("\n" + text)
