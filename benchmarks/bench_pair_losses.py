@@ -15,10 +15,11 @@ with `--no-xla` a plain `tf.function` (what `Model.fit` uses by default on a CPU
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
+
+import _machine
 
 XLA = True  # set by --no-xla
 
@@ -103,16 +104,6 @@ def _peak_rss_kib():
         return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
 
 
-def _cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -136,7 +127,7 @@ def main():
     import tensorflow as tf
 
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    print(f"# {when}, {_cpu_name()}, {os.cpu_count()} CPUs, TensorFlow {tf.__version__}, "
+    print(f"# {when}, {_machine.cpu_model()}, {os.cpu_count()} CPUs, TensorFlow {tf.__version__}, "
           f"tf.function(jit_compile={XLA}), dim {args.dim}, P×K batches with K = 4")
     print(f"{'loss':<20}{'batch':>6}{'floor ms':>10}{'loss ms':>10}{'ratio':>8}{'peak RSS MB':>13}")
     for batch in args.batches:

@@ -41,12 +41,13 @@ that they survive a noisy (shared) machine:
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+import _machine
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -276,8 +277,8 @@ def vs_torch(args):
     print(f"# bench_training --vs-torch: IR-ResNet-{args.depth} at {args.size}x{args.size}, "
           f"batch {args.batch}, {args.classes} classes, embedding {args.dim}, ArcFace s=64 m=0.5, "
           f"SGD 0.1 momentum 0.9 wd 5e-4; {args.threads} threads each")
-    print(f"# {time.strftime('%Y-%m-%d %H:%M %Z')}; {os.cpu_count()} CPUs, {_cpu_model()}; {args.rounds} "
-          f"rounds of {args.steps} step(s), PyTorch then ours in each round; load average "
+    print(f"# {time.strftime('%Y-%m-%d %H:%M %Z')}; {os.cpu_count()} CPUs, {_machine.cpu_model()}; "
+          f"{args.rounds} rounds of {args.steps} step(s), PyTorch then ours in each round; load average "
           f"{_load()} at start")
     if not have_torch:
         print(f"# no {TORCH_PYTHON}: run --setup-torch first; timing our configurations alone")
@@ -329,16 +330,6 @@ def _load():
     return " ".join(f"{v:.1f}" for v in os.getloadavg())
 
 
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -383,7 +374,7 @@ def main():
     print(f"# bench_training: IR-ResNet-18 at {args.size}x{args.size}, batch {args.batch}, "
           f"{args.classes} classes, embedding {args.dim}; keras {keras.__version__} "
           f"({keras.backend.backend()}), tensorflow {tf.__version__}, {os.cpu_count()} CPUs, "
-          f"{platform.processor() or platform.machine()}")
+          f"{_machine.cpu_model()}")
     print(f"# {time.strftime('%Y-%m-%d %H:%M %Z')}; {args.repeats} interleaved repeats, medians; "
           f"load average at start {os.getloadavg()[0]:.1f}")
 

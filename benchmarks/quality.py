@@ -32,7 +32,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -41,6 +40,9 @@ import time
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import _machine  # noqa: E402
+
 PLAIN = os.path.join(HERE, "plain_keras.py")
 FACEMARGIN = os.path.join(os.path.dirname(sys.executable), "facemargin")
 DEFAULT_ROWS = ("plain_softmax", "plain_arcface", "default", "softmax", "arcface", "cosface", "circle",
@@ -298,10 +300,11 @@ def main(argv=None):
                           for f in os.listdir(os.path.join(unseen_dir, n)))
     pairs = verification_pairs(unseen_paths, args.split_seed)
     started = datetime.datetime.now(datetime.timezone.utc)
+    machine = _machine.describe()
     print(f"# quality: {args.data}; {len(train_ids)} training identities, {len(unseen_ids)} unseen "
           f"({len(unseen_paths)} images); {int(pairs[2].sum())} genuine + {int((~pairs[2]).sum())} impostor "
           f"pairs; {args.image_size} px, {args.epochs} epochs, seeds {args.seeds}; {started:%Y-%m-%d %H:%M} "
-          f"UTC, {os.cpu_count()} CPUs {platform.machine()}", flush=True)
+          f"UTC; {_machine.summary(machine)}", flush=True)
     if args.fuse:
         return fuse(parser, args.fuse, unseen_paths, pairs, args.out)
     commands = {}
@@ -328,7 +331,8 @@ def main(argv=None):
     with open(os.path.join(args.out, "table.md"), "w") as f:
         f.write(text + "\n")
     with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({"started_utc": started.isoformat(), "settings": vars(args), "results": results}, f,
+        json.dump({"started_utc": started.isoformat(), "machine": machine, "settings": vars(args),
+                   "results": results}, f,
                   indent=2)
     return results
 

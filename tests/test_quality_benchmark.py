@@ -49,6 +49,11 @@ def test_quality_runs_the_plain_script_and_the_command_line_on_a_tiny_folder(tmp
     assert "| default+flip " in table and "facemargin embed --flip" in table
     saved = json.loads((out / "results.json").read_text())
     assert saved["settings"]["epochs"] == 1 and len(saved["results"]) == 3
+    # the machine and versions, since the same seed trains another model on another CPU
+    machine = saved["machine"]
+    assert machine["packages"]["keras"] == keras.__version__ and machine["cpus"] == os.cpu_count()
+    header = [line for line in capsys.readouterr().out.splitlines() if line.startswith("# quality:")]
+    assert machine["cpu"] in header[0] and f"keras {keras.__version__}" in header[0]
     run = out / "runs" / "default-seed0"
     plain, flipped = np.load(run / "embeddings.npz"), np.load(run / "embeddings_flip.npz")
     assert list(plain["paths"]) == list(flipped["paths"])
