@@ -20,12 +20,15 @@ seconds and its peak memory (`wait4`'s ru_maxrss).
     python benchmarks/quality.py --data DIR --rows plain_softmax,default --seeds 0 --epochs 2 ...
     python benchmarks/quality.py --digits --train-identities 7 --unseen 3 --image-size 32 ...
     python benchmarks/quality.py --data DIR --out runs/fused --fuse A/embeddings.npz B/embeddings.npz
+    python benchmarks/quality.py --data DIR --out runs/misses --misses A/embeddings.npz
 
 `--flip-test` also embeds each `facemargin` row with `facemargin embed --flip` (an image's
 embedding plus its mirror's) and reports it as the row `NAME+flip`, from the same training.
 `--fuse` trains nothing: it scores the embeddings of earlier runs on the same split one by one and
 fused (the mean of their cosine similarities), which shows how much of the error one model's
-variance makes.
+variance makes. `--misses` trains nothing either: it lists one run's errors at the strictest
+operating point (TAR@FAR=1e-3), the impostor pairs that set its threshold and where the rejected
+genuine pairs fall, which shows whether the strict end is the model's or the data's.
 """
 
 import argparse
@@ -140,8 +143,8 @@ def unseen_embeddings(npz, unseen_paths):
     return ev.normalize_rows(embeddings) if np.isfinite(embeddings).all() else None
 
 
-def evaluate(npzs, unseen_paths, pairs):
-    """The verification report of one embeddings file, or of several fused: a pair's score is the
+def pair_scores(npzs, unseen_paths, pairs):
+    """The protocol's pair scores under one embeddings file, or several fused: a pair's score is the
     mean of its cosine similarities under each (the cosine of the concatenated unit embeddings, times
     a constant). None when one of them fails `unseen_embeddings`."""
     from keras_facemargin import evaluation as ev
@@ -150,9 +153,18 @@ def evaluate(npzs, unseen_paths, pairs):
     parts = [unseen_embeddings(npz, unseen_paths) for npz in npzs]
     if any(part is None for part in parts):
         return None
-    a, b, same = pairs
-    scores = np.mean([ev.indexed_pair_scores(part, a, b) for part in parts], axis=0)
-    return ev.verification_report(same.astype(int), scores, far_targets=FARS)
+    a, b, _ = pairs
+    return np.mean([ev.indexed_pair_scores(part, a, b) for part in parts], axis=0)
+
+
+def evaluate(npzs, unseen_paths, pairs):
+    """The verification report of `pair_scores` (None where that is None)."""
+    from keras_facemargin import evaluation as ev
+
+    scores = pair_scores(npzs, unseen_paths, pairs)
+    if scores is None:
+        return None
+    return ev.verification_report(pairs[2].astype(int), scores, far_targets=FARS)
 
 
 def report_fields(report):
@@ -248,6 +260,55 @@ def fuse(parser, npzs, unseen_paths, pairs, out):
     return results
 
 
+def misses(parser, npz, unseen_paths, pairs, out, far=FARS[-1]):
+    """`--misses`: the errors of one embeddings file at the threshold of TAR@FAR=`far` (the
+    protocol's strictest): every impostor pair it accepts, and the genuine pairs it rejects counted
+    by pair of file names (for emoji-4vendor, the two vendors) and by identity. Writes
+    OUT/misses.{md,json}; returns the dict written."""
+    from keras_facemargin import evaluation as ev
+
+    scores = pair_scores(npz, unseen_paths, pairs)
+    if scores is None:
+        parser.error(f"argument --misses: {npz!r} lacks finite embeddings of this split's unseen images "
+                     "(expected the embeddings.npz of a run on the same --data and --split-seed)")
+    a, b, same = pairs
+    report = ev.verification_report(same.astype(int), scores, far_targets=(far,))
+    threshold = report.thresholds_at_far[far]
+    identity = [os.path.basename(os.path.dirname(p)) for p in unseen_paths]
+    image = [f"{identity[i]}/{os.path.basename(p)}" for i, p in enumerate(unseen_paths)]
+    accepted = np.flatnonzero(~same & (scores >= threshold))
+    accepted = accepted[np.argsort(-scores[accepted], kind="stable")]
+    rejected = np.flatnonzero(same & (scores < threshold))
+    by_files, by_identity = {}, {}
+    for i in rejected:
+        key = " & ".join(sorted((os.path.basename(unseen_paths[a[i]]), os.path.basename(unseen_paths[b[i]]))))
+        by_files[key] = by_files.get(key, 0) + 1
+        by_identity[identity[a[i]]] = by_identity.get(identity[a[i]], 0) + 1
+    result = {
+        "embeddings": npz, "far": far, "threshold": threshold, "tar": report.tar_at_far[far],
+        "impostors_accepted": [{"score": float(scores[i]), "a": image[a[i]], "b": image[b[i]]}
+                               for i in accepted],
+        "genuine_rejected": int(len(rejected)), "genuine": int(same.sum()),
+        "rejected_by_file_names": dict(sorted(by_files.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "rejected_by_identity": dict(sorted(by_identity.items(), key=lambda kv: (-kv[1], kv[0]))),
+    }
+    title = f"# {npz} at FAR={far:.0e}".replace("e-0", "e-")
+    lines = [f"{title}: threshold {threshold:.4f}, TAR {result['tar']:.4f}",
+             f"impostor pairs accepted ({len(accepted)} of {int((~same).sum())}):",
+             *(f"  {r['score']:.4f}  {r['a']}  {r['b']}" for r in result["impostors_accepted"]),
+             f"genuine pairs rejected: {len(rejected)} of {result['genuine']}; by file names:",
+             *(f"  {k}: {v}" for k, v in result["rejected_by_file_names"].items()),
+             "the identities with the most rejected genuine pairs:",
+             *(f"  {k}: {v}" for k, v in list(result["rejected_by_identity"].items())[:10])]
+    text = "\n".join(lines)
+    print(text)
+    with open(os.path.join(out, "misses.md"), "w") as f:
+        f.write(text + "\n")
+    with open(os.path.join(out, "misses.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    return result
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", help="image folder, one sub-folder per identity")
@@ -267,6 +328,10 @@ def main(argv=None):
     parser.add_argument("--fuse", nargs="+", metavar="NPZ",
                         help="train nothing: score these embeddings.npz of earlier runs (same --data and "
                         "--split-seed) one by one and fused, a pair's score the mean of their cosines")
+    parser.add_argument("--misses", metavar="NPZ",
+                        help="train nothing: list the errors of this embeddings.npz of an earlier run (same "
+                        "--data and --split-seed) at the threshold of TAR@FAR=1e-3: the impostor pairs it "
+                        "accepts, and the genuine pairs it rejects by file names and by identity")
     parser.add_argument("--flip-test", action="store_true",
                         help="also embed each facemargin row with `facemargin embed --flip` (an image's "
                         "embedding plus its mirror's) and report it as the row NAME+flip")
@@ -286,11 +351,14 @@ def main(argv=None):
         experiments.digit_folder(args.data, size=32)
     if not os.path.isdir(args.data):
         parser.error(f"argument --data: expected an image folder; got {args.data!r}")
-    for npz in args.fuse or ():
-        if not os.path.isfile(npz):
-            parser.error(f"argument --fuse: expected embeddings.npz files of earlier runs; got {npz!r}, "
-                         "which is not a file")
-    if "best" in rows and not args.best and not args.fuse:
+    for flag, npzs in (("--fuse", args.fuse or ()), ("--misses", [args.misses] if args.misses else ())):
+        for npz in npzs:
+            if not os.path.isfile(npz):
+                parser.error(f"argument {flag}: expected embeddings.npz files of earlier runs; got {npz!r}, "
+                             "which is not a file")
+    if args.fuse and args.misses:
+        parser.error("give at most one of --fuse and --misses")
+    if "best" in rows and not args.best and not (args.fuse or args.misses):
         parser.error("the 'best' row needs --best FLAGS")
     os.makedirs(args.out, exist_ok=True)
     train_ids, unseen_ids = split_identities(args.data, args.train_identities, args.unseen, args.split_seed)
@@ -307,6 +375,8 @@ def main(argv=None):
           f"UTC; {_machine.summary(machine)}", flush=True)
     if args.fuse:
         return fuse(parser, args.fuse, unseen_paths, pairs, args.out)
+    if args.misses:
+        return misses(parser, args.misses, unseen_paths, pairs, args.out)
     commands = {}
     for row in rows:
         if row.startswith("plain_"):

@@ -118,3 +118,52 @@ def test_fuse_refuses_a_missing_file_and_another_split_in_one_line(tmp_path, cap
         quality.main([*common, "--fuse", other])
     err = capsys.readouterr().err
     assert "lacks finite embeddings of this split's unseen images" in err and "Traceback" not in err
+
+
+def test_misses_lists_the_errors_at_the_strictest_threshold(tmp_path, capsys):
+    quality = load()
+    data = tmp_path / "ids"  # 61 identities x 4 "vendors": --misses reads names, never pixels
+    vendors = ["apple.png", "facebook.png", "google.png", "twitter.png"]
+    for k in range(61):
+        os.makedirs(data / f"id{k:02d}")
+        for v in vendors:
+            (data / f"id{k:02d}" / v).write_bytes(b"")
+    _, unseen = quality.split_identities(str(data), 1, 60, seed=0)
+    paths = sorted(str(data / n / v) for n in unseen for v in vendors)
+    rng = np.random.default_rng(1)
+    identity = np.array([unseen.index(os.path.basename(os.path.dirname(p))) for p in paths])
+    table = rng.normal(size=(60, 16))[identity] + 1.2 * rng.normal(size=(len(paths), 16))
+    npz = str(tmp_path / "e.npz")
+    write_embeddings(npz, paths, table)
+    out = tmp_path / "q"
+    result = quality.main(["--data", str(data), "--train-identities", "1", "--unseen", "60", "--out", str(out),
+                           "--misses", npz])
+    a, b, same = quality.verification_pairs(paths, 0)
+    scores = np.array([float(np.dot(table[i], table[j]) / (np.linalg.norm(table[i]) * np.linalg.norm(table[j])))
+                       for i, j in zip(a, b, strict=True)])
+    impostors = [s for s, g in zip(scores, same, strict=True) if not g]
+    # the lowest threshold among the scores that accepts at most 1e-3 of the impostors
+    threshold = min(t for t in scores if sum(s >= t for s in impostors) <= 1e-3 * len(impostors))
+    accepted = sorted(((s, i, j) for s, i, j, g in zip(scores, a, b, same, strict=True) if not g and s >= threshold),
+                      reverse=True)
+    assert len(accepted) == 3  # 3,600 impostors
+    name = [f"{os.path.basename(os.path.dirname(p))}/{os.path.basename(p)}" for p in paths]
+    assert [(r["a"], r["b"]) for r in result["impostors_accepted"]] == [(name[i], name[j]) for _, i, j in accepted]
+    assert [r["score"] for r in result["impostors_accepted"]] == pytest.approx([s for s, _, _ in accepted], abs=1e-6)
+    rejected = [(i, j) for s, i, j, g in zip(scores, a, b, same, strict=True) if g and s < threshold]
+    assert result["genuine_rejected"] == len(rejected) and result["genuine"] == 360
+    assert result["tar"] == pytest.approx(1 - len(rejected) / 360, abs=1e-9)
+    by_files = {}
+    for i, j in rejected:
+        key = " & ".join(sorted((os.path.basename(paths[i]), os.path.basename(paths[j]))))
+        by_files[key] = by_files.get(key, 0) + 1
+    assert result["rejected_by_file_names"] == by_files
+    assert sum(result["rejected_by_identity"].values()) == len(rejected)
+    text = (out / "misses.md").read_text()
+    assert text.startswith(f"# {npz} at FAR=1e-3: threshold") and name[accepted[0][1]] in text
+    assert json.loads((out / "misses.json").read_text())["genuine_rejected"] == len(rejected)
+    with pytest.raises(SystemExit):
+        quality.main(["--data", str(data), "--train-identities", "1", "--unseen", "60", "--out", str(out),
+                      "--misses", str(tmp_path / "none.npz")])
+    err = capsys.readouterr().err
+    assert "argument --misses: expected embeddings.npz files of earlier runs; got" in err and "Traceback" not in err
