@@ -369,10 +369,11 @@ def main(argv=None):
     pairs = verification_pairs(unseen_paths, args.split_seed)
     started = datetime.datetime.now(datetime.timezone.utc)
     machine = _machine.describe()
+    training = f"{args.image_size} px, {args.epochs} epochs, seeds {args.seeds}; "
+    training = "" if args.fuse or args.misses else training  # they train nothing
     print(f"# quality: {args.data}; {len(train_ids)} training identities, {len(unseen_ids)} unseen "
           f"({len(unseen_paths)} images); {int(pairs[2].sum())} genuine + {int((~pairs[2]).sum())} impostor "
-          f"pairs; {args.image_size} px, {args.epochs} epochs, seeds {args.seeds}; {started:%Y-%m-%d %H:%M} "
-          f"UTC; {_machine.summary(machine)}", flush=True)
+          f"pairs; {training}{started:%Y-%m-%d %H:%M} UTC; {_machine.summary(machine)}", flush=True)
     if args.fuse:
         return fuse(parser, args.fuse, unseen_paths, pairs, args.out)
     if args.misses:
