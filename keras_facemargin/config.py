@@ -157,8 +157,9 @@ class TrainConfig:
         mixup: probability in [0, 1] of mixup for a batch (softmax and margin losses); default 0.
         cutmix: probability in [0, 1] of cutmix for a batch (softmax and margin losses);
             default 0.
-        mixed_precision: the dtype policy: `"float32"` (default), `"mixed_float16"` or
-            `"mixed_bfloat16"`.
+        mixed_precision: the dtype policy of the run: `"float32"` (default), `"mixed_float16"` or
+            `"mixed_bfloat16"`; `recipe.train` sets it for the run alone, whatever Keras's global
+            policy was, and gives the global policy back afterwards.
         val_pairs: pair files scored every epoch (InsightFace `.bin`, LFW `pairs.txt` or
             `a b label` lists; one path is taken as a list of one), or None.
         val_root: the folder the pair lists' paths are relative to, or None.

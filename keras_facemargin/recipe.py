@@ -14,6 +14,7 @@ The "auto" values of a `TrainConfig` are decided from the data by `resolve`, in 
 README lists under "Training recipe".
 """
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -543,22 +544,42 @@ def train(config, given=(), callbacks=(), verbose="auto", export=True, index=Non
             run folder that holds another configuration; all before any training work.
         keras_facemargin.training.TrainingDiverged: the loss became NaN or infinite.
     """
-    import time
-
     _check_backbone_function(config, backbone)
     config, index, validation, warnings = prepare(config, given, index)
     for warning in warnings:
         logger.warning("warning: %s", warning)
+
+    from keras_facemargin import distribute
+
+    # Before any other TensorFlow work: a multi-worker strategy must be created first.
+    strategy = distribute.get_strategy(config.strategy)
+    with _dtype_policy(config.mixed_precision):
+        return _train(config, index, validation, warnings, strategy, backbone, callbacks, export, verbose)
+
+
+@contextlib.contextmanager
+def _dtype_policy(name):
+    """Keras's global dtype policy set to `name` for one run, and given back after it: the run is built
+    as its `config.json` says whatever policy was set before, and the next model in the same process
+    (a second run, a notebook's next cell) is not built in this run's precision."""
+    import keras
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def _train(config, index, validation, warnings, strategy, backbone, callbacks, export, verbose):
+    import time
 
     import keras
 
     from keras_facemargin import data, distribute, evaluation
     from keras_facemargin.training import fit_resumable
 
-    # Before any other TensorFlow work: a multi-worker strategy must be created first.
-    strategy = distribute.get_strategy(config.strategy)
-    if config.mixed_precision != "float32":
-        keras.config.set_dtype_policy(config.mixed_precision)
     keras.utils.set_random_seed(config.seed)
     log = data.CorruptFileLog()
     make_dataset = _datasets(config, index, log)

@@ -231,3 +231,32 @@ def test_ema_exports_the_averaged_weights_with_batch_norm_statistics_recomputed_
     assert cli.main([*flags, "--run-dir", str(tmp_path / "raw")]) == 0  # without EMA: Keras's running mean
     moving, expected = _first_bn_statistics_and_input_mean(tmp_path / "raw")
     assert not np.allclose(moving, expected, rtol=1e-2, atol=1e-2)
+
+
+def _conv_policies(run_dir):
+    """The dtype policies of the convolutions of a run's model.keras, nested models included."""
+    def walk(layers):
+        for layer in layers:
+            yield from walk(layer.layers) if hasattr(layer, "layers") else [layer]
+
+    model = keras.saving.load_model(os.path.join(run_dir, "model.keras"), compile=False)
+    return {layer.dtype_policy.name for layer in walk(model.layers) if isinstance(layer, keras.layers.Conv2D)}
+
+
+def test_mixed_precision_applies_to_its_own_run_only(tmp_path):
+    # `--mixed-precision mixed_bfloat16` trains and exports in bfloat16, and the next run in the same
+    # process (as in the demo, the loss table or a notebook) is float32 again, as its config.json says.
+    flags = ["train", "--data", FACES, "--backbone", "simple_cnn", "--image-size", "32", "--embedding-dim", "8",
+             "--epochs", "1", "--batch-size", "11", "--augment", "none"]
+    before = keras.config.dtype_policy().name
+    assert cli.main([*flags, "--mixed-precision", "mixed_bfloat16", "--run-dir", str(tmp_path / "bf16")]) == 0
+    assert _conv_policies(tmp_path / "bf16") == {"mixed_bfloat16"}
+    assert keras.config.dtype_policy().name == before
+    out = tmp_path / "bf16.npz"
+    assert cli.main(["embed", "--model", str(tmp_path / "bf16" / "saved_model"), "--images", FACES,
+                     "--out", str(out)]) == 0
+    embeddings = np.load(out)["embeddings"]
+    assert embeddings.dtype == np.float32 and embeddings.shape == (55, 8) and np.isfinite(embeddings).all()
+    assert cli.main([*flags, "--run-dir", str(tmp_path / "f32")]) == 0
+    assert _conv_policies(tmp_path / "f32") == {"float32"}
+    assert json.load(open(tmp_path / "f32" / "config.json"))["mixed_precision"] == "float32"
