@@ -239,6 +239,16 @@ def table(results, rows, commands):
                       *(join(line) for line in lines)])
 
 
+def write_report(out, name, text, data):
+    """Prints `text` and writes it to OUT/NAME.md and `data` to OUT/NAME.json; returns `data`."""
+    print(text)
+    with open(os.path.join(out, f"{name}.md"), "w") as f:
+        f.write(text + "\n")
+    with open(os.path.join(out, f"{name}.json"), "w") as f:
+        json.dump(data, f, indent=2)
+    return data
+
+
 def fuse(parser, npzs, unseen_paths, pairs, out):
     """`--fuse`: each file's report, then the fusion of all of them; writes OUT/fuse.{md,json}."""
     results = []
@@ -252,12 +262,7 @@ def fuse(parser, npzs, unseen_paths, pairs, out):
     lines = [[r["row"], *(f"{r[key]:.4f}" for key, _ in COLUMNS)] for r in results]
     text = "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
                       *("| " + " | ".join(line) + " |" for line in lines)])
-    print(text)
-    with open(os.path.join(out, "fuse.md"), "w") as f:
-        f.write(text + "\n")
-    with open(os.path.join(out, "fuse.json"), "w") as f:
-        json.dump(results, f, indent=2)
-    return results
+    return write_report(out, "fuse", text, results)
 
 
 def misses(parser, npz, unseen_paths, pairs, out, far=FARS[-1]):
@@ -300,13 +305,7 @@ def misses(parser, npz, unseen_paths, pairs, out, far=FARS[-1]):
              *(f"  {k}: {v}" for k, v in result["rejected_by_file_names"].items()),
              "the identities with the most rejected genuine pairs:",
              *(f"  {k}: {v}" for k, v in list(result["rejected_by_identity"].items())[:10])]
-    text = "\n".join(lines)
-    print(text)
-    with open(os.path.join(out, "misses.md"), "w") as f:
-        f.write(text + "\n")
-    with open(os.path.join(out, "misses.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    return result
+    return write_report(out, "misses", "\n".join(lines), result)
 
 
 def main(argv=None):
