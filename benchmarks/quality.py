@@ -32,6 +32,7 @@ genuine pairs fall, which shows whether the strict end is the model's or the dat
 """
 
 import argparse
+import collections
 import datetime
 import json
 import os
@@ -271,6 +272,7 @@ def misses(parser, npz, unseen_paths, pairs, out, far=FARS[-1]):
     by pair of file names (for emoji-4vendor, the two vendors) and by identity. Writes
     OUT/misses.{md,json}; returns the dict written."""
     from keras_facemargin import evaluation as ev
+    from keras_facemargin.evaluation.verification import far_name
 
     scores = pair_scores(npz, unseen_paths, pairs)
     if scores is None:
@@ -284,11 +286,10 @@ def misses(parser, npz, unseen_paths, pairs, out, far=FARS[-1]):
     accepted = np.flatnonzero(~same & (scores >= threshold))
     accepted = accepted[np.argsort(-scores[accepted], kind="stable")]
     rejected = np.flatnonzero(same & (scores < threshold))
-    by_files, by_identity = {}, {}
-    for i in rejected:
-        key = " & ".join(sorted((os.path.basename(unseen_paths[a[i]]), os.path.basename(unseen_paths[b[i]]))))
-        by_files[key] = by_files.get(key, 0) + 1
-        by_identity[identity[a[i]]] = by_identity.get(identity[a[i]], 0) + 1
+    by_files = collections.Counter(
+        " & ".join(sorted((os.path.basename(unseen_paths[a[i]]), os.path.basename(unseen_paths[b[i]]))))
+        for i in rejected)
+    by_identity = collections.Counter(identity[a[i]] for i in rejected)
     result = {
         "embeddings": npz, "far": far, "threshold": threshold, "tar": report.tar_at_far[far],
         "impostors_accepted": [{"score": float(scores[i]), "a": image[a[i]], "b": image[b[i]]}
@@ -297,8 +298,7 @@ def misses(parser, npz, unseen_paths, pairs, out, far=FARS[-1]):
         "rejected_by_file_names": dict(sorted(by_files.items(), key=lambda kv: (-kv[1], kv[0]))),
         "rejected_by_identity": dict(sorted(by_identity.items(), key=lambda kv: (-kv[1], kv[0]))),
     }
-    title = f"# {npz} at FAR={far:.0e}".replace("e-0", "e-")
-    lines = [f"{title}: threshold {threshold:.4f}, TAR {result['tar']:.4f}",
+    lines = [f"# {npz} at FAR={far_name(far)}: threshold {threshold:.4f}, TAR {result['tar']:.4f}",
              f"impostor pairs accepted ({len(accepted)} of {int((~same).sum())}):",
              *(f"  {r['score']:.4f}  {r['a']}  {r['b']}" for r in result["impostors_accepted"]),
              f"genuine pairs rejected: {len(rejected)} of {result['genuine']}; by file names:",

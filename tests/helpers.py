@@ -87,12 +87,15 @@ def numerical_gradient(fn, x, step=1e-6):
     return grad
 
 
-def conv_channels(model):
-    """The `filters` of every convolution of `model`, nested models included, in layer order."""
-    channels = []
+def leaf_layers(model):
+    """The layers of `model` that hold no layers, nested models walked into, in layer order."""
     for layer in model.layers:
         if hasattr(layer, "layers"):
-            channels += conv_channels(layer)
-        elif hasattr(layer, "filters"):
-            channels.append(layer.filters)
-    return channels
+            yield from leaf_layers(layer)
+        else:
+            yield layer
+
+
+def conv_channels(model):
+    """The `filters` of every convolution of `model`, nested models included, in layer order."""
+    return [layer.filters for layer in leaf_layers(model) if hasattr(layer, "filters")]

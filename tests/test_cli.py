@@ -7,7 +7,7 @@ import os
 import keras
 import numpy as np
 import pytest
-from helpers import conv_channels
+from helpers import conv_channels, leaf_layers
 
 from keras_facemargin import cli
 
@@ -235,12 +235,8 @@ def test_ema_exports_the_averaged_weights_with_batch_norm_statistics_recomputed_
 
 def _conv_policies(run_dir):
     """The dtype policies of the convolutions of a run's model.keras, nested models included."""
-    def walk(layers):
-        for layer in layers:
-            yield from walk(layer.layers) if hasattr(layer, "layers") else [layer]
-
     model = keras.saving.load_model(os.path.join(run_dir, "model.keras"), compile=False)
-    return {layer.dtype_policy.name for layer in walk(model.layers) if isinstance(layer, keras.layers.Conv2D)}
+    return {layer.dtype_policy.name for layer in leaf_layers(model) if isinstance(layer, keras.layers.Conv2D)}
 
 
 def test_mixed_precision_applies_to_its_own_run_only(tmp_path):
