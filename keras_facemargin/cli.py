@@ -7,6 +7,7 @@
     facemargin embed --model PATH --images DIR --out embeddings.npz [--flip]
     facemargin export --model RUN/model.keras --format saved_model|onnx|litert --out PATH
     facemargin pairs --images DIR --out pairs.txt [--num-pairs 6000]
+    facemargin duplicates --model PATH --images DIR --out groups.txt [--threshold 0.9]
 
 `--model` is a SavedModel written by `facemargin train`/`export` or a `.keras` file. Arguments
 are checked before TensorFlow loads; a user's mistake is one line, `facemargin <command>: error:
@@ -378,6 +379,63 @@ def pairs(args):
           f"{args.out} (tab-separated, relative to {args.images})")
 
 
+# ---- duplicates -------------------------------------------------------------------------------
+
+
+def duplicates(args):
+    """`facemargin duplicates`: identities of a training folder that a trained model puts together.
+
+    Embeds every image of `--images` once, takes each identity's unit mean embedding
+    (`evaluation.near_duplicate_identities`), prints the pairs of identities whose cosine
+    reaches `--threshold`, highest first, and writes the groups they link to `--out`, one group
+    a line, which `facemargin train --merge-identities` reads. Images that do not decode are
+    left out of their identity's mean and named on stderr.
+
+    Args:
+        args: the parsed command line: `model`, `images`, `out`, `threshold`, `batch_size` and
+            `show`.
+
+    Raises:
+        UsageError: `--images` is not an image folder with one sub-folder per identity, or
+            `--model` does not load.
+    """
+    import numpy as np
+
+    from keras_facemargin import data
+    from keras_facemargin import evaluation as ev
+
+    try:
+        index = data.ImageIndex.from_directory(args.images)
+    except ValueError as error:
+        raise UsageError(f"--images {args.images!r}: {error}") from None
+    embedder = load_embedder(args.model)
+    log = data.CorruptFileLog(max_paths=len(index))
+    dataset = data.image_dataset(list(index.paths), args.batch_size, embedder.image_size,
+                                 corrupt_files=log)
+    embeddings = _embed_batches(embedder, (images.numpy() for images in dataset), False,
+                                _progress(len(index)))
+    bad = log.collect()
+    embeddings[np.isin(index.paths, np.array([f.path for f in bad], dtype=object))] = np.nan
+    pairs, groups = ev.near_duplicate_identities(embeddings, index.labels, args.threshold,
+                                                 num_classes=index.num_classes)
+    names = index.class_names
+    data.write_identity_groups(
+        args.out, [[names[k] for k in group] for group in groups],
+        comment=f"facemargin duplicates --threshold {args.threshold:g}: {len(pairs)} pairs of "
+        f"{index.num_classes} identities of {args.images}; one group a line")
+    for a, b, cosine in pairs[:args.show]:
+        print(f"{cosine:.3f}\t{names[a]}\t{names[b]}")
+    if len(pairs) > args.show:
+        print(f"... and {len(pairs) - args.show} more pairs")
+    merged = sum(len(group) for group in groups)
+    print(f"{len(pairs)} pairs of identities at cosine >= {args.threshold:g} link {merged} of the "
+          f"{index.num_classes} identities into {len(groups)} groups; wrote them to {args.out} "
+          f"(facemargin train --merge-identities {args.out} trains each group as one identity)")
+    if bad:
+        print(f"warning: {len(bad)} image(s) could not be decoded and were left out: "
+              + "; ".join(f"{f.path} ({f.reason})" for f in bad[:5]), file=sys.stderr)
+
+
 # ---- train ------------------------------------------------------------------------------------
 
 
@@ -489,6 +547,16 @@ def _positive_int(text):
     return value
 
 
+def _cosine(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a cosine in (0, 1]; got {text!r}")
+    return value
+
+
 def _parser():
     from keras_facemargin import __version__
 
@@ -551,6 +619,17 @@ def _parser():
                    help="saved_model (TensorFlow serving), onnx (needs the [onnx] extra) or litert "
                    "(TensorFlow Lite, for phones)")
     p.add_argument("--out", required=True, help="the SavedModel folder, .onnx or .tflite file")
+
+    p = sub.add_parser("duplicates", formatter_class=_Formatter,
+                       help="identities of a training folder that a trained model puts together, "
+                       "as groups for train --merge-identities")
+    p.add_argument("--model", required=True, help="SavedModel folder or .keras file")
+    p.add_argument("--images", required=True, help="the training folder, one sub-folder per identity")
+    p.add_argument("--out", required=True, help="the groups file: one group a line, names tab-separated")
+    p.add_argument("--threshold", type=_cosine, default=0.9,
+                   help="cosine of two identities' mean embeddings from which they count as one")
+    p.add_argument("--show", type=_positive_int, default=20, help="pairs printed, highest first")
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="images embedded at a time")
 
     p = sub.add_parser("pairs", formatter_class=_Formatter,
                        help="write balanced genuine/impostor pairs of an image folder")
@@ -633,7 +712,7 @@ def _check_paths(args):
                 raise UsageError(str(error)) from None
     if args.command == "embed" and not args.out.endswith(".npz"):
         args.out += ".npz"  # what np.savez writes; the message then names the real file
-    writes_a_file = args.command in ("embed", "pairs", "pack") or (
+    writes_a_file = args.command in ("embed", "pairs", "pack", "duplicates") or (
         args.command == "export" and args.format != "saved_model")
     if writes_a_file:
         flag = "OUT.rec" if args.command == "pack" else "--out"
@@ -691,7 +770,7 @@ def main(argv=None):
             _check_paths(args)
             _load_tensorflow(args.verbose)
             commands = {"evaluate": evaluate, "evaluate-ijb": evaluate_ijb, "embed": embed,
-                        "export": export, "pairs": pairs, "pack": pack}
+                        "export": export, "pairs": pairs, "pack": pack, "duplicates": duplicates}
             commands[args.command](args)
     except (ValueError, OSError) as error:
         if args.verbose:

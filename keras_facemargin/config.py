@@ -166,6 +166,10 @@ class TrainConfig:
         val_fraction: share in [0, 0.5) of the identities held out as validation pairs when
             there are no `val_pairs`; default 0 (none).
         min_images: identities with fewer images are left out, >= 1; default 1.
+        merge_identities: a text file of groups of identity names (`data.read_identity_groups`:
+            one group a line, tab-separated), each trained as one identity
+            (`ImageIndex.merge_classes`, before `min_images`), or None. `facemargin duplicates`
+            writes one from a trained model.
         seed: seed of the weights, the sampling and the augmentations, >= 0; default 0.
         run_dir: the run folder (`config.json`, backups, `log.csv`, `model.keras`); default
             `"runs/train"`.
@@ -236,6 +240,9 @@ class TrainConfig:
                                  "when no --val-pairs is given (0: none)",
                                  lambda n, x: v.check_number(n, x, 0.0, 0.5, high_open=True))
     min_images: int = _field(1, "leave out identities with fewer images", _positive_int)
+    merge_identities: str | None = _field(None, "text file of identity groups, one a line, each "
+                                          "trained as one identity (facemargin duplicates writes it)",
+                                          _optional(v.check_str))
     seed: int = _field(0, "seed of the weights, the sampling and the augmentations",
                        lambda n, x: v.check_int(n, x, minimum=0))
     run_dir: str = _field("runs/train", "run folder: config, backups, log.csv, model.keras",
@@ -356,6 +363,10 @@ class TrainConfig:
                 raise ValueError(f"{source}--val-pairs must be existing pair files (.bin, LFW pairs.txt or "
                                  f"'path_a path_b label' lists); got {path!r} "
                                  f"({'a folder' if os.path.isdir(path) else 'no such file'})")
+        if self.merge_identities and not os.path.isfile(self.merge_identities):
+            raise ValueError(f"{source}--merge-identities must be an existing text file of identity groups; "
+                             f"got {self.merge_identities!r} "
+                             f"({'a folder' if os.path.isdir(self.merge_identities) else 'no such file'})")
         return self
 
     def check_combination(self, given=()):

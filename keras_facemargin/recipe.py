@@ -152,6 +152,14 @@ def _load_index(config):
             index = ImageIndex.from_directory(config.data)
     except ValueError as error:
         raise ValueError(f"--data {config.data!r}: {error}") from None
+    if config.merge_identities:
+        from keras_facemargin.data import read_identity_groups
+
+        groups = read_identity_groups(config.merge_identities, argument="--merge-identities")
+        try:
+            index = index.merge_classes(groups)
+        except ValueError as error:
+            raise ValueError(f"--merge-identities {config.merge_identities!r}: {error}") from None
     if config.min_images > 1:
         index = index.filter_min_images(config.min_images)
     if index.num_classes < 2:

@@ -256,3 +256,54 @@ def test_mixed_precision_applies_to_its_own_run_only(tmp_path):
     assert cli.main([*flags, "--run-dir", str(tmp_path / "f32")]) == 0
     assert _conv_policies(tmp_path / "f32") == {"float32"}
     assert json.load(open(tmp_path / "f32" / "config.json"))["mixed_precision"] == "float32"
+
+
+def test_duplicates_finds_an_identity_filed_twice_and_train_merges_it(trained, tmp_path, capsys):
+    # The user's loop: a folder that holds one person under two names; `duplicates` finds them
+    # with a trained model and writes the group, `train --merge-identities` trains them as one.
+    _, _, export = trained
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    people = sorted(p for p in os.listdir(FACES) if os.path.isdir(os.path.join(FACES, p)))
+    for name in [*people, "John_Salley_again"]:
+        source = os.path.join(FACES, name.replace("_again", ""))
+        (folder / name).mkdir()
+        for image in sorted(os.listdir(source)):
+            (folder / name / image).write_bytes(open(os.path.join(source, image), "rb").read())
+    groups = tmp_path / "groups.txt"
+    assert cli.main(["duplicates", "--model", export, "--images", str(folder), "--out", str(groups),
+                     "--threshold", "0.999"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == "1.000\tJohn_Salley\tJohn_Salley_again"
+    assert printed[-1].startswith("1 pairs of identities at cosine >= 0.999 link 2 of the 6 identities "
+                                  "into 1 groups; wrote them to ")
+    lines = [line for line in open(groups).read().splitlines() if not line.startswith("#")]
+    assert lines == ["John_Salley\tJohn_Salley_again"]
+
+    run_dir = tmp_path / "run"
+    assert cli.main(["train", "--data", str(folder), "--merge-identities", str(groups),
+                     "--backbone", "simple_cnn", "--image-size", "32", "--embedding-dim", "8",
+                     "--epochs", "1", "--batch-size", "11", "--augment", "none",
+                     "--run-dir", str(run_dir)]) == 0
+    model = keras.saving.load_model(run_dir / "model.keras", compile=False)
+    assert model.get_layer("cosine_head").weights[0].shape == (8, 5)  # 6 folders, 5 identities
+    assert json.load(open(run_dir / "config.json"))["merge_identities"] == str(groups)
+
+
+def test_merge_identities_mistakes_are_one_line_before_any_work(tmp_path, capsys):
+    groups = tmp_path / "groups.txt"
+    groups.write_text("John_Salley\tNobody\n")
+    run_dir = tmp_path / "run"
+    flags = ["train", "--data", FACES, "--run-dir", str(run_dir), "--image-size", "32"]
+    assert cli.main([*flags, "--merge-identities", str(groups)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"facemargin train: error: --merge-identities {str(groups)!r}: group 1 names "
+                          "'Nobody', which is not a class of ImageIndex(55 images, 5 classes)")
+    assert err.count("\n") == 1 and not run_dir.exists()
+    assert cli.main([*flags, "--merge-identities", str(tmp_path / "none.txt")]) == 2
+    assert "--merge-identities must be an existing text file of identity groups; got" in capsys.readouterr().err
+    assert cli.main(["duplicates", "--model", str(tmp_path), "--images", FACES, "--out",
+                     str(tmp_path / "g.txt"), "--threshold", "1.5"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == ("facemargin duplicates: error: argument --threshold: expected a cosine in "
+                           "(0, 1]; got '1.5' (see facemargin duplicates --help)")

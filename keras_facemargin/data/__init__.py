@@ -24,6 +24,7 @@ from keras_facemargin.data.decoding import (
     find_corrupt_files,
     image_dataset,
 )
+from keras_facemargin.data.identity_groups import read_identity_groups, write_identity_groups
 from keras_facemargin.data.image_index import IMAGE_EXTENSIONS, ImageIndex
 from keras_facemargin.data.pk_sampler import PKSampler, pk_dataset
 from keras_facemargin.data.recordio import pack_recordio, read_property
@@ -61,5 +62,7 @@ __all__ = [
     "read_lfw_pairs",
     "read_pair_list",
     "read_pairs",
+    "read_identity_groups",
     "read_property",
+    "write_identity_groups",
 ]

@@ -399,6 +399,41 @@ class ImageIndex:
             )
         return self.subset(keep[self.labels])
 
+    def merge_classes(self, groups):
+        """The index with each group of classes trained as one class.
+
+        A dataset gathered from several sources often holds one person (or one drawing) under
+        two names; a margin loss then pushes apart images that cannot be told apart.
+        `evaluation.near_duplicate_identities` finds such groups with a trained model.
+
+        Args:
+            groups: sequences of class names; each group, of at least two distinct names of
+                this index and sharing none with another group, becomes one class, named and
+                placed as its member that comes first in `class_names`.
+
+        Returns:
+            A new `ImageIndex` of the same images with `num_classes - sum(len(g) - 1)` classes,
+            in their previous order.
+        """
+        position = {name: label for label, name in enumerate(self.class_names)}
+        target = np.arange(self.num_classes)
+        seen = set()
+        for number, group in enumerate(groups):
+            group = list(group)
+            if len(set(group)) < 2:
+                raise ValueError(f"group {number + 1} must name at least 2 distinct classes; got {group!r}")
+            for name in group:
+                if name not in position:
+                    raise ValueError(f"group {number + 1} names {name!r}, which is not a class of {self}")
+                if name in seen:
+                    raise ValueError(f"group {number + 1} names {name!r}, which an earlier group also "
+                                     "names; expected disjoint groups")
+            seen.update(group)
+            target[[position[name] for name in group]] = min(position[name] for name in group)
+        kept = np.unique(target)
+        return self._derived(np.arange(len(self)), np.searchsorted(kept, target[self.labels]),
+                             [self.class_names[k] for k in kept])
+
     def split_identities(self, test_fraction=None, num_test_classes=None, seed=0):
         """Open-set split: `(train, test)` indices over disjoint sets of classes (people).
 

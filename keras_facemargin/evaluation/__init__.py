@@ -2,6 +2,7 @@
 several, each unique image embedded once), IJB-B/C template verification, retrieval metrics."""
 
 from keras_facemargin.evaluation.callback import VerificationCallback, embedding_model
+from keras_facemargin.evaluation.duplicates import identity_centres, near_duplicate_identities
 from keras_facemargin.evaluation.identification import retrieval_metrics
 from keras_facemargin.evaluation.ijb import (
     IJBProtocol,
@@ -57,12 +58,14 @@ __all__ = [
     "embed",
     "embedding_model",
     "evaluate_pair_sets",
+    "identity_centres",
     "ijb_report",
     "ijb_verification",
     "indexed_pair_scores",
     "kfold_accuracy",
     "load_embedder",
     "load_keras_model",
+    "near_duplicate_identities",
     "kfold_accuracy_insightface",
     "normalize_rows",
     "pair_scores",

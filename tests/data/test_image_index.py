@@ -117,6 +117,31 @@ def test_filter_min_images_relabels():
         index.filter_min_images(6)
 
 
+def test_merge_classes_relabels_each_group_as_its_first_class():
+    index = synthetic([3, 1, 5, 2, 4])
+    merged = index.merge_classes([["c3", "c1"], ["c4", "c0"]])
+    assert merged.class_names == ("c0", "c1", "c2")
+    # every image keeps its path; c3's images are now c1's, c4's now c0's
+    old_to_new = {"c0": "c0", "c1": "c1", "c2": "c2", "c3": "c1", "c4": "c0"}
+    for path, label in zip(merged.paths, merged.labels):
+        assert merged.class_names[label] == old_to_new[path.split("/")[0]]
+    np.testing.assert_array_equal(merged.paths, index.paths)
+    np.testing.assert_array_equal(merged.class_counts(), [3 + 4, 1 + 2, 5])
+    assert index.merge_classes([]).class_names == index.class_names
+
+
+@pytest.mark.parametrize("groups, message", [
+    ([["c0"]], "group 1 must name at least 2 distinct classes; got ['c0']"),
+    ([["c0", "c0"]], "group 1 must name at least 2 distinct classes; got ['c0', 'c0']"),
+    ([["c0", "c1"], ["c2", "c9"]], "group 2 names 'c9', which is not a class of ImageIndex(10 images, 4 classes)"),
+    ([["c0", "c1"], ["c2", "c0"]], "group 2 names 'c0', which an earlier group also names; expected disjoint"),
+])
+def test_merge_classes_errors(groups, message):
+    with pytest.raises(ValueError) as error:
+        synthetic([3, 1, 5, 1]).merge_classes(groups)
+    assert str(error.value).startswith(message)
+
+
 def test_split_identities_is_open_set_and_deterministic():
     index = synthetic([4] * 20)
     train, test = index.split_identities(test_fraction=0.25, seed=3)
