@@ -73,7 +73,8 @@ class ImageIndex:
     """File paths, integer labels `[0, num_classes)` and the class names they stand for.
 
     Build one with `from_directory` (one folder per identity) or `from_list` (a `path label`
-    text or CSV file); restrict it with `filter_min_images`, split it with `split_identities`
+    text or CSV file); restrict it with `filter_min_images`, join identities filed under
+    several names with `merge_classes`, split it with `split_identities`
     (open set: disjoint people) or `split_images` (closed set: stratified images), check the
     files with `verify`. Labels are always contiguous: a method that drops classes relabels the
     rest in their previous order.
