@@ -157,9 +157,12 @@ def _load_index(config):
 
         groups = read_identity_groups(config.merge_identities, argument="--merge-identities")
         try:
-            index = index.merge_classes(groups)
+            merged = index.merge_classes(groups)
         except ValueError as error:
             raise ValueError(f"--merge-identities {config.merge_identities!r}: {error}") from None
+        logger.info("--merge-identities: %d groups join %d identities; %d of %d identities train",
+                    len(groups), sum(len(g) for g in groups), merged.num_classes, index.num_classes)
+        index = merged
     if config.min_images > 1:
         index = index.filter_min_images(config.min_images)
     if index.num_classes < 2:

@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import logging
 import os
 
 import keras
@@ -258,7 +259,7 @@ def test_mixed_precision_applies_to_its_own_run_only(tmp_path):
     assert json.load(open(tmp_path / "f32" / "config.json"))["mixed_precision"] == "float32"
 
 
-def test_duplicates_finds_an_identity_filed_twice_and_train_merges_it(trained, tmp_path, capsys):
+def test_duplicates_finds_an_identity_filed_twice_and_train_merges_it(trained, tmp_path, capsys, caplog):
     # The user's loop: a folder that holds one person under two names; `duplicates` finds them
     # with a trained model and writes the group, `train --merge-identities` trains them as one.
     _, _, export = trained
@@ -281,6 +282,7 @@ def test_duplicates_finds_an_identity_filed_twice_and_train_merges_it(trained, t
     assert lines == ["John_Salley\tJohn_Salley_again"]
 
     run_dir = tmp_path / "run"
+    caplog.set_level(logging.INFO, logger="keras_facemargin")
     assert cli.main(["train", "--data", str(folder), "--merge-identities", str(groups),
                      "--backbone", "simple_cnn", "--image-size", "32", "--embedding-dim", "8",
                      "--epochs", "1", "--batch-size", "11", "--augment", "none",
@@ -288,6 +290,7 @@ def test_duplicates_finds_an_identity_filed_twice_and_train_merges_it(trained, t
     model = keras.saving.load_model(run_dir / "model.keras", compile=False)
     assert model.get_layer("cosine_head").weights[0].shape == (8, 5)  # 6 folders, 5 identities
     assert json.load(open(run_dir / "config.json"))["merge_identities"] == str(groups)
+    assert "--merge-identities: 1 groups join 2 identities; 5 of 6 identities train" in caplog.messages
 
 
 def test_merge_identities_mistakes_are_one_line_before_any_work(tmp_path, capsys):
