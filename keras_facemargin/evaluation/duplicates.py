@@ -63,7 +63,7 @@ def near_duplicate_identities(embeddings, labels, threshold, num_classes=None, b
         a = a + start
         keep = a < b
         found.append((a[keep], b[keep], cosines[a[keep] - start, b[keep]]))
-    a, b, cosine = (np.concatenate(parts) for parts in zip(*found))
+    a, b, cosine = (np.concatenate(parts) for parts in zip(*found, strict=True))
     order = np.lexsort((b, a, -cosine))
     pairs = [(int(a[k]), int(b[k]), float(cosine[k])) for k in order]
 
