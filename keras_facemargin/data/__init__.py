@@ -58,11 +58,11 @@ __all__ = [
     "pair_arrays",
     "pair_dataset",
     "pk_dataset",
+    "read_identity_groups",
     "read_insightface_bin",
     "read_lfw_pairs",
     "read_pair_list",
     "read_pairs",
-    "read_identity_groups",
     "read_property",
     "write_identity_groups",
 ]
