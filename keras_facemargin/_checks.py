@@ -93,12 +93,12 @@ def check_str(name, value, allow_empty=False):
     return value
 
 
-def check_existing_file(name, path):
-    """A path to an existing file."""
+def check_existing_file(name, path, what="file"):
+    """A path to an existing file; `what` names the kind of file in the message."""
     check_str(name, path)
     if not os.path.isfile(path):
         reason = "a folder" if os.path.isdir(path) else "no such file"
-        raise ValueError(f"{name} must be an existing file; got {path!r} ({reason})")
+        raise ValueError(f"{name} must be an existing {what}; got {path!r} ({reason})")
     return path
 
 

@@ -139,6 +139,24 @@ def _embed_batches(embedder, batches, flip, progress=None):
     return normalize_rows(np.concatenate(out))
 
 
+def _embed_paths(embedder, paths, batch_size, flip):
+    """`(embeddings, corrupt, bad)` of image files, each embedded once with a progress bar: the
+    rows of the files that do not decode are NaN and marked in `corrupt`; `bad` their
+    `CorruptFile`s."""
+    import numpy as np
+
+    from keras_facemargin import data
+
+    log = data.CorruptFileLog(max_paths=len(paths))
+    dataset = data.image_dataset(paths, batch_size, embedder.image_size, corrupt_files=log)
+    embeddings = _embed_batches(embedder, (images.numpy() for images in dataset), flip,
+                                _progress(len(paths)))
+    bad = log.collect()
+    corrupt = np.isin(np.array(paths, dtype=object), np.array([f.path for f in bad], dtype=object))
+    embeddings[corrupt] = np.nan
+    return embeddings, corrupt, bad
+
+
 def _progress(total):
     import keras
 
@@ -286,13 +304,7 @@ def embed(args):
     )
     if not paths:
         raise UsageError(f"--images {args.images!r} holds no images ({', '.join(data.IMAGE_EXTENSIONS)})")
-    log = data.CorruptFileLog(max_paths=len(paths))
-    dataset = data.image_dataset(paths, args.batch_size, embedder.image_size, corrupt_files=log)
-    progress = _progress(len(paths))
-    embeddings = _embed_batches(embedder, (images.numpy() for images in dataset), args.flip, progress)
-    bad = log.collect()
-    corrupt = np.isin(np.array(paths, dtype=object), np.array([f.path for f in bad], dtype=object))
-    embeddings[corrupt] = np.nan
+    embeddings, corrupt, bad = _embed_paths(embedder, paths, args.batch_size, args.flip)
     reasons = np.array([""] * len(paths), dtype=object)
     for item in bad:
         reasons[paths.index(item.path)] = item.reason
@@ -399,8 +411,6 @@ def duplicates(args):
         UsageError: `--images` is not an image folder with one sub-folder per identity, or
             `--model` does not load.
     """
-    import numpy as np
-
     from keras_facemargin import data
     from keras_facemargin import evaluation as ev
 
@@ -408,14 +418,8 @@ def duplicates(args):
         index = data.ImageIndex.from_directory(args.images)
     except ValueError as error:
         raise UsageError(f"--images {args.images!r}: {error}") from None
-    embedder = load_embedder(args.model)
-    log = data.CorruptFileLog(max_paths=len(index))
-    dataset = data.image_dataset(list(index.paths), args.batch_size, embedder.image_size,
-                                 corrupt_files=log)
-    embeddings = _embed_batches(embedder, (images.numpy() for images in dataset), False,
-                                _progress(len(index)))
-    bad = log.collect()
-    embeddings[np.isin(index.paths, np.array([f.path for f in bad], dtype=object))] = np.nan
+    embeddings, _, bad = _embed_paths(load_embedder(args.model), list(index.paths), args.batch_size,
+                                      flip=False)
     pairs, groups = ev.near_duplicate_identities(embeddings, index.labels, args.threshold,
                                                  num_classes=index.num_classes)
     names = index.class_names

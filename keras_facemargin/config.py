@@ -363,10 +363,9 @@ class TrainConfig:
                 raise ValueError(f"{source}--val-pairs must be existing pair files (.bin, LFW pairs.txt or "
                                  f"'path_a path_b label' lists); got {path!r} "
                                  f"({'a folder' if os.path.isdir(path) else 'no such file'})")
-        if self.merge_identities and not os.path.isfile(self.merge_identities):
-            raise ValueError(f"{source}--merge-identities must be an existing text file of identity groups; "
-                             f"got {self.merge_identities!r} "
-                             f"({'a folder' if os.path.isdir(self.merge_identities) else 'no such file'})")
+        if self.merge_identities:
+            v.check_existing_file(f"{source}--merge-identities", self.merge_identities,
+                                  "text file of identity groups")
         return self
 
     def check_combination(self, given=()):

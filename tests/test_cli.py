@@ -310,3 +310,22 @@ def test_merge_identities_mistakes_are_one_line_before_any_work(tmp_path, capsys
     err = capsys.readouterr().err
     assert err.strip() == ("facemargin duplicates: error: argument --threshold: expected a cosine in "
                            "(0, 1]; got '1.5' (see facemargin duplicates --help)")
+
+
+def test_duplicates_names_an_image_that_does_not_decode_and_refuses_a_folder_as_out(trained, tmp_path, capsys):
+    _, _, export = trained
+    folder = tmp_path / "faces"
+    for name in ("John_Salley", "John_Simm"):
+        (folder / name).mkdir(parents=True)
+        for image in sorted(os.listdir(os.path.join(FACES, name)))[:3]:
+            (folder / name / image).write_bytes(open(os.path.join(FACES, name, image), "rb").read())
+    broken = sorted((folder / "John_Simm").iterdir())[0]
+    broken.write_bytes(b"this is not an image")
+    groups = tmp_path / "groups.txt"
+    assert cli.main(["duplicates", "--model", export, "--images", str(folder), "--out", str(groups)]) == 0
+    captured = capsys.readouterr()
+    assert f"warning: 1 image(s) could not be decoded and were left out: {broken} (" in captured.err
+    assert "of the 2 identities" in captured.out and groups.exists()
+    assert cli.main(["duplicates", "--model", export, "--images", str(folder), "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == (f"facemargin duplicates: error: --out must be a file; got the "
+                                               f"folder {str(tmp_path)!r}")

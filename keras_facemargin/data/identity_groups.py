@@ -3,6 +3,8 @@
 
 import os
 
+from keras_facemargin import _checks
+
 
 def write_identity_groups(path, groups, comment=None):
     """Writes groups of identity names to a text file: one group a line, names tab-separated.
@@ -39,9 +41,7 @@ def read_identity_groups(path, argument="path"):
     Raises:
         ValueError: no such file, not UTF-8 text, or a line with fewer than two names.
     """
-    if not os.path.isfile(path):
-        raise ValueError(f"{argument} must be an existing text file of identity groups; got {path!r} "
-                         f"({'a folder' if os.path.isdir(path) else 'no such file'})")
+    _checks.check_existing_file(argument, path, "text file of identity groups")
     try:
         with open(path, encoding="utf-8") as f:
             lines = f.read().splitlines()

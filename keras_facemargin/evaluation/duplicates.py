@@ -7,6 +7,8 @@ images' unit embeddings, so the check works for every model, with or without a c
 """
 
 import numpy as np
+import scipy.sparse
+import scipy.sparse.csgraph
 
 from keras_facemargin import _checks
 
@@ -66,22 +68,10 @@ def near_duplicate_identities(embeddings, labels, threshold, num_classes=None, b
     a, b, cosine = (np.concatenate(parts) for parts in zip(*found, strict=True))
     order = np.lexsort((b, a, -cosine))
     pairs = [(int(a[k]), int(b[k]), float(cosine[k])) for k in order]
-
-    parent = list(range(len(centres)))
-
-    def root(x):
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for i, j, _ in pairs:
-        ri, rj = root(i), root(j)
-        if ri != rj:
-            parent[max(ri, rj)] = min(ri, rj)
+    linked = scipy.sparse.coo_matrix((np.ones(len(a)), (a, b)), shape=(len(centres),) * 2)
+    _, component = scipy.sparse.csgraph.connected_components(linked, directed=False)
     members = {}
-    for i, j, _ in pairs:
-        for x in (i, j):
-            members.setdefault(root(x), set()).add(x)
-    groups = [sorted(members[r]) for r in sorted(members)]
+    for x in np.unique(np.concatenate([a, b])):
+        members.setdefault(component[x], []).append(int(x))
+    groups = sorted(members.values())
     return pairs, groups
