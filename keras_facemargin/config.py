@@ -165,6 +165,11 @@ class TrainConfig:
         val_root: the folder the pair lists' paths are relative to, or None.
         val_fraction: share in [0, 0.5) of the identities held out as validation pairs when
             there are no `val_pairs`; default 0 (none).
+        keep_best: a validation metric (`recipe.validation_metrics`: `"val_tar@far=1e-3"`,
+            `"val_auc"`, `"val_eer"`, ... with `val_fraction`; `"val_<set>_auc"`, ... with
+            `val_pairs`), or None (the default): the export and `model.keras` then hold the
+            weights of the epoch with its best value (lowest for an EER, else highest) rather
+            than the last epoch's (`training.BestEpoch`).
         min_images: identities with fewer images are left out, >= 1; default 1.
         merge_identities: a text file of groups of identity names (`data.read_identity_groups`:
             one group a line, tab-separated), each trained as one identity
@@ -239,6 +244,10 @@ class TrainConfig:
     val_fraction: float = _field(0.0, "share of the identities held out as validation pairs "
                                  "when no --val-pairs is given (0: none)",
                                  lambda n, x: v.check_number(n, x, 0.0, 0.5, high_open=True))
+    keep_best: str | None = _field(None, "export the epoch with the best value of this validation "
+                                   "metric (val_tar@far=1e-3, val_auc, val_eer, ...; needs "
+                                   "--val-fraction or --val-pairs) rather than the last",
+                                   _optional(v.check_str))
     min_images: int = _field(1, "leave out identities with fewer images", _positive_int)
     merge_identities: str | None = _field(None, "text file of identity groups, one a line, each "
                                           "trained as one identity (facemargin duplicates writes it)",
@@ -386,7 +395,8 @@ class TrainConfig:
                 (`LOSS_FLAGS`), a `dropout` for a backbone without a dropout layer, mixup or
                 cutmix with a pair loss, a `sample_rate` below 1
                 without a margin loss or with mixup or cutmix, both `val_pairs` and
-                `val_fraction`, or a `warmup_epochs` not below `epochs`.
+                `val_fraction`, `keep_best` without either or with `ema`, or a
+                `warmup_epochs` not below `epochs`.
         """
         warnings = []
         if self.val_root and not self.val_pairs:
@@ -394,6 +404,12 @@ class TrainConfig:
         if self.val_pairs and self.val_fraction:
             raise ValueError("--val-fraction holds out identities for validation when no "
                              "--val-pairs is given; got both")
+        if self.keep_best and not (self.val_pairs or self.val_fraction):
+            raise ValueError(f"--keep-best {self.keep_best} needs validation pairs to choose an epoch "
+                             "by: give --val-fraction or --val-pairs")
+        if self.keep_best and self.ema:
+            raise ValueError(f"--keep-best keeps one epoch's weights, and --ema {self.ema} replaces "
+                             "them with an average at the end; choose one")
         if self.warmup_epochs not in (None, AUTO) and self.warmup_epochs >= self.epochs:
             raise ValueError(f"--warmup-epochs must be less than --epochs ({self.epochs}); got "
                              f"{self.warmup_epochs}")

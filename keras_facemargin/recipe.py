@@ -30,6 +30,7 @@ from keras_facemargin.config import AUTO, PAIR_LOSSES, SOFTMAX, TrainConfig
 logger = logging.getLogger(__name__)
 
 _EXPORT_MARK = "facemargin_run.json"
+_VALIDATION_FARS = (1e-3, 1e-2)
 
 # Face-scale training: the published ArcFace recipe (Deng et al. 2019; InsightFace arcface_torch).
 FACE_SCALE_IMAGE_SIZE = 96
@@ -191,6 +192,33 @@ def _read_validation(config, index):
     return train, VerificationPairs(held.paths[a], held.paths[b], same, name="validation identities")
 
 
+def validation_metrics(validation):
+    """The keys that a run's validation writes into each epoch's logs (and `log.csv`), the
+    values `TrainConfig.keep_best` may take.
+
+    Args:
+        validation: what `prepare` returns for it: `VerificationPairs` of held-out identities
+            (`--val-fraction`), a `PairSets` (`--val-pairs`), or None.
+
+    Returns:
+        A list of names: `val_auc`, `val_eer`, `val_accuracy_10fold`, `val_best_accuracy`,
+        `val_tar@far=1e-3` and `val_tar@far=1e-2` for held-out identities; the same per set,
+        `val_<set>_auc`, ..., plus `val_<set>_accuracy_10fold_insightface`, for pair files;
+        none without validation.
+    """
+    from keras_facemargin.data import VerificationPairs
+    from keras_facemargin.evaluation.verification import far_name
+
+    if validation is None:
+        return []
+    metrics = ["auc", "eer", "accuracy_10fold", "best_accuracy",
+               *(f"tar@far={far_name(far)}" for far in _VALIDATION_FARS)]
+    if isinstance(validation, VerificationPairs):
+        return [f"val_{m}" for m in metrics]
+    return [f"val_{name}_{m}" for name in validation.names
+            for m in (*metrics, "accuracy_10fold_insightface")]
+
+
 def _check_data_fits(config, index):
     if config.loss in PAIR_LOSSES:
         usable = int((index.class_counts() >= 1).sum())
@@ -262,6 +290,9 @@ def prepare(config, given=(), index=None):
     elif index.num_classes < 2:
         raise ValueError(f"index must hold at least 2 identities; got {index}")
     index, validation = _read_validation(config, index)
+    if config.keep_best and config.keep_best not in validation_metrics(validation):
+        raise ValueError(f"--keep-best must be one of the validation metrics "
+                         f"{', '.join(validation_metrics(validation))}; got {config.keep_best!r}")
     resolved = resolve(config, index.num_classes, len(index))
     warnings += [w for w in resolved.check_combination(given) if w not in warnings]
     _check_data_fits(resolved, index)
@@ -609,7 +640,7 @@ def _train(config, index, validation, warnings, strategy, backbone, callbacks, e
         if isinstance(pairs, data.VerificationPairs):  # held-out identities: keys val_auc, ...
             pairs = data.pair_arrays(pairs, image_size=size)
         all_callbacks.append(evaluation.VerificationCallback(
-            pairs, far_targets=(1e-3, 1e-2), embedding_model=embedder, image_size=size))
+            pairs, far_targets=_VALIDATION_FARS, embedding_model=embedder, image_size=size))
     if config.tensorboard:
         log_dir = os.path.join(config.run_dir, "tensorboard")
         all_callbacks.append(keras.callbacks.TensorBoard(log_dir))
@@ -620,7 +651,8 @@ def _train(config, index, validation, warnings, strategy, backbone, callbacks, e
     all_callbacks += list(callbacks)
     start = time.perf_counter()
     history = fit_resumable(model, dataset, config.epochs, config.run_dir, config=config.to_dict(),
-                            callbacks=all_callbacks, strategy=strategy, verbose=verbose, shuffle=False)
+                            callbacks=all_callbacks, strategy=strategy, keep_best=config.keep_best,
+                            verbose=verbose, shuffle=False)
     if config.ema:
         _recalibrate(model, embedder, make_dataset(), steps if steps > 0 else None, config, strategy)
     seconds = time.perf_counter() - start
@@ -634,4 +666,5 @@ def _train(config, index, validation, warnings, strategy, backbone, callbacks, e
 
 
 __all__ = ["Run", "TrainConfig", "auto_scale", "build_model", "default_export_path", "face_scale",
-           "make_augmentation", "make_optimizer", "make_schedule", "prepare", "resolve", "train"]
+           "make_augmentation", "make_optimizer", "make_schedule", "prepare", "resolve", "train",
+           "validation_metrics"]

@@ -2,7 +2,8 @@
 
 A run folder holds `config.json` (the resolved configuration), `backup/` (the latest training
 state: weights and optimizer), `log.csv` (one row per finished epoch) and, at the end,
-`model.keras`. Running the same command again resumes from the latest state; a different
+`model.keras`; with `keep_best`, also `backup/best.json` and the weights of the best epoch. Running
+the same command again resumes from the latest state; a different
 configuration in the same folder is refused rather than mixed in, except a larger number of
 epochs, which extends the run.
 """
@@ -20,6 +21,7 @@ import keras
 logger = logging.getLogger(__name__)
 
 _STATE = "state.json"
+_BEST = "best.json"
 _LOG = "log.csv"
 
 
@@ -210,6 +212,82 @@ class TrainingBackup(keras.callbacks.Callback):
         self._counter += 1
 
 
+class BestEpoch(keras.callbacks.Callback):
+    """Keeps the weights of the epoch with the best value of a logged metric, and puts them back
+    in the model when training ends (as `EarlyStopping(restore_best_weights=True)` would, but
+    without stopping, and kept on disk so that a killed run that resumes still knows its best).
+
+    Each new best is written to a new file; `best.json`, rewritten by an atomic rename only after
+    that file is complete, names it with its epoch and value, and older files are then removed.
+    A run that resumes or is extended with more epochs goes on from the `best.json` it finds.
+    Epochs without the metric in their logs (a validation callback that skips them) or with a
+    loss that is not finite are passed over.
+
+    Args:
+        directory: folder of the files.
+        monitor: the key in the epoch's logs, as a callback before this one writes it
+            (`"val_tar@far=1e-3"`, `"val_auc"`, ...).
+        mode: `"max"`, `"min"`, or `"auto"`: `"min"` for a key that ends in `eer` or `loss`,
+            else `"max"`.
+    """
+
+    def __init__(self, directory, monitor, mode="auto"):
+        super().__init__()
+        if not isinstance(monitor, str) or not monitor:
+            raise ValueError(f"monitor must be the name of a logged metric; got {monitor!r}")
+        if mode not in ("auto", "max", "min"):
+            raise ValueError(f"mode must be 'auto', 'max' or 'min'; got {mode!r}")
+        if mode == "auto":
+            mode = "min" if monitor.endswith(("eer", "loss")) else "max"
+        self.directory = directory
+        self.monitor = monitor
+        self.mode = mode
+        self.best = None
+
+    def on_train_begin(self, logs=None):
+        os.makedirs(self.directory, exist_ok=True)
+        self.best = best_state(self.directory)
+        if self.best is not None and self.best["monitor"] != self.monitor:
+            logger.warning("%s: the best epoch kept there was chosen by %s; choosing again by %s.",
+                           self.directory, self.best["monitor"], self.monitor)
+            self.best = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None or not _finite_loss(logs) or not math.isfinite(float(value)):
+            return
+        value = float(value)
+        if self.best is not None and not (value > self.best["value"] if self.mode == "max"
+                                          else value < self.best["value"]):
+            return
+        name = f"best-epoch-{epoch + 1:06d}.weights.h5"
+        self.model.save_weights(os.path.join(self.directory, name))
+        self.best = {"monitor": self.monitor, "mode": self.mode, "epoch": epoch + 1, "value": value,
+                     "weights": name}
+        atomic_write_text(os.path.join(self.directory, _BEST), json.dumps(self.best))
+        for old in os.listdir(self.directory):
+            if old.startswith("best-epoch-") and old != name:
+                os.remove(os.path.join(self.directory, old))
+
+    def on_train_end(self, logs=None):
+        if self.best is None:
+            logger.warning("No epoch logged %s; the model keeps its last weights.", self.monitor)
+            return
+        self.model.load_weights(os.path.join(self.directory, self.best["weights"]))
+        logger.info("Kept epoch %d, the best by %s (%.4f).", self.best["epoch"], self.monitor,
+                    self.best["value"])
+
+
+def best_state(directory):
+    """What `BestEpoch` kept in `directory`: a dict with `"monitor"`, `"mode"`, `"epoch"` (1-based),
+    `"value"` and `"weights"` (the file's name in `directory`), or None when it kept nothing."""
+    path = os.path.join(directory, _BEST)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
 def _finite_loss(logs):
     loss = (logs or {}).get("loss")
     return loss is None or math.isfinite(float(loss))
@@ -303,7 +381,7 @@ def _truncate_log(path, epochs):
 
 
 def fit_resumable(model, data, epochs, run_dir, config=None, save_freq="epoch", callbacks=(),
-                  strategy=None, **fit_kwargs):
+                  strategy=None, keep_best=None, **fit_kwargs):
     """`model.fit` that resumes from `run_dir` when the same run was interrupted.
 
     Args:
@@ -318,6 +396,10 @@ def fit_resumable(model, data, epochs, run_dir, config=None, save_freq="epoch", 
         strategy: the `tf.distribute.Strategy` the model was built under, or None. In a
             multi-worker run every worker resumes from the same backup (`run_dir` must be on a
             file system they share) and only the chief writes to `run_dir`.
+        keep_best: a metric that `callbacks` log (`"val_tar@far=1e-3"`), or None. When given,
+            the model ends with the weights of the epoch with its best value (`BestEpoch`,
+            `mode="auto"`), and `model.keras` holds them; the backup keeps the last epoch's
+            state, from which a run is resumed or extended.
         **fit_kwargs: passed on to `fit` (`steps_per_epoch`, `validation_data`, `verbose`, ...).
 
     Returns:
@@ -363,6 +445,10 @@ def fit_resumable(model, data, epochs, run_dir, config=None, save_freq="epoch", 
         all_callbacks = [guard, *callbacks]
         if chief:
             all_callbacks.append(keras.callbacks.CSVLogger(log_path, append=True))
+        # The best epoch is saved before the backup: a run killed between the two redoes that
+        # epoch, rather than losing a best that its log.csv shows.
+        if keep_best is not None:
+            all_callbacks.append(BestEpoch(write_dir, keep_best))
         all_callbacks.append(TrainingBackup(write_dir, save_freq))
         history = model.fit(
             data, epochs=epochs, initial_epoch=initial_epoch, callbacks=all_callbacks, **fit_kwargs

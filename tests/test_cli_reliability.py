@@ -93,6 +93,44 @@ def test_sigkill_mid_run_then_the_same_command_finishes(tmp_path):
     assert json.load(open(os.path.join(run_dir, "config.json")))["epochs"] == 14
 
 
+def test_keep_best_exports_the_best_epoch_of_a_killed_and_resumed_run(tmp_path):
+    pairs = tmp_path / "pairs.txt"
+    code, _, err = facemargin("pairs", "--images", FACES, "--out", str(pairs), "--num-pairs", "200")
+    assert code == 0, err
+    run_dir = str(tmp_path / "run")
+    command = [SCRIPT, "train", "--data", FACES, *SMALL[:-2], "--learning-rate", "0.01", "--epochs", "10",
+               "--val-pairs", str(pairs), "--val-root", FACES, "--keep-best", "val_pairs_tar@far=1e-3",
+               "--run-dir", run_dir]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    state = None
+    while time.time() < deadline and process.poll() is None:
+        state = latest_state(os.path.join(run_dir, "backup")) if os.path.isdir(run_dir) else None
+        if state and state["epoch"] >= 3:
+            break
+        time.sleep(0.02)
+    assert state and state["epoch"] >= 3, "no backup after 3 epochs appeared"
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+
+    code, out, err = facemargin(*command[1:])
+    assert code == 0, err
+    assert "Resuming" in err
+    rows = list(csv.DictReader(open(os.path.join(run_dir, "log.csv"))))
+    tars = [float(row["val_pairs_tar@far=1e-3"]) for row in rows]
+    assert len(tars) == 10
+    kept = int(np.argmax(tars)) + 1  # the first of equal bests
+    assert f"Kept epoch {kept}, the best by val_pairs_tar@far=1e-3 ({tars[kept - 1]:.4f})" in err
+    # The export holds that epoch: `evaluate` gives the AUC the run's validation logged for it.
+    code, out, err = facemargin("evaluate", "--model", os.path.join(run_dir, "saved_model"), "--pairs",
+                                str(pairs), "--root", FACES, "--out", str(tmp_path / "eval"))
+    assert code == 0, err
+    report = json.load(open(tmp_path / "eval" / "report.json"))
+    assert report["pairs"]["auc"] == pytest.approx(float(rows[kept - 1]["val_pairs_auc"]), abs=1e-4)
+
+
 # ---- mistakes are refused before any work, and leave nothing behind ---------------------------
 
 
@@ -110,6 +148,10 @@ def test_sigkill_mid_run_then_the_same_command_finishes(tmp_path):
     (["--epochs", "2", "--warmup-epochs", "2"], "--warmup-epochs must be less than --epochs (2); got 2.0"),
     (["--val-pairs", __file__, "--val-fraction", "0.2"],  # any existing file: refused before reading
      "--val-fraction holds out identities for validation when no --val-pairs is given; got both"),
+    (["--keep-best", "val_auc"],
+     "--keep-best val_auc needs validation pairs to choose an epoch by: give --val-fraction or --val-pairs"),
+    (["--keep-best", "val_auc", "--val-fraction", "0.2", "--ema", "0.9"],
+     "--keep-best keeps one epoch's weights, and --ema 0.9 replaces them with an average at the end"),
 ])
 def test_bad_flags_are_one_line_before_tensorflow_loads(tmp_path, args, expected):
     # A `tensorflow` that cannot be imported comes first on the path: the check must not need it.
@@ -175,7 +217,11 @@ def test_data_and_folder_mistakes_before_training(tmp_path, capsys):
         "--data", FACES, *SMALL, "--run-dir", str(file_in_the_way / "run"))
     assert "--export must be a folder that can be written" in error(
         "--data", FACES, *SMALL, "--run-dir", str(tmp_path / "c"), "--export", str(file_in_the_way / "x"))
-    for name in "abc":
+    assert error("--data", FACES, *SMALL, "--val-fraction", "0.4", "--keep-best", "val_acc", "--run-dir",
+                 str(tmp_path / "d")).endswith(
+        "--keep-best must be one of the validation metrics val_auc, val_eer, val_accuracy_10fold, "
+        "val_best_accuracy, val_tar@far=1e-3, val_tar@far=1e-2; got 'val_acc'")
+    for name in "abcd":
         assert not (tmp_path / name).exists()
 
 

@@ -167,3 +167,78 @@ def test_sigkill_then_resume_gives_the_statistics_of_an_uninterrupted_run(name, 
     assert head.loss_state.variables_by_name
     for a, b in zip(expected.weights, resumed.weights, strict=True):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6, err_msg=a.path)
+
+
+class _Scripted(keras.callbacks.Callback):
+    """Logs a given value of `key` at each epoch's end (None: no key) and records the weights."""
+
+    def __init__(self, key, values):
+        super().__init__()
+        self.key, self.values, self.weights_at = key, values, {}
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.values[epoch] is not None:
+            logs[self.key] = self.values[epoch]
+        self.weights_at[epoch + 1] = [np.asarray(w).copy() for w in self.model.weights]
+
+
+@pytest.mark.parametrize("key, values, kept", [
+    ("val_auc", [0.6, 0.9, 0.7, 0.8], 2),
+    ("val_auc", [0.6, None, 0.9, 0.9, 0.5], 3),  # epochs without the key are passed over; a tie keeps the first
+    ("val_eer", [0.3, 0.2, 0.25, 0.1, 0.4], 4),  # an EER is best lowest
+    ("val_tar@far=1e-3", [float("nan"), 0.1, 0.05], 2),
+])
+def test_keep_best_ends_with_the_best_epochs_weights(tmp_path, key, values, kept):
+    x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+    y = np.arange(32) % 3
+    model = _model()
+    script = _Scripted(key, values)
+    fit_resumable(model, x, epochs=len(values), run_dir=str(tmp_path), y=y, verbose=0,
+                  callbacks=[script], keep_best=key)
+    assert not np.allclose(script.weights_at[kept][0], script.weights_at[len(values)][0])
+    for a, b in zip(model.weights, script.weights_at[kept]):
+        np.testing.assert_array_equal(np.asarray(a), b)
+    saved = keras.models.load_model(tmp_path / "model.keras")
+    for a, b in zip(saved.weights, script.weights_at[kept]):
+        np.testing.assert_array_equal(np.asarray(a), b)
+    best = json.load(open(tmp_path / "backup" / "best.json"))
+    assert best["epoch"] == kept and best["value"] == values[kept - 1] and best["monitor"] == key
+    assert sorted(f for f in os.listdir(tmp_path / "backup") if f.startswith("best-")) == [best["weights"]]
+    # The backup keeps the last epoch's state, for resuming and extending.
+    assert latest_state(str(tmp_path / "backup"))["epoch"] == len(values)
+
+
+def test_keep_best_survives_a_resume_and_an_extension(tmp_path):
+    x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+    y = np.arange(32) % 3
+    values = [0.5, 0.9, 0.6, 0.7, 0.95, 0.1]
+    first = _Scripted("val_auc", values)
+    fit_resumable(_model(), x, epochs=3, run_dir=str(tmp_path), y=y, verbose=0, callbacks=[first],
+                  keep_best="val_auc")
+    # A new process resumes the finished run and extends it: epochs 4 (0.7, worse than epoch 2's
+    # 0.9, which it must remember), 5 (best) and 6.
+    second = _Scripted("val_auc", values)
+    model = _model()
+    fit_resumable(model, x, epochs=4, run_dir=str(tmp_path), y=y, verbose=0, callbacks=[second],
+                  keep_best="val_auc")
+    for a, b in zip(model.weights, first.weights_at[2]):
+        np.testing.assert_array_equal(np.asarray(a), b)
+    third = _Scripted("val_auc", values)
+    model = _model()
+    fit_resumable(model, x, epochs=6, run_dir=str(tmp_path), y=y, verbose=0, callbacks=[third],
+                  keep_best="val_auc")
+    for a, b in zip(model.weights, third.weights_at[5]):
+        np.testing.assert_array_equal(np.asarray(a), b)
+    assert json.load(open(tmp_path / "backup" / "best.json"))["epoch"] == 5
+
+
+def test_keep_best_without_the_metric_keeps_the_last_weights(tmp_path, caplog):
+    x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+    y = np.arange(32) % 3
+    model = _model()
+    script = _Scripted("val_auc", [None, None])
+    fit_resumable(model, x, epochs=2, run_dir=str(tmp_path), y=y, verbose=0, callbacks=[script],
+                  keep_best="val_auc")
+    for a, b in zip(model.weights, script.weights_at[2]):
+        np.testing.assert_array_equal(np.asarray(a), b)
+    assert "No epoch logged val_auc; the model keeps its last weights." in caplog.text
