@@ -279,8 +279,15 @@ class BestEpoch(keras.callbacks.Callback):
 
 
 def best_state(directory):
-    """What `BestEpoch` kept in `directory`: a dict with `"monitor"`, `"mode"`, `"epoch"` (1-based),
-    `"value"` and `"weights"` (the file's name in `directory`), or None when it kept nothing."""
+    """What `BestEpoch` kept in `directory`.
+
+    Args:
+        directory: the folder `BestEpoch` wrote to (`run_dir/backup` for `fit_resumable`).
+
+    Returns:
+        A dict with `"monitor"`, `"mode"`, `"epoch"` (1-based), `"value"` and `"weights"` (the
+        file's name in `directory`); None when it kept nothing.
+    """
     path = os.path.join(directory, _BEST)
     if not os.path.exists(path):
         return None
