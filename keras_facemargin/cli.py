@@ -7,7 +7,7 @@
     facemargin embed --model PATH --images DIR --out embeddings.npz [--flip]
     facemargin export --model RUN/model.keras --format saved_model|onnx|litert --out PATH
     facemargin pairs --images DIR --out pairs.txt [--num-pairs 6000]
-    facemargin duplicates --model PATH --images DIR --out groups.txt [--threshold 0.9]
+    facemargin duplicates --model PATH --images DIR|train.rec --out groups.txt [--threshold 0.9]
 
 `--model` is a SavedModel written by `facemargin train`/`export` or a `.keras` file. Arguments
 are checked before TensorFlow loads; a user's mistake is one line, `facemargin <command>: error:
@@ -139,16 +139,21 @@ def _embed_batches(embedder, batches, flip, progress=None):
     return normalize_rows(np.concatenate(out))
 
 
-def _embed_paths(embedder, paths, batch_size, flip):
+def _embed_paths(embedder, paths, batch_size, flip, index=None):
     """`(embeddings, corrupt, bad)` of image files, each embedded once with a progress bar: the
     rows of the files that do not decode are NaN and marked in `corrupt`; `bad` their
-    `CorruptFile`s."""
+    `CorruptFile`s. With `index` (an `ImageIndex` whose `paths` these are, such as a RecordIO
+    set's records), its images are read in its order."""
     import numpy as np
 
     from keras_facemargin import data
 
     log = data.CorruptFileLog(max_paths=len(paths))
-    dataset = data.image_dataset(paths, batch_size, embedder.image_size, corrupt_files=log)
+    if index is None:
+        dataset = data.image_dataset(paths, batch_size, embedder.image_size, corrupt_files=log)
+    else:
+        dataset = data.classification_dataset(index, batch_size, embedder.image_size, training=False,
+                                              corrupt_files=log).map(lambda images, labels: images)
     embeddings = _embed_batches(embedder, (images.numpy() for images in dataset), flip,
                                 _progress(len(paths)))
     bad = log.collect()
@@ -395,9 +400,9 @@ def pairs(args):
 
 
 def duplicates(args):
-    """`facemargin duplicates`: identities of a training folder that a trained model puts together.
+    """`facemargin duplicates`: identities of a training set that a trained model puts together.
 
-    Embeds every image of `--images` once, takes each identity's unit mean embedding
+    Embeds every image of `--images` (a folder, or an InsightFace RecordIO `.rec`) once, takes each identity's unit mean embedding
     (`evaluation.near_duplicate_identities`), prints the pairs of identities whose cosine
     reaches `--threshold`, highest first, and writes the groups they link to `--out`, one group
     a line, which `facemargin train --merge-identities` reads. Images that do not decode are
@@ -408,18 +413,21 @@ def duplicates(args):
             `show`.
 
     Raises:
-        UsageError: `--images` is not an image folder with one sub-folder per identity, or
-            `--model` does not load.
+        UsageError: `--images` is neither an image folder with one sub-folder per identity nor
+            a readable `.rec` with its `.idx`, or `--model` does not load.
     """
     from keras_facemargin import data
     from keras_facemargin import evaluation as ev
 
     try:
-        index = data.ImageIndex.from_directory(args.images)
+        if args.images.endswith(".rec"):
+            index = data.ImageIndex.from_recordio(args.images)
+        else:
+            index = data.ImageIndex.from_directory(args.images)
     except ValueError as error:
         raise UsageError(f"--images {args.images!r}: {error}") from None
     embeddings, _, bad = _embed_paths(load_embedder(args.model), list(index.paths), args.batch_size,
-                                      flip=False)
+                                      flip=False, index=index)
     pairs, groups = ev.near_duplicate_identities(embeddings, index.labels, args.threshold,
                                                  num_classes=index.num_classes)
     names = index.class_names
@@ -628,7 +636,8 @@ def _parser():
                        help="identities of a training folder that a trained model puts together, "
                        "as groups for train --merge-identities")
     p.add_argument("--model", required=True, help="SavedModel folder or .keras file")
-    p.add_argument("--images", required=True, help="the training folder, one sub-folder per identity")
+    p.add_argument("--images", required=True, help="the training set: a folder with one sub-folder per "
+                   "identity, or an InsightFace RecordIO train.rec (train.idx beside it)")
     p.add_argument("--out", required=True, help="the groups file: one group a line, names tab-separated")
     p.add_argument("--threshold", type=_cosine, default=0.9,
                    help="cosine of two identities' mean embeddings from which they count as one")
@@ -709,7 +718,12 @@ def _check_paths(args):
                          f"(no such file or folder)")
     for name in ("images", "folder", "root"):
         value = getattr(args, name, None)
-        if value is not None:
+        if name == "images" and args.command == "duplicates" and str(value).endswith(".rec"):
+            try:
+                _checks.check_existing_file("--images", value, "RecordIO .rec file")
+            except ValueError as error:
+                raise UsageError(str(error)) from None
+        elif value is not None:
             try:
                 _checks.check_existing_dir("FOLDER" if name == "folder" else f"--{name}", value)
             except ValueError as error:

@@ -259,31 +259,40 @@ def test_mixed_precision_applies_to_its_own_run_only(tmp_path):
     assert json.load(open(tmp_path / "f32" / "config.json"))["mixed_precision"] == "float32"
 
 
-def test_duplicates_finds_an_identity_filed_twice_and_train_merges_it(trained, tmp_path, capsys, caplog):
+@pytest.mark.parametrize("layout", ["folder", "rec"])
+def test_duplicates_finds_an_identity_filed_twice_and_train_merges_it(trained, tmp_path, capsys, caplog, layout):
     # The user's loop: a folder that holds one person under two names; `duplicates` finds them
     # with a trained model and writes the group, `train --merge-identities` trains them as one.
+    # Packed as an InsightFace RecordIO set, the identities are named by their numbers.
     _, _, export = trained
     folder = tmp_path / "faces"
     folder.mkdir()
     people = sorted(p for p in os.listdir(FACES) if os.path.isdir(os.path.join(FACES, p)))
-    for name in [*people, "John_Salley_again"]:
+    names = sorted([*people, "John_Salley_again"])
+    for name in names:
         source = os.path.join(FACES, name.replace("_again", ""))
         (folder / name).mkdir()
         for image in sorted(os.listdir(source)):
             (folder / name / image).write_bytes(open(os.path.join(source, image), "rb").read())
+    images, twins = str(folder), ("John_Salley", "John_Salley_again")
+    if layout == "rec":
+        images = str(tmp_path / "rec" / "train.rec")
+        assert cli.main(["pack", str(folder), images]) == 0
+        twins = tuple(str(names.index(name)) for name in twins)
     groups = tmp_path / "groups.txt"
-    assert cli.main(["duplicates", "--model", export, "--images", str(folder), "--out", str(groups),
+    capsys.readouterr()
+    assert cli.main(["duplicates", "--model", export, "--images", images, "--out", str(groups),
                      "--threshold", "0.999"]) == 0
     printed = capsys.readouterr().out.splitlines()
-    assert printed[0] == "1.000\tJohn_Salley\tJohn_Salley_again"
+    assert printed[0] == f"1.000\t{twins[0]}\t{twins[1]}"
     assert printed[-1].startswith("1 pairs of identities at cosine >= 0.999 link 2 of the 6 identities "
                                   "into 1 groups; wrote them to ")
     lines = [line for line in open(groups).read().splitlines() if not line.startswith("#")]
-    assert lines == ["John_Salley\tJohn_Salley_again"]
+    assert lines == ["\t".join(twins)]
 
     run_dir = tmp_path / "run"
     caplog.set_level(logging.INFO, logger="keras_facemargin")
-    assert cli.main(["train", "--data", str(folder), "--merge-identities", str(groups),
+    assert cli.main(["train", "--data", images, "--merge-identities", str(groups),
                      "--backbone", "simple_cnn", "--image-size", "32", "--embedding-dim", "8",
                      "--epochs", "1", "--batch-size", "11", "--augment", "none",
                      "--run-dir", str(run_dir)]) == 0
@@ -329,3 +338,7 @@ def test_duplicates_names_an_image_that_does_not_decode_and_refuses_a_folder_as_
     assert cli.main(["duplicates", "--model", export, "--images", str(folder), "--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip() == (f"facemargin duplicates: error: --out must be a file; got the "
                                                f"folder {str(tmp_path)!r}")
+    missing = str(tmp_path / "none.rec")
+    assert cli.main(["duplicates", "--model", export, "--images", missing, "--out", str(groups)]) == 2
+    assert capsys.readouterr().err.strip() == ("facemargin duplicates: error: --images must be an existing "
+                                               f"RecordIO .rec file; got {missing!r} (no such file)")
