@@ -402,11 +402,11 @@ def pairs(args):
 def duplicates(args):
     """`facemargin duplicates`: identities of a training set that a trained model puts together.
 
-    Embeds every image of `--images` (a folder, or an InsightFace RecordIO `.rec`) once, takes each identity's unit mean embedding
-    (`evaluation.near_duplicate_identities`), prints the pairs of identities whose cosine
-    reaches `--threshold`, highest first, and writes the groups they link to `--out`, one group
-    a line, which `facemargin train --merge-identities` reads. Images that do not decode are
-    left out of their identity's mean and named on stderr.
+    Embeds every image of `--images` (a folder, or an InsightFace RecordIO `.rec`) once, takes
+    each identity's unit mean embedding (`evaluation.near_duplicate_identities`), prints the
+    pairs of identities whose cosine reaches `--threshold`, highest first, and writes the groups
+    they link to `--out`, one group a line, which `facemargin train --merge-identities` reads.
+    Images that do not decode are left out of their identity's mean and named on stderr.
 
     Args:
         args: the parsed command line: `model`, `images`, `out`, `threshold`, `batch_size` and
@@ -633,7 +633,7 @@ def _parser():
     p.add_argument("--out", required=True, help="the SavedModel folder, .onnx or .tflite file")
 
     p = sub.add_parser("duplicates", formatter_class=_Formatter,
-                       help="identities of a training folder that a trained model puts together, "
+                       help="identities of a training set that a trained model puts together, "
                        "as groups for train --merge-identities")
     p.add_argument("--model", required=True, help="SavedModel folder or .keras file")
     p.add_argument("--images", required=True, help="the training set: a folder with one sub-folder per "

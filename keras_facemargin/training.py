@@ -2,10 +2,10 @@
 
 A run folder holds `config.json` (the resolved configuration), `backup/` (the latest training
 state: weights and optimizer), `log.csv` (one row per finished epoch) and, at the end,
-`model.keras`; with `keep_best`, also `backup/best.json` and the weights of the best epoch. Running
-the same command again resumes from the latest state; a different
-configuration in the same folder is refused rather than mixed in, except a larger number of
-epochs, which extends the run.
+`model.keras`; with `keep_best`, also `backup/best.json` and the weights of the best epoch.
+Running the same command again resumes from the latest state; a different configuration in the
+same folder is refused rather than mixed in, except a larger number of epochs, which extends the
+run.
 """
 
 import contextlib
