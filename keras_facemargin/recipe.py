@@ -219,6 +219,29 @@ def validation_metrics(validation):
             for m in (*metrics, "accuracy_10fold_insightface")]
 
 
+def _keep_best_warnings(metric, validation):
+    """A warning when `--keep-best` is a TAR at a FAR below one impostor pair of its set: the
+    TAR is then that of FAR 0, set by the single highest-scoring impostor."""
+    from keras_facemargin.data import VerificationPairs
+    from keras_facemargin.evaluation.verification import far_name
+
+    if not metric or "_tar@far=" not in metric:
+        return []
+    if isinstance(validation, VerificationPairs):
+        is_same = validation.is_same
+    else:
+        is_same = next(same for name, (_, _, same, _) in validation.sets.items()
+                       if metric.startswith(f"val_{name}_tar@far="))
+    far = float(metric.rsplit("=", 1)[1])
+    impostors = int(np.sum(~is_same))
+    if far * impostors >= 1:
+        return []
+    return [f"--keep-best {metric}: the validation pairs hold {impostors} impostor pairs, fewer than "
+            f"the {math.ceil(1 / far)} that FAR={far_name(far)} needs; the epochs are then ranked by "
+            "the single highest-scoring impostor pair (an AUC or EER, or more pairs, ranks them "
+            "better)"]
+
+
 def _check_data_fits(config, index):
     if config.loss in PAIR_LOSSES:
         usable = int((index.class_counts() >= 1).sum())
@@ -295,6 +318,7 @@ def prepare(config, given=(), index=None):
                          f"{', '.join(validation_metrics(validation))}; got {config.keep_best!r}")
     resolved = resolve(config, index.num_classes, len(index))
     warnings += [w for w in resolved.check_combination(given) if w not in warnings]
+    warnings += _keep_best_warnings(config.keep_best, validation)
     _check_data_fits(resolved, index)
     _check_folders(resolved, resolved.to_dict())
     return resolved, index, validation, warnings

@@ -118,6 +118,9 @@ def test_keep_best_exports_the_best_epoch_of_a_killed_and_resumed_run(tmp_path):
     code, out, err = facemargin(*command[1:])
     assert code == 0, err
     assert "Resuming" in err
+    # 200 pairs hold 100 impostors: FAR=1e-3 cannot be measured on them, and the user is told.
+    assert ("warning: --keep-best val_pairs_tar@far=1e-3: the validation pairs hold 100 impostor pairs, "
+            "fewer than the 1000 that FAR=1e-3 needs") in err
     rows = list(csv.DictReader(open(os.path.join(run_dir, "log.csv"))))
     tars = [float(row["val_pairs_tar@far=1e-3"]) for row in rows]
     assert len(tars) == 10

@@ -1,6 +1,7 @@
 """`TrainConfig` and the recipe's rules, without training."""
 
 import dataclasses
+import os
 
 import pytest
 from helpers import conv_channels
@@ -197,3 +198,23 @@ def test_dropout_sets_the_rate_before_the_embedding_and_none_keeps_the_backbones
                                          r"the embedding \(iresnet18, .*small_vgg\); got --backbone simple_cnn$"):
         TrainConfig(data=str(tmp_path), backbone="simple_cnn", dropout=0.3).validate().check_combination()
     assert TrainConfig(data=str(tmp_path), dropout=0.3).validate().check_combination() == []  # auto
+
+
+def test_keep_best_warns_when_its_far_is_below_one_impostor_pair(tmp_path):
+    faces = os.path.join(os.path.dirname(__file__), "data", "faces")
+
+    def warnings(metric):
+        config = TrainConfig(data=faces, image_size=32, backbone="simple_cnn", val_fraction=0.4,
+                             keep_best=metric, run_dir=str(tmp_path / "run"))
+        _, _, validation, found = recipe.prepare(config)
+        impostors = int((~validation.is_same).sum())
+        return impostors, [w for w in found if w.startswith("--keep-best")]
+
+    impostors, found = warnings("val_tar@far=1e-3")
+    assert impostors < 1000
+    assert found == [f"--keep-best val_tar@far=1e-3: the validation pairs hold {impostors} impostor pairs, "
+                     "fewer than the 1000 that FAR=1e-3 needs; the epochs are then ranked by the single "
+                     "highest-scoring impostor pair (an AUC or EER, or more pairs, ranks them better)"]
+    assert impostors >= 100
+    assert warnings("val_tar@far=1e-2")[1] == []
+    assert warnings("val_auc")[1] == []
