@@ -53,9 +53,8 @@ def log_epochs(run_dir):
     return [int(row["epoch"]) for row in csv.DictReader(open(os.path.join(run_dir, "log.csv")))]
 
 
-def test_sigkill_mid_run_then_the_same_command_finishes(tmp_path):
-    run_dir = str(tmp_path / "run")
-    command = [SCRIPT, "train", "--data", FACES, *SMALL, "--epochs", "12", "--run-dir", run_dir]
+def kill_after_three_epochs(command, run_dir):
+    """Starts `command`, SIGKILLs it once `run_dir` holds a backup of 3 or more epochs."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
@@ -69,6 +68,12 @@ def test_sigkill_mid_run_then_the_same_command_finishes(tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
     assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+
+
+def test_sigkill_mid_run_then_the_same_command_finishes(tmp_path):
+    run_dir = str(tmp_path / "run")
+    command = [SCRIPT, "train", "--data", FACES, *SMALL, "--epochs", "12", "--run-dir", run_dir]
+    kill_after_three_epochs(command, run_dir)
     assert not os.path.exists(os.path.join(run_dir, "model.keras"))
 
     code, out, err = facemargin(*command[1:])
@@ -101,19 +106,7 @@ def test_keep_best_exports_the_best_epoch_of_a_killed_and_resumed_run(tmp_path):
     command = [SCRIPT, "train", "--data", FACES, *SMALL[:-2], "--learning-rate", "0.01", "--epochs", "10",
                "--val-pairs", str(pairs), "--val-root", FACES, "--keep-best", "val_pairs_tar@far=1e-3",
                "--run-dir", run_dir]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    state = None
-    while time.time() < deadline and process.poll() is None:
-        state = latest_state(os.path.join(run_dir, "backup")) if os.path.isdir(run_dir) else None
-        if state and state["epoch"] >= 3:
-            break
-        time.sleep(0.02)
-    assert state and state["epoch"] >= 3, "no backup after 3 epochs appeared"
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=30)
-    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    kill_after_three_epochs(command, run_dir)
 
     code, out, err = facemargin(*command[1:])
     assert code == 0, err

@@ -215,21 +215,17 @@ def test_keep_best_survives_a_resume_and_an_extension(tmp_path):
     first = _Scripted("val_auc", values)
     fit_resumable(_model(), x, epochs=3, run_dir=str(tmp_path), y=y, verbose=0, callbacks=[first],
                   keep_best="val_auc")
-    # A new process resumes the finished run and extends it: epochs 4 (0.7, worse than epoch 2's
-    # 0.9, which it must remember), 5 (best) and 6.
-    second = _Scripted("val_auc", values)
-    model = _model()
-    fit_resumable(model, x, epochs=4, run_dir=str(tmp_path), y=y, verbose=0, callbacks=[second],
-                  keep_best="val_auc")
-    for a, b in zip(model.weights, first.weights_at[2]):
-        np.testing.assert_array_equal(np.asarray(a), b)
-    third = _Scripted("val_auc", values)
-    model = _model()
-    fit_resumable(model, x, epochs=6, run_dir=str(tmp_path), y=y, verbose=0, callbacks=[third],
-                  keep_best="val_auc")
-    for a, b in zip(model.weights, third.weights_at[5]):
-        np.testing.assert_array_equal(np.asarray(a), b)
-    assert json.load(open(tmp_path / "backup" / "best.json"))["epoch"] == 5
+    # New processes resume the finished run and extend it: to epoch 4 (0.7, worse than epoch 2's
+    # 0.9, which it must remember), then to 6 (epoch 5 is best).
+    for epochs, kept in ((4, 2), (6, 5)):
+        script = _Scripted("val_auc", values)
+        model = _model()
+        fit_resumable(model, x, epochs=epochs, run_dir=str(tmp_path), y=y, verbose=0, callbacks=[script],
+                      keep_best="val_auc")
+        recorded = first.weights_at[kept] if kept <= 3 else script.weights_at[kept]
+        for a, b in zip(model.weights, recorded):
+            np.testing.assert_array_equal(np.asarray(a), b)
+        assert json.load(open(tmp_path / "backup" / "best.json"))["epoch"] == kept
 
 
 def test_keep_best_without_the_metric_keeps_the_last_weights(tmp_path, caplog):
