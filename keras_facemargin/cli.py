@@ -139,22 +139,23 @@ def _embed_batches(embedder, batches, flip, progress=None):
     return normalize_rows(np.concatenate(out))
 
 
-def _embed_paths(embedder, paths, batch_size, flip, index=None):
-    """`(embeddings, corrupt, bad)` of image files, each embedded once with a progress bar: the
-    rows of the files that do not decode are NaN and marked in `corrupt`; `bad` their
-    `CorruptFile`s. With `index` (an `ImageIndex` whose `paths` these are, such as a RecordIO
-    set's records), its images are read in its order."""
+def _embed_images(embedder, images, batch_size, flip):
+    """`(embeddings, corrupt, bad)` of `images` (image file paths, or an `ImageIndex` of a folder
+    or a RecordIO set, read in its order), each embedded once with a progress bar: the rows of
+    the images that do not decode are NaN and marked in `corrupt`; `bad` their `CorruptFile`s."""
     import numpy as np
 
     from keras_facemargin import data
 
+    index = images if isinstance(images, data.ImageIndex) else None
+    paths = list(index.paths) if index is not None else images
     log = data.CorruptFileLog(max_paths=len(paths))
-    if index is None:
-        dataset = data.image_dataset(paths, batch_size, embedder.image_size, corrupt_files=log)
-    else:
+    if index is not None:
         dataset = data.classification_dataset(index, batch_size, embedder.image_size, training=False,
-                                              corrupt_files=log).map(lambda images, labels: images)
-    embeddings = _embed_batches(embedder, (images.numpy() for images in dataset), flip,
+                                              corrupt_files=log).map(lambda batch, labels: batch)
+    else:
+        dataset = data.image_dataset(paths, batch_size, embedder.image_size, corrupt_files=log)
+    embeddings = _embed_batches(embedder, (batch.numpy() for batch in dataset), flip,
                                 _progress(len(paths)))
     bad = log.collect()
     corrupt = np.isin(np.array(paths, dtype=object), np.array([f.path for f in bad], dtype=object))
@@ -309,7 +310,7 @@ def embed(args):
     )
     if not paths:
         raise UsageError(f"--images {args.images!r} holds no images ({', '.join(data.IMAGE_EXTENSIONS)})")
-    embeddings, corrupt, bad = _embed_paths(embedder, paths, args.batch_size, args.flip)
+    embeddings, corrupt, bad = _embed_images(embedder, paths, args.batch_size, args.flip)
     reasons = np.array([""] * len(paths), dtype=object)
     for item in bad:
         reasons[paths.index(item.path)] = item.reason
@@ -426,8 +427,7 @@ def duplicates(args):
             index = data.ImageIndex.from_directory(args.images)
     except ValueError as error:
         raise UsageError(f"--images {args.images!r}: {error}") from None
-    embeddings, _, bad = _embed_paths(load_embedder(args.model), list(index.paths), args.batch_size,
-                                      flip=False, index=index)
+    embeddings, _, bad = _embed_images(load_embedder(args.model), index, args.batch_size, flip=False)
     pairs, groups = ev.near_duplicate_identities(embeddings, index.labels, args.threshold,
                                                  num_classes=index.num_classes)
     names = index.class_names
