@@ -107,7 +107,7 @@ def classification_dataset(
     labels = index.labels.astype(np.int32)
     state = {"epoch": 0}
 
-    def generate():
+    def make_epoch():
         epoch = state["epoch"]
         state["epoch"] += 1
         if training:
@@ -121,15 +121,11 @@ def classification_dataset(
             part = (slice(None), slice(first, first + local))
             order = order.reshape(steps, batch_size)[part].reshape(-1)
             ids = ids.reshape(steps, batch_size)[part].reshape(-1)
-        yield source.values(order), labels[order], ids
+        return source.values(order), labels[order], ids
 
-    ds = tf.data.Dataset.from_generator(
-        generate,
-        output_signature=(
-            source.spec([None]),
-            tf.TensorSpec([None], tf.int32),
-            tf.TensorSpec([None], tf.int64),
-        ),
+    ds = decoding.epochs_dataset(
+        make_epoch,
+        (source.spec([None]), tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int64)),
     )
     ds = ds.unbatch().batch(per_replica, drop_remainder=drop_remainder)
     ds = ds.map(lambda s, y, i: (*source.read(s), i, y))

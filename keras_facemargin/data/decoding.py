@@ -285,6 +285,34 @@ def make_preprocess(
     return preprocess
 
 
+def epochs_dataset(make_epoch, signature):
+    """A dataset of one element, `make_epoch()`, called again on every new iteration.
+
+    It does what `tf.data.Dataset.from_generator` does for a generator of one element, through
+    `tf.numpy_function`. `from_generator` is avoided on purpose: its kernel sets glibc's
+    `M_TRIM_THRESHOLD` for the whole process (TensorFlow logs "Memory patch applied"), which also
+    stops glibc raising its mmap threshold, so every batch-sized buffer of every pipeline in the
+    process is mapped and unmapped again, at about 20% more CPU per decoded image (BENCHMARKS.md,
+    "Training input pipeline").
+
+    Args:
+        make_epoch: a function of no arguments returning NumPy arrays, one per `signature` entry.
+        signature: a tuple of `tf.TensorSpec`.
+
+    Returns:
+        A `tf.data.Dataset` of one `signature`-shaped element per iteration.
+    """
+    dtypes = [spec.dtype for spec in signature]
+
+    def call(_):
+        out = tf.numpy_function(lambda: tuple(make_epoch()), [], dtypes, stateful=True)
+        for tensor, spec in zip(out, signature, strict=True):
+            tensor.set_shape(spec.shape)
+        return tuple(out)
+
+    return tf.data.Dataset.from_tensors(np.int64(0)).map(call)
+
+
 class IndexSource:
     """How the pipelines read the images of an `ImageIndex`, one batch at a time.
 
@@ -300,12 +328,15 @@ class IndexSource:
         self.align = index.landmarks is not None
         self.by_position = self.from_bytes or self.align
         self._reader = recordio.RecordReader(index.record_file) if self.from_bytes else None
+        self._paths = None
 
     def values(self, positions):
-        """What a generator yields for `positions` (any shape)."""
+        """What an epoch's `epochs_dataset` element holds for `positions` (any shape)."""
         if self.by_position:
             return np.asarray(positions, np.int64)
-        return self.index.paths[positions].astype(str)
+        if self._paths is None:  # UTF-8 bytes: `tf.numpy_function` takes str as ASCII only
+            self._paths = np.char.encode(self.index.paths.astype(str), "utf-8")
+        return self._paths[positions]
 
     def spec(self, shape):
         return tf.TensorSpec(shape, tf.int64 if self.by_position else tf.string)

@@ -135,7 +135,7 @@ class PKSampler:
         steps = self.steps_per_epoch
         state = {"epoch": 0}
 
-        def generate():
+        def make_epoch():
             epoch = state["epoch"]
             state["epoch"] += 1
             positions = self.epoch(epoch)
@@ -150,12 +150,12 @@ class PKSampler:
                 )
                 positions = positions[cut].reshape(steps * local, per_replica * k)
                 ids = ids[cut].reshape(steps * local, per_replica * k)
-            yield source.values(positions), labels[positions], ids
+            return source.values(positions), labels[positions], ids
 
         n = per_replica * k
-        ds = tf.data.Dataset.from_generator(
-            generate,
-            output_signature=(
+        ds = decoding.epochs_dataset(
+            make_epoch,
+            (
                 source.spec([None, n]),
                 tf.TensorSpec([None, n], tf.int32),
                 tf.TensorSpec([None, n], tf.int64),
