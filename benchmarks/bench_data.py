@@ -18,14 +18,22 @@
 (4) Input wait: a real backbone (`--wait-backbone`, IR-ResNet-18) trained with `train_on_batch`
     on the recipe's augmented pipeline, the next batch prefetched in the background; the time
     each step waits in `next(iterator)` for its batch.
+(5) The same pipelines, each alone in a fresh process (`--fresh-rounds N`), as a user runs one:
+    what one pipeline does to the process (its malloc settings, its threads) then weighs on it
+    alone, not on its baseline too; also the time from a new iteration (each epoch of `fit`) to its
+    first batch.
 
-    python benchmarks/bench_data.py --data ../shared/data/emoji-4vendor [--skip-index] [--dry-run]
+    python benchmarks/bench_data.py --data ../shared/data/emoji-4vendor [--skip-index] [--fresh-rounds 5]
+        [--dry-run]
 """
 
 import argparse
+import json
 import os
 import platform
 import struct
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -111,15 +119,9 @@ def keras_augmentation(names):
 PIPELINES = ("keras", "ours", "pk", "rec", "keras_flip", "ours_flip", "keras_glyphs", "ours_glyphs")
 
 
-def bench_decode(data, batch, p, k, image_size, rounds, only=PIPELINES, epochs_per_round=1):
+def builders(data, index, rec_index, batch, p, k, image_size):
+    """Part (2)'s pipelines: `[(--pipelines key, name, builder, the name of its baseline)]`."""
     from keras_facemargin import recipe
-
-    print(f"(2) decoding {data}: batches of {batch} vs keras.utils.image_dataset_from_directory")
-    index = ImageIndex.from_directory(data)
-    print(f"    {len(index):,} images, {index.num_classes:,} classes, image_size={image_size}; "
-          f"{rounds} interleaved rounds of {epochs_per_round} epoch(s) per pipeline each")
-    tmp = tempfile.TemporaryDirectory()
-    rec_index = pack_recordio(index, os.path.join(tmp.name, "train.rec"))
 
     def keras_pipeline(names=()):
         ds = keras.utils.image_dataset_from_directory(
@@ -134,22 +136,37 @@ def bench_decode(data, batch, p, k, image_size, rounds, only=PIPELINES, epochs_p
         return classification_dataset(source, batch, image_size=image_size, augment=augment, seed=0)
 
     faces, glyphs = ("flip",), ("translate", "zoom", "contrast")
-    builders = [  # (--pipelines key, name, builder, the name of its baseline)
+    return [
         ("keras", "keras", keras_pipeline, None),
         ("ours", "ours", ours, "keras"),
         ("pk", "ours P×K", lambda: pk_dataset(index, p, k, image_size=image_size, augment=False, seed=0),
          "keras"),
-        ("rec", "ours .rec", lambda: ours(source=rec_index), "keras"),
+        ("rec", "ours .rec", lambda: ours(source=rec_index()), "keras"),
         ("keras_flip", "keras + RandomFlip", lambda: keras_pipeline(faces), None),
         ("ours_flip", "ours + flip", lambda: ours(faces), "keras + RandomFlip"),
         ("keras_glyphs", "keras + Transl.+Zoom+Contr.", lambda: keras_pipeline(glyphs), None),
         ("ours_glyphs", "ours + translate,zoom,contrast", lambda: ours(glyphs),
          "keras + Transl.+Zoom+Contr."),
     ]
-    # A chosen pipeline brings its baseline.
-    wanted = {name for key, name, _, _ in builders if key in only}
-    wanted |= {base for key, name, _, base in builders if name in wanted and base}
-    pipelines = [(name, build(), base) for _, name, build, base in builders if name in wanted]
+
+
+def chosen(all_builders, only):
+    """The builders of the keys in `only`, each with its baseline."""
+    wanted = {name for key, name, _, _ in all_builders if key in only}
+    wanted |= {base for key, name, _, base in all_builders if name in wanted and base}
+    return [(key, name, build, base) for key, name, build, base in all_builders if name in wanted]
+
+
+def bench_decode(data, batch, p, k, image_size, rounds, only=PIPELINES, epochs_per_round=1):
+    print(f"(2) decoding {data}: batches of {batch} vs keras.utils.image_dataset_from_directory")
+    index = ImageIndex.from_directory(data)
+    print(f"    {len(index):,} images, {index.num_classes:,} classes, image_size={image_size}; "
+          f"{rounds} interleaved rounds of {epochs_per_round} epoch(s) per pipeline each")
+    tmp = tempfile.TemporaryDirectory()
+    rec_index = pack_recordio(index, os.path.join(tmp.name, "train.rec"))
+    pipelines = [(name, build(), base)
+                 for _, name, build, base in chosen(builders(data, index, lambda: rec_index, batch, p, k, image_size),
+                                                    only)]
     for _, ds, _ in pipelines:  # warm-up: page cache, tracing
         epoch_images(ds)
     # Wall-clock rates swing on a shared machine; each round times every pipeline once, so the
@@ -177,6 +194,68 @@ def bench_decode(data, batch, p, k, image_size, rounds, only=PIPELINES, epochs_p
     print("    (ratio: images/s over the baseline's, median of the rounds' ratios, target >= 1.0; CPU ratio: "
           "the baseline's CPU time per image over ours)")
     tmp.cleanup()
+
+
+def run_alone(args):
+    """`--alone KEY`: one pipeline alone in this (fresh) process; prints one JSON line."""
+    index = ImageIndex.from_directory(args.data)
+    tmp = tempfile.TemporaryDirectory()
+    size = (args.image_size, args.image_size)
+
+    def rec_index():
+        return pack_recordio(index, os.path.join(tmp.name, "train.rec"))
+
+    (build,) = [b for key, _, b, _ in builders(args.data, index, rec_index, args.batch, args.P, args.K, size)
+                if key == args.alone]
+    ds = build()
+    epoch_images(ds)  # warm-up: page cache, tracing
+    starts, n = [], 0
+    start_cpu, start = time.process_time(), time.perf_counter()
+    for _ in range(args.alone_epochs):
+        begin = time.perf_counter()
+        iterator = iter(ds)
+        images, *_ = next(iterator)
+        starts.append(time.perf_counter() - begin)
+        n += int(images.shape[0]) + sum(int(images.shape[0]) for images, *_ in iterator)
+    seconds = time.perf_counter() - start
+    print(json.dumps({"images_per_s": n / seconds, "cpu_ms": 1000 * (time.process_time() - start_cpu) / n,
+                      "start_ms": 1000 * float(np.median(starts)), "epoch_ms": 1000 * seconds / args.alone_epochs}))
+
+
+def bench_fresh(args, only):
+    """Part (5): each pipeline alone in a fresh process, as a user runs it, in interleaved rounds."""
+    print(f"(5) each pipeline alone in a fresh process: {args.data}, batches of {args.batch}, "
+          f"image_size={args.image_size}; {args.fresh_rounds} interleaved rounds of {args.alone_epochs} "
+          f"epochs each after a warm-up epoch")
+    index = ImageIndex.from_directory(args.data)
+    picked = chosen(builders(args.data, index, None, args.batch, args.P, args.K, (1, 1)), only)
+    results = {name: [] for _, name, _, _ in picked}
+    for _ in range(args.fresh_rounds):
+        for key, name, _, _ in picked:
+            command = [sys.executable, __file__, "--alone", key, "--data", args.data, "--batch", str(args.batch),
+                       "--image-size", str(args.image_size), "-P", str(args.P), "-K", str(args.K),
+                       "--alone-epochs", str(args.alone_epochs)]
+            out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+            results[name].append(json.loads(out.strip().splitlines()[-1]))
+    print(f"    {'pipeline':<32}{'images/s':>9}{'CPU ms/img':>11}{'start ms':>9}{'epoch ms':>9}"
+          f"{'vs':>30}{'ratio':>7}{'CPU ratio':>10}")
+    for _, name, _, base in picked:
+        rows = results[name]
+
+        def median(field, rows=rows):
+            return float(np.median([row[field] for row in rows]))
+
+        line = (f"    {name:<32}{median('images_per_s'):>9,.0f}{median('cpu_ms'):>11.3f}"
+                f"{median('start_ms'):>9.0f}{median('epoch_ms'):>9.0f}")
+        if base:
+            ratio = np.median([a["images_per_s"] / b["images_per_s"] for a, b in zip(rows, results[base], strict=True)])
+            cost = np.median([b["cpu_ms"] / a["cpu_ms"] for a, b in zip(rows, results[base], strict=True)])
+            line += f"{base:>30}{ratio:>7.2f}{cost:>10.2f}"
+        print(line)
+    print("    runs, images/s: " + "; ".join(
+        f"{name} " + " ".join(f"{row['images_per_s']:,.0f}" for row in rows) for name, rows in results.items()))
+    print("    (start ms: median time from a new iteration (an epoch of fit) to its first batch; ratio and "
+          "CPU ratio as in (2), per round)")
 
 
 def bench_input_wait(data, backbone, image_size, batch, steps):
@@ -299,18 +378,32 @@ def main():
     parser.add_argument("--wait-backbone", default="iresnet18", help="part (4)'s backbone ('none': skip)")
     parser.add_argument("--wait-batch", type=int, default=32)
     parser.add_argument("--wait-steps", type=int, default=5)
+    parser.add_argument("--fresh-rounds", type=int, default=0,
+                        help="part (5): rounds of each part (2) pipeline alone in a fresh process (0: skip)")
+    parser.add_argument("--alone-epochs", type=int, default=10, help="part (5): epochs timed per process")
+    parser.add_argument("--alone", choices=[key for key, *_ in builders(None, None, None, 1, 1, 1, (1, 1))],
+                        help=argparse.SUPPRESS)  # part (5)'s worker
     parser.add_argument("--dry-run", action="store_true", help="tiny sizes, one round, one step")
     args = parser.parse_args()
+    if args.alone:
+        if not args.data:
+            parser.error("--alone needs --data")
+        return run_alone(args)
     only = args.pipelines.split(",")
     unknown = sorted(set(only) - set(PIPELINES))
     if unknown:
         parser.error(f"--pipelines must be a comma-separated list of {', '.join(PIPELINES)}; got {unknown}")
     if args.epochs_per_round < 1:
         parser.error(f"--epochs-per-round must be an integer >= 1; got {args.epochs_per_round}")
+    if args.fresh_rounds < 0:
+        parser.error(f"--fresh-rounds must be an integer >= 0; got {args.fresh_rounds}")
+    if args.alone_epochs < 1:
+        parser.error(f"--alone-epochs must be an integer >= 1; got {args.alone_epochs}")
     if args.dry_run:
         args.classes, args.images, args.rec_images, args.rec_identities = 100, 1000, 1000, 50
         args.P, args.K, args.batch, args.image_size, args.rounds = 2, 2, 4, 32, 1
         args.wait_batch, args.wait_steps = 4, 1
+        args.fresh_rounds, args.alone_epochs = min(args.fresh_rounds, 1), 1
         args.wait_backbone = "none" if args.wait_backbone == "none" else "small_resnet"
     print(
         f"bench_data.py  {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  "
@@ -323,6 +416,8 @@ def main():
     size = (args.image_size, args.image_size)
     if args.data and not args.skip_decode:
         bench_decode(args.data, args.batch, args.P, args.K, size, args.rounds, only, args.epochs_per_round)
+    if args.data and args.fresh_rounds > 0:
+        bench_fresh(args, only)
     if args.data and args.wait_backbone != "none":
         bench_input_wait(args.data, args.wait_backbone, size, args.wait_batch, args.wait_steps)
     print(f"# load average at the end {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
