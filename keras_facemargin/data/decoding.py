@@ -292,8 +292,8 @@ def epochs_dataset(make_epoch, signature):
     `tf.numpy_function`. `from_generator` is avoided on purpose: its kernel sets glibc's
     `M_TRIM_THRESHOLD` for the whole process (TensorFlow logs "Memory patch applied"), which also
     stops glibc raising its mmap threshold, so every batch-sized buffer of every pipeline in the
-    process is mapped and unmapped again, at about 20% more CPU per decoded image (BENCHMARKS.md,
-    "Training input pipeline").
+    process is mapped and unmapped again: our pipelines took about twice the CPU per decoded image
+    (BENCHMARKS.md, "Training input pipeline").
 
     Args:
         make_epoch: a function of no arguments returning NumPy arrays, one per `signature` entry.
