@@ -164,9 +164,8 @@ def bench_decode(data, batch, p, k, image_size, rounds, only=PIPELINES, epochs_p
           f"{rounds} interleaved rounds of {epochs_per_round} epoch(s) per pipeline each")
     tmp = tempfile.TemporaryDirectory()
     rec_index = pack_recordio(index, os.path.join(tmp.name, "train.rec"))
-    pipelines = [(name, build(), base)
-                 for _, name, build, base in chosen(builders(data, index, lambda: rec_index, batch, p, k, image_size),
-                                                    only)]
+    all_builders = builders(data, index, lambda: rec_index, batch, p, k, image_size)
+    pipelines = [(name, build(), base) for _, name, build, base in chosen(all_builders, only)]
     for _, ds, _ in pipelines:  # warm-up: page cache, tracing
         epoch_images(ds)
     # Wall-clock rates swing on a shared machine; each round times every pipeline once, so the
@@ -219,7 +218,8 @@ def run_alone(args):
         n += int(images.shape[0]) + sum(int(images.shape[0]) for images, *_ in iterator)
     seconds = time.perf_counter() - start
     print(json.dumps({"images_per_s": n / seconds, "cpu_ms": 1000 * (time.process_time() - start_cpu) / n,
-                      "start_ms": 1000 * float(np.median(starts)), "epoch_ms": 1000 * seconds / args.alone_epochs}))
+                      "start_ms": 1000 * float(np.median(starts)),
+                      "epoch_ms": 1000 * seconds / args.alone_epochs}))
 
 
 def bench_fresh(args, only):
@@ -232,9 +232,9 @@ def bench_fresh(args, only):
     results = {name: [] for _, name, _, _ in picked}
     for _ in range(args.fresh_rounds):
         for key, name, _, _ in picked:
-            command = [sys.executable, __file__, "--alone", key, "--data", args.data, "--batch", str(args.batch),
-                       "--image-size", str(args.image_size), "-P", str(args.P), "-K", str(args.K),
-                       "--alone-epochs", str(args.alone_epochs)]
+            command = [sys.executable, __file__, "--alone", key, "--data", args.data,
+                       "--batch", str(args.batch), "--image-size", str(args.image_size),
+                       "-P", str(args.P), "-K", str(args.K), "--alone-epochs", str(args.alone_epochs)]
             out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
             results[name].append(json.loads(out.strip().splitlines()[-1]))
     print(f"    {'pipeline':<32}{'images/s':>9}{'CPU ms/img':>11}{'start ms':>9}{'epoch ms':>9}"
@@ -248,12 +248,14 @@ def bench_fresh(args, only):
         line = (f"    {name:<32}{median('images_per_s'):>9,.0f}{median('cpu_ms'):>11.3f}"
                 f"{median('start_ms'):>9.0f}{median('epoch_ms'):>9.0f}")
         if base:
-            ratio = np.median([a["images_per_s"] / b["images_per_s"] for a, b in zip(rows, results[base], strict=True)])
-            cost = np.median([b["cpu_ms"] / a["cpu_ms"] for a, b in zip(rows, results[base], strict=True)])
+            pairs = list(zip(rows, results[base], strict=True))
+            ratio = np.median([a["images_per_s"] / b["images_per_s"] for a, b in pairs])
+            cost = np.median([b["cpu_ms"] / a["cpu_ms"] for a, b in pairs])
             line += f"{base:>30}{ratio:>7.2f}{cost:>10.2f}"
         print(line)
     print("    runs, images/s: " + "; ".join(
-        f"{name} " + " ".join(f"{row['images_per_s']:,.0f}" for row in rows) for name, rows in results.items()))
+        f"{name} " + " ".join(f"{row['images_per_s']:,.0f}" for row in rows)
+        for name, rows in results.items()))
     print("    (start ms: median time from a new iteration (an epoch of fit) to its first batch; ratio and "
           "CPU ratio as in (2), per round)")
 

@@ -356,7 +356,7 @@ def make_augmentation(names):
     )
 
 
-def _datasets(config, index, log):
+def _datasets(config, index, log, initial_epoch=0):
     from keras_facemargin import data
 
     size = (config.image_size, config.image_size)
@@ -371,11 +371,12 @@ def _datasets(config, index, log):
         if pair:
             ds = data.pk_dataset(index, config.classes_per_batch, config.samples_per_class, image_size=size,
                                  augment=augment, seed=config.seed, corrupt_files=log,
-                                 input_context=input_context)
+                                 input_context=input_context, initial_epoch=initial_epoch)
         else:
             ds = data.classification_dataset(index, config.batch_size, image_size=size, augment=augment,
                                              mix=mix, seed=config.seed, corrupt_files=log,
-                                             input_context=input_context, one_hot=one_hot)
+                                             input_context=input_context, one_hot=one_hot,
+                                             initial_epoch=initial_epoch)
         if config.sample_rate != 1.0:  # PartialFC takes the labels as an input
             ds = ds.map(lambda images, labels: ((images, labels),))
         return ds
@@ -644,11 +645,12 @@ def _train(config, index, validation, warnings, strategy, backbone, callbacks, e
     import keras
 
     from keras_facemargin import data, distribute, evaluation
-    from keras_facemargin.training import fit_resumable
+    from keras_facemargin.training import fit_resumable, resume_epoch
 
     keras.utils.set_random_seed(config.seed)
     log = data.CorruptFileLog()
-    make_dataset = _datasets(config, index, log)
+    # A resumed run draws the epochs' orders and augmentations an uninterrupted run would have.
+    make_dataset = _datasets(config, index, log, resume_epoch(config.run_dir))
     dataset = make_dataset()
     steps = int(dataset.cardinality().numpy())
     if strategy.num_replicas_in_sync > 1 or distribute.is_multi_worker(strategy):

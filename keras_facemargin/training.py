@@ -159,6 +159,13 @@ def latest_state(backup_dir):
     return state
 
 
+def resume_epoch(run_dir):
+    """The epoch that `fit_resumable` starts `run_dir`'s run at: the epochs its newest backup
+    holds, or 0 without one. A pipeline that draws a new order every epoch starts there too."""
+    state = latest_state(os.path.join(run_dir, "backup"))
+    return 0 if state is None else state["epoch"]
+
+
 class TrainingBackup(keras.callbacks.Callback):
     """Writes the training state (weights with the optimizer's state) every epoch or n batches.
 

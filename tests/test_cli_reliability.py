@@ -84,6 +84,15 @@ def test_sigkill_mid_run_then_the_same_command_finishes(tmp_path):
     assert os.path.exists(os.path.join(run_dir, "model.keras"))
     assert os.path.exists(os.path.join(run_dir, "saved_model", "saved_model.pb"))
     assert "Traceback" not in err
+    # It ends where an uninterrupted run ends: the resumed epochs drew the same orders and
+    # augmentations (the kill came after 3 epochs or more, so epoch 3 onwards was redone).
+    whole = str(tmp_path / "whole")
+    code, _, err = facemargin(*command[1:-1], whole)
+    assert code == 0, err
+    expected = keras.models.load_model(os.path.join(whole, "model.keras")).get_weights()
+    resumed = keras.models.load_model(os.path.join(run_dir, "model.keras")).get_weights()
+    for a, b in zip(expected, resumed, strict=True):
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-6)
 
     # A finished run: the same command does no training and exports again.
     code, out, err = facemargin(*command[1:])

@@ -24,6 +24,7 @@ def classification_dataset(
     prefetch=True,
     input_context=None,
     one_hot=False,
+    initial_epoch=0,
 ):
     """A `tf.data.Dataset` of `(images, labels)` batches over every image of `index`.
 
@@ -61,6 +62,9 @@ def classification_dataset(
         input_context: a `tf.distribute.InputContext`, see above.
         one_hot: labels as float32 one-hot rows `[batch, num_classes]` (as with `mix`), for
             Keras's `CategoricalCrossentropy(label_smoothing=...)`.
+        initial_epoch: the epoch (0-based) that the first iteration draws. A resumed run passes
+            the epoch it resumes at, as to `fit(initial_epoch=...)`, and so sees the epochs an
+            uninterrupted run would have seen.
 
     Returns:
         A finite `tf.data.Dataset` of `(images, labels)` batches as above, one epoch of them
@@ -105,7 +109,7 @@ def classification_dataset(
     local, first = local_replicas * per_replica, first_replica * per_replica
     source = decoding.IndexSource(index)
     labels = index.labels.astype(np.int32)
-    state = {"epoch": 0}
+    state = {"epoch": _checks.check_int("initial_epoch", initial_epoch, 0)}
 
     def make_epoch():
         epoch = state["epoch"]

@@ -113,7 +113,7 @@ class PKSampler:
         positions = within[self._starts[chosen][:, None] + offsets]
         return positions.reshape(steps, p * k)
 
-    def as_dataset(self, input_context=None):
+    def as_dataset(self, input_context=None, initial_epoch=0):
         """The epochs as a `tf.data.Dataset` of undecoded batches, for a pipeline to decode.
 
         The dataset is one epoch long; each new iteration draws the next epoch. `sample_ids`
@@ -121,6 +121,7 @@ class PKSampler:
 
         Args:
             input_context: a `tf.distribute.InputContext`, or None (see `pk_dataset`).
+            initial_epoch: the epoch that the first iteration draws (see `pk_dataset`).
 
         Returns:
             A `tf.data.Dataset` of `(paths, labels, sample_ids)`, each `[P·K]` (or `[P/R·K]` per
@@ -133,7 +134,7 @@ class PKSampler:
         source = decoding.IndexSource(self.index)
         labels = self.index.labels.astype(np.int32)
         steps = self.steps_per_epoch
-        state = {"epoch": 0}
+        state = {"epoch": _checks.check_int("initial_epoch", initial_epoch, 0)}
 
         def make_epoch():
             epoch = state["epoch"]
@@ -179,6 +180,7 @@ def pk_dataset(
     corrupt_files=None,
     mix=None,
     prefetch=True,
+    initial_epoch=0,
 ):
     """A `tf.data.Dataset` of P×K batches `(images, labels)` for pair and triplet losses.
 
@@ -214,6 +216,9 @@ def pk_dataset(
         corrupt_files: a `CorruptFileLog`, or None (failures are then printed to stderr).
         mix: must be None. Mixup/cutmix blend identities, which pair losses cannot use.
         prefetch: whether to end with `prefetch(AUTOTUNE)`.
+        initial_epoch: the epoch (0-based) that the first iteration draws. A resumed run passes
+            the epoch it resumes at, as to `fit(initial_epoch=...)`, and so sees the epochs an
+            uninterrupted run would have seen.
 
     Returns:
         A finite `tf.data.Dataset` of `(images, labels)` batches as above, `steps_per_epoch` of
@@ -237,7 +242,7 @@ def pk_dataset(
     sampler = PKSampler(
         index, classes_per_batch, samples_per_class, small_classes, steps_per_epoch, seed
     )
-    sources = sampler.as_dataset(input_context)
+    sources = sampler.as_dataset(input_context, initial_epoch)
     steps = int(sources.cardinality())
     source = decoding.IndexSource(index)
     ds = sources.map(lambda s, y, i: (*source.read(s), i, y))

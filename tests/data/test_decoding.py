@@ -127,6 +127,20 @@ def test_classification_dataset_epochs_and_eval_order():
         classification_dataset(index, batch_size=0)
 
 
+
+def test_classification_dataset_initial_epoch_starts_where_a_resumed_run_does():
+    index = ImageIndex.from_directory(FACES)
+    whole = classification_dataset(index, batch_size=16, image_size=(24, 24), seed=1)
+    epochs = [[(x.numpy(), y.numpy()) for x, y in whole] for _ in range(3)]
+    resumed = classification_dataset(index, batch_size=16, image_size=(24, 24), seed=1, initial_epoch=2)
+    for (x, y), (xr, yr) in zip(epochs[2], resumed, strict=True):
+        np.testing.assert_array_equal(yr, y)
+        np.testing.assert_array_equal(xr, x)  # the augmentations too
+    assert not np.array_equal(epochs[0][0][1], epochs[2][0][1])  # epochs differ, so the check can fail
+    with pytest.raises(ValueError, match="initial_epoch must be an integer >= 0; got -1"):
+        classification_dataset(index, batch_size=16, initial_epoch=-1)
+
+
 def test_a_batch_where_every_file_fails_is_all_blank(tmp_path):
     from keras_facemargin.data import CorruptFileLog
 

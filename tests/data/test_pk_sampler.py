@@ -57,6 +57,21 @@ def test_pk_dataset_is_deterministic_and_each_iteration_is_a_new_epoch():
     assert any(not np.array_equal(x1, x2) for (x1, _), (x2, _) in zip(first_a, second))
 
 
+
+def test_initial_epoch_starts_where_a_resumed_run_does():
+    index = ImageIndex.from_directory(FACES)
+    kwargs = dict(steps_per_epoch=2, seed=3, image_size=(32, 32))  # augmented: the seeds count too
+    whole = pk_dataset(index, 5, 2, **kwargs)
+    epochs = [list(whole) for _ in range(3)]
+    resumed = list(pk_dataset(index, 5, 2, initial_epoch=2, **kwargs))
+    for (x, y), (xr, yr) in zip(epochs[2], resumed, strict=True):
+        np.testing.assert_array_equal(yr, y)
+        np.testing.assert_array_equal(xr, x)
+    assert not np.array_equal(epochs[0][0][1], epochs[2][0][1])  # epochs differ, so the check can fail
+    with pytest.raises(ValueError, match="initial_epoch must be an integer >= 0; got -1"):
+        pk_dataset(index, 5, 2, initial_epoch=-1)
+
+
 def test_sampler_epochs():
     counts = np.array([8, 5, 9, 4, 6, 7, 4, 5, 12, 10])
     index = synthetic(counts)
