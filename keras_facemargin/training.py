@@ -160,8 +160,17 @@ def latest_state(backup_dir):
 
 
 def resume_epoch(run_dir):
-    """The epoch that `fit_resumable` starts `run_dir`'s run at: the epochs its newest backup
-    holds, or 0 without one. A pipeline that draws a new order every epoch starts there too."""
+    """The epoch that `fit_resumable` starts `run_dir`'s run at.
+
+    A pipeline that draws a new order every epoch (`pk_dataset`, `classification_dataset`) starts
+    there too (`initial_epoch=`), so that a resumed run sees what an uninterrupted one would.
+
+    Args:
+        run_dir: the run folder given to `fit_resumable`.
+
+    Returns:
+        The number of epochs its newest backup holds, or 0 without one.
+    """
     state = latest_state(os.path.join(run_dir, "backup"))
     return 0 if state is None else state["epoch"]
 
