@@ -163,8 +163,11 @@ def bench_decode(data, batch, p, k, image_size, rounds, only=PIPELINES, epochs_p
     print(f"    {len(index):,} images, {index.num_classes:,} classes, image_size={image_size}; "
           f"{rounds} interleaved rounds of {epochs_per_round} epoch(s) per pipeline each")
     tmp = tempfile.TemporaryDirectory()
-    rec_index = pack_recordio(index, os.path.join(tmp.name, "train.rec"))
-    all_builders = builders(data, index, lambda: rec_index, batch, p, k, image_size)
+
+    def rec_index():  # packed only when the "rec" pipeline is chosen
+        return pack_recordio(index, os.path.join(tmp.name, "train.rec"))
+
+    all_builders = builders(data, index, rec_index, batch, p, k, image_size)
     pipelines = [(name, build(), base) for _, name, build, base in chosen(all_builders, only)]
     for _, ds, _ in pipelines:  # warm-up: page cache, tracing
         epoch_images(ds)
@@ -383,7 +386,7 @@ def main():
     parser.add_argument("--fresh-rounds", type=int, default=0,
                         help="part (5): rounds of each part (2) pipeline alone in a fresh process (0: skip)")
     parser.add_argument("--alone-epochs", type=int, default=10, help="part (5): epochs timed per process")
-    parser.add_argument("--alone", choices=[key for key, *_ in builders(None, None, None, 1, 1, 1, (1, 1))],
+    parser.add_argument("--alone", choices=PIPELINES,
                         help=argparse.SUPPRESS)  # part (5)'s worker
     parser.add_argument("--dry-run", action="store_true", help="tiny sizes, one round, one step")
     args = parser.parse_args()

@@ -127,7 +127,6 @@ def test_classification_dataset_epochs_and_eval_order():
         classification_dataset(index, batch_size=0)
 
 
-
 def test_classification_dataset_initial_epoch_starts_where_a_resumed_run_does():
     index = ImageIndex.from_directory(FACES)
     whole = classification_dataset(index, batch_size=16, image_size=(24, 24), seed=1)
@@ -269,7 +268,8 @@ def test_paths_outside_ascii_decode(tmp_path):
 
 # The training pipelines run in a fresh process, then `Dataset.from_generator` (the control): its
 # kernel sets glibc's M_TRIM_THRESHOLD for the whole process and logs that it did, which costs
-# every pipeline of the process about 20% more CPU per decoded image (BENCHMARKS.md).
+# every pipeline of the process more CPU per decoded image: 25% for a plain pipeline at 64 px,
+# and the old pipelines used about twice Keras's at 112 px (BENCHMARKS.md).
 _MALLOC_SCRIPT = """
 import sys
 from keras_facemargin import cli

@@ -57,7 +57,6 @@ def test_pk_dataset_is_deterministic_and_each_iteration_is_a_new_epoch():
     assert any(not np.array_equal(x1, x2) for (x1, _), (x2, _) in zip(first_a, second))
 
 
-
 def test_initial_epoch_starts_where_a_resumed_run_does():
     index = ImageIndex.from_directory(FACES)
     kwargs = dict(steps_per_epoch=2, seed=3, image_size=(32, 32))  # augmented: the seeds count too
