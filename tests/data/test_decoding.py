@@ -9,7 +9,13 @@ import tensorflow as tf
 from data_helpers import FACES, first_image
 from PIL import Image
 
-from keras_facemargin.data import Augmentation, ImageIndex, classification_dataset, decoding
+from keras_facemargin.data import (
+    Augmentation,
+    CorruptFileLog,
+    ImageIndex,
+    classification_dataset,
+    decoding,
+)
 
 
 def write(tmp_path, name, array, mode):
@@ -77,6 +83,79 @@ def test_an_image_already_at_the_size_is_only_cast(pixels):
     np.testing.assert_allclose(other, tf.image.resize(pixels[:8, :8, :3], (12, 10)).numpy())
 
 
+def bilinear_resize_reference(image, height, width):
+    """Bilinear resampling with half-pixel centres, as the papers' pipelines (and
+    `tf.image.resize`) resize: output row y samples input row (y + ½)·in/out − ½, clamped to the
+    edge rows; the same for columns. Float64 loops."""
+    in_h, in_w = image.shape[:2]
+
+    def taps(i, n_in, n_out):
+        x = (i + 0.5) * n_in / n_out - 0.5
+        low = int(np.floor(x))
+        frac = x - low
+        return min(max(low, 0), n_in - 1), min(max(low + 1, 0), n_in - 1), frac
+
+    out = np.zeros((height, width, image.shape[2]))
+    for y in range(height):
+        y0, y1, fy = taps(y, in_h, height)
+        for x in range(width):
+            x0, x1, fx = taps(x, in_w, width)
+            top = (1 - fx) * image[y0, x0] + fx * image[y0, x1]
+            bottom = (1 - fx) * image[y1, x0] + fx * image[y1, x1]
+            out[y, x] = (1 - fy) * top + fy * bottom
+    return out
+
+
+@pytest.mark.parametrize(
+    "sizes",
+    [
+        [(12, 10)] * 5,  # stored at the training size: only cast
+        [(7, 9)] * 5,  # one other size: resized as one batch
+        [(12, 10), (7, 9), (20, 16), (12, 10), (5, 5)],  # several sizes: one by one
+    ],
+    ids=["at-size", "one-other-size", "mixed-sizes"],
+)
+def test_batches_decoded_together_give_each_image_as_alone(tmp_path, sizes):
+    rng = np.random.default_rng(4)
+    paths, expected = [], []
+    for i, (h, w) in enumerate(sizes):
+        array = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+        paths.append(write(tmp_path, f"{i}.png", array, "RGB"))
+        expected.append(array.astype(np.float64) if (h, w) == (12, 10)
+                        else bilinear_resize_reference(array.astype(np.float64), 12, 10))
+    preprocess = decoding.make_preprocess((12, 10))
+    assert preprocess.batch is not None
+    together = preprocess.batch(tf.constant(paths)).numpy()
+    assert together.shape == (5, 12, 10, 3) and together.dtype == np.float32
+    np.testing.assert_allclose(together, expected, rtol=0, atol=1e-3)
+    # A pipeline takes that path, not the sample-by-sample one (which here fails every sample).
+    def fails(source, sample_id):
+        tf.debugging.assert_equal(sample_id, tf.constant(-1, tf.int64))
+        return tf.zeros([12, 10, 3])
+
+    batch = tf.data.Dataset.from_tensors((tf.constant(paths), tf.constant(paths), tf.zeros([5], tf.int64)))
+    log = CorruptFileLog()
+    ((images,),) = list(decoding.decode_batches(batch, decoding.Preprocess(fails, preprocess.batch), log))
+    np.testing.assert_allclose(images, expected, rtol=0, atol=1e-3)
+    assert log.count == 0
+    # Through a pipeline, with a file that does not decode in the first batch: it becomes a
+    # blank, and every other image is still what it is alone.
+    with open(tmp_path / "bad.png", "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\nbroken")
+    paths.insert(1, str(tmp_path / "bad.png"))
+    expected.insert(1, np.zeros((12, 10, 3)))
+    batches = list(decoding.image_dataset(paths, batch_size=3, image_size=(12, 10)))
+    assert [len(b) for b in batches] == [3, 3]
+    np.testing.assert_allclose(np.concatenate(batches), expected, rtol=0, atol=1e-3)
+
+
+def test_only_images_without_their_own_crop_augmentation_or_alignment_decode_together():
+    assert decoding.make_preprocess((8, 8)).batch is not None
+    assert decoding.make_preprocess((8, 8), "center_crop").batch is None
+    assert decoding.make_preprocess((8, 8), augmentation=Augmentation(flip=True)).batch is None
+    assert decoding.make_preprocess((8, 8), align=True).batch is None
+
+
 def test_augmentation_is_a_function_of_seed_and_sample_id():
     path = tf.constant(first_image(FACES, "John_Simm"))
     augment = Augmentation(color_jitter=0.2)
@@ -141,8 +220,6 @@ def test_classification_dataset_initial_epoch_starts_where_a_resumed_run_does():
 
 
 def test_a_batch_where_every_file_fails_is_all_blank(tmp_path):
-    from keras_facemargin.data import CorruptFileLog
-
     paths = [str(tmp_path / f"{i}.jpg") for i in range(3)]
     for path in paths[:2]:
         with open(path, "wb") as f:
