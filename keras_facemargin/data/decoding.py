@@ -498,7 +498,8 @@ def decode_batches(dataset, preprocess, log=None, cycle_length=AUTOTUNE):
         dataset: elements `(sources [n], names [n], sample_ids [n], *rest)`: `sources` the paths
             or encoded bytes that `preprocess` takes (or a tuple of such batches, such as
             `(bytes, landmarks)`), `names` what a failure is reported as.
-        preprocess: `fn(source, sample_id)` → a tensor of fully known shape.
+        preprocess: `fn(source, sample_id)` → a tensor of fully known shape; a `Preprocess`
+            with a `batch` decodes each batch through it, as one.
         log: a `CorruptFileLog` that records the failures; None: they are printed to stderr.
 
     Returns:
