@@ -3,10 +3,10 @@
 TensorFlow graphs cannot catch an error: one corrupt JPEG raises inside the input pipeline and
 ends the epoch (and `Dataset.ignore_errors` drops the sample, which silently changes the batch).
 Here every batch is decoded by its own small inner dataset,
-`from_tensor_slices(batch).map(decode).batch(n, drop_remainder=True).ignore_errors()`, or,
-where no image has its own augmentation, `from_tensors(batch).map(Preprocess.batch)
-.ignore_errors()` (every image decoded as uint8 in one loop, then cast or resized as one
-batch). A batch that decodes comes out whole (the usual case); a batch with a bad file is
+`from_tensor_slices(batch).map(decode).batch(n, drop_remainder=True).ignore_errors()`, tried
+after `from_tensors(batch).map(Preprocess.batch).ignore_errors()` where no image has its own
+augmentation (every image decoded as uint8 in one loop, then cast or resized as one batch).
+A batch that decodes comes out whole (the usual case); a batch with a bad file is
 dropped there, and only then is it decoded again sample by sample, with `ignore_errors` on each
 sample and the survivors scattered back into their positions. A sample that failed becomes a
 blank (all-zero) image with its label kept, so the batch keeps its shape and its P×K
@@ -258,21 +258,29 @@ def augment_image(image, image_size, augmentation, seed):
 
 # How many images of a batch `Preprocess.batch` decodes at once (`tf.while_loop`'s parallel
 # iterations); the pipeline also decodes several batches at once.
-_PARALLEL_DECODES = 16
+_PARALLEL_DECODES = 2
 
 
 def _decode_together(decode, image_size):
     """`fn(sources [n])` → float32 `[n, height, width, 3]`: every image decoded as uint8 in one
-    loop of parallel iterations, then cast or resized as one batch when all share a size (the
-    usual case: face sets are stored at one size), or one by one when they do not. The images
-    are those `resize` gives each alone. Any failure fails the whole call."""
+    loop, then cast or resized as one batch when all share a size (the usual case: face sets
+    are stored at one size), or one by one when they do not. The images are those `resize` gives
+    each alone. Any failure fails the whole call, and so does an image of more than 4× the
+    output's pixels: a batch of such images, held as uint8 until the end, would take more
+    memory than its float32 output (a folder of photos), so they are resized one at a time."""
+    most = 4 * image_size[0] * image_size[1]
 
     def decode_all(sources):
         n = tf.shape(sources)[0]
 
         def read(i, images, shapes):
             image = decode(sources[i])
-            return i + 1, images.write(i, image), shapes.write(i, tf.shape(image)[:2])
+            shape = tf.shape(image)[:2]
+            pixels = tf.reduce_prod(tf.cast(shape, tf.int64))
+            check = tf.debugging.assert_less_equal(
+                pixels, tf.constant(most, tf.int64), message="more than 4x the output's pixels")
+            with tf.control_dependencies([check]):
+                return i + 1, images.write(i, image), shapes.write(i, shape)
 
         _, images, shapes = tf.while_loop(
             lambda i, *_: i < n, read,
@@ -307,8 +315,8 @@ class Preprocess:
     Attributes:
         one: `fn(source, sample_id)` → one float32 image, as above.
         batch: None, or `fn(sources [n])` → float32 `[n, height, width, 3]`, the same images as
-            `one` gives, decoded together (faster); None where each image has its own
-            augmentation, crop or alignment.
+            `one` gives, decoded together (faster); it fails on an image of more than 4× the
+            output's pixels. None where each image has its own augmentation, crop or alignment.
     """
 
     one: object
@@ -450,16 +458,16 @@ def _decode_one_batch(preprocess, spec):
         n = tf.shape(names)[0]
         size = tf.cast(n, tf.int64)
         static = [names.shape[0], *spec.shape]
-        # Fast path: the whole batch decodes, or one error drops it (and the slow path runs).
-        if getattr(preprocess, "batch", None) is not None:
-            fast = tf.data.Dataset.from_tensors(sources).map(preprocess.batch)
-        else:
-            fast = (
-                tf.data.Dataset.from_tensor_slices((sources, sample_ids))
-                .map(preprocess)
-                .batch(size, drop_remainder=True)
-            )
-        fast = fast.ignore_errors().map(lambda images: (images, tf.zeros([n], tf.bool)))
+        # Fast path: the whole batch decodes, or one error drops it (and the next path runs).
+        fast = (
+            tf.data.Dataset.from_tensor_slices((sources, sample_ids))
+            .map(preprocess)
+            .batch(size, drop_remainder=True)
+        )
+        if getattr(preprocess, "batch", None) is not None:  # faster still, where it applies
+            together = tf.data.Dataset.from_tensors(sources).map(preprocess.batch)
+            fast = together.ignore_errors().concatenate(fast)
+        fast = fast.ignore_errors().take(1).map(lambda images: (images, tf.zeros([n], tf.bool)))
         # Slow path, run only when the fast one yields nothing: sample by sample, the
         # survivors scattered back to their positions (all zeros if none survives).
         slow = (

@@ -149,6 +149,24 @@ def test_batches_decoded_together_give_each_image_as_alone(tmp_path, sizes):
     np.testing.assert_allclose(np.concatenate(batches), expected, rtol=0, atol=1e-3)
 
 
+def test_images_far_larger_than_the_output_are_resized_one_at_a_time(tmp_path):
+    """A batch of photos held as uint8 until the end would take more memory than its float32
+    output: decoding together refuses an image of more than 4x the output's pixels, and the
+    pipeline resizes that batch image by image, to the same pixels, with nothing reported."""
+    rng = np.random.default_rng(5)
+    arrays = [rng.integers(0, 256, size=size, dtype=np.uint8) for size in ((12, 10, 3), (40, 30, 3))]
+    paths = [write(tmp_path, f"{i}.png", a, "RGB") for i, a in enumerate(arrays)]
+    expected = [arrays[0].astype(np.float64), bilinear_resize_reference(arrays[1].astype(np.float64), 12, 10)]
+    preprocess = decoding.make_preprocess((12, 10))
+    np.testing.assert_allclose(preprocess.batch(tf.constant(paths[:1])).numpy(), expected[:1], atol=1e-3)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="more than 4x the output's pixels"):
+        preprocess.batch(tf.constant(paths))
+    log = CorruptFileLog()
+    (images,) = list(decoding.image_dataset(paths, batch_size=2, image_size=(12, 10), corrupt_files=log))
+    np.testing.assert_allclose(images, expected, rtol=0, atol=1e-3)
+    assert log.count == 0
+
+
 def test_only_images_without_their_own_crop_augmentation_or_alignment_decode_together():
     assert decoding.make_preprocess((8, 8)).batch is not None
     assert decoding.make_preprocess((8, 8), "center_crop").batch is None
