@@ -3,16 +3,14 @@
 TensorFlow graphs cannot catch an error: one corrupt JPEG raises inside the input pipeline and
 ends the epoch (and `Dataset.ignore_errors` drops the sample, which silently changes the batch).
 Here every batch is decoded by its own small inner dataset,
-`from_tensor_slices(batch).map(decode).batch(n, drop_remainder=True).ignore_errors()`, tried
-after `from_tensors(batch).map(Preprocess.batch).ignore_errors()` where no image has its own
-augmentation (every image decoded as uint8 in one loop, then cast or resized as one batch).
-A batch that decodes comes out whole (the usual case); a batch with a bad file is
-dropped there, and only then is it decoded again sample by sample, with `ignore_errors` on each
-sample and the survivors scattered back into their positions. A sample that failed becomes a
-blank (all-zero) image with its label kept, so the batch keeps its shape and its P×K
-structure. The failures are recorded, in the pipeline, in a `CorruptFileLog` (a counter and the
-names, held in `tf.Variable`s), which a Keras callback reads at the end of each epoch to log
-every file with the reason it failed.
+`from_tensor_slices(batch).map(decode).batch(n, drop_remainder=True).ignore_errors()`: a batch
+that decodes comes out whole (the usual case, at the cost of a plain parallel `map`); a batch
+with a bad file is dropped there, and only then is it decoded again sample by sample, with
+`ignore_errors` on each sample and the survivors scattered back into their positions. A sample
+that failed becomes a blank (all-zero) image with its label kept, so the batch keeps its shape
+and its P×K structure. The failures are recorded, in the
+pipeline, in a `CorruptFileLog` (a counter and the names, held in `tf.Variable`s), which a Keras
+callback reads at the end of each epoch to log every file with the reason it failed.
 """
 
 import dataclasses
@@ -162,8 +160,6 @@ def resize(image, image_size, resize_mode="resize"):
     `"center_crop"` scales the shorter side to fit and crops the centre, keeping the aspect ratio.
     An image that already has the size is only cast: bilinear resampling to the same size (half-
     pixel centres) is the identity, and face sets are usually stored at the size they train at.
-    With `"resize"`, `image` may also be a batch `[n, h, w, 3]` of one size: each image comes out
-    as it would alone.
     """
     height, width = image_size
     if resize_mode == "center_crop":
@@ -174,14 +170,14 @@ def resize(image, image_size, resize_mode="resize"):
         top = (new[0] - height) // 2
         left = (new[1] - width) // 2
         image = image[top : top + height, left : left + width]
-    elif image.shape[-3:-1].as_list() == [height, width]:
+    elif image.shape[:2].as_list() == [height, width]:
         image = tf.cast(image, tf.float32)
     else:
-        same = tf.reduce_all(tf.equal(tf.shape(image)[-3:-1], [height, width]))
+        same = tf.reduce_all(tf.equal(tf.shape(image)[:2], [height, width]))
         image = tf.cond(same, lambda: tf.cast(image, tf.float32),
                         lambda: tf.image.resize(image, (height, width)))
     # Bilinear weights are convex: the values stay in [0, 255] without clipping.
-    image.set_shape([*image.shape[:-3], height, width, 3])
+    image.set_shape([height, width, 3])
     return image
 
 
@@ -256,80 +252,10 @@ def augment_image(image, image_size, augmentation, seed):
     return image
 
 
-# How many images of a batch `Preprocess.batch` decodes at once (`tf.while_loop`'s parallel
-# iterations); the pipeline also decodes several batches at once.
-_PARALLEL_DECODES = 2
-
-
-def _decode_together(decode, image_size):
-    """`fn(sources [n])` → float32 `[n, height, width, 3]`: every image decoded as uint8 in one
-    loop, then cast or resized as one batch when all share a size (the usual case: face sets
-    are stored at one size), or one by one when they do not. The images are those `resize` gives
-    each alone. Any failure fails the whole call, and so does an image of more than 4× the
-    output's pixels: a batch of such images, held as uint8 until the end, would take more
-    memory than its float32 output (a folder of photos), so they are resized one at a time."""
-    most = 4 * image_size[0] * image_size[1]
-
-    def decode_all(sources):
-        n = tf.shape(sources)[0]
-
-        def read(i, images, shapes):
-            image = decode(sources[i])
-            shape = tf.shape(image)[:2]
-            pixels = tf.reduce_prod(tf.cast(shape, tf.int64))
-            check = tf.debugging.assert_less_equal(
-                pixels, tf.constant(most, tf.int64), message="more than 4x the output's pixels")
-            with tf.control_dependencies([check]):
-                return i + 1, images.write(i, image), shapes.write(i, shape)
-
-        _, images, shapes = tf.while_loop(
-            lambda i, *_: i < n, read,
-            (
-                tf.constant(0),
-                tf.TensorArray(tf.uint8, n, infer_shape=False, element_shape=[None, None, 3]),
-                tf.TensorArray(tf.int32, n, element_shape=[2]),
-            ),
-            parallel_iterations=_PARALLEL_DECODES,
-        )
-        shapes = shapes.stack()
-
-        def one_by_one():
-            def scale(i, out):
-                return i + 1, out.write(i, resize(images.read(i), image_size))
-
-            out = tf.TensorArray(tf.float32, n, element_shape=[*image_size, 3])
-            _, out = tf.while_loop(lambda i, _: i < n, scale, (tf.constant(0), out),
-                                   parallel_iterations=_PARALLEL_DECODES)
-            return out.stack()
-
-        same = tf.reduce_all(tf.equal(shapes, shapes[:1]))
-        return tf.cond(same, lambda: resize(images.stack(), image_size), one_by_one)
-
-    return decode_all
-
-
-@dataclasses.dataclass(frozen=True)
-class Preprocess:
-    """What `make_preprocess` returns: called as `preprocess(source, sample_id)`, one image.
-
-    Attributes:
-        one: `fn(source, sample_id)` → one float32 image, as above.
-        batch: None, or `fn(sources [n])` → float32 `[n, height, width, 3]`, the same images as
-            `one` gives, decoded together (faster); it fails on an image of more than 4× the
-            output's pixels. None where each image has its own augmentation, crop or alignment.
-    """
-
-    one: object
-    batch: object = None
-
-    def __call__(self, source, sample_id):
-        return self.one(source, sample_id)
-
-
 def make_preprocess(
     image_size, resize_mode="resize", augmentation=None, seed=0, from_bytes=False, align=False
 ):
-    """A `Preprocess`: `preprocess(source, sample_id)` → float32 `[height, width, 3]` in [0, 255].
+    """`fn(source, sample_id)` → float32 image `[height, width, 3]` in [0, 255].
 
     `source` is a file path (or encoded bytes when `from_bytes`); with `align`, it is a pair
     `(path or bytes, landmarks [5, 2])` and the face is aligned to ArcFace's template
@@ -345,13 +271,10 @@ def make_preprocess(
             f"image_size must be square to align faces to ArcFace's template; got {image_size}"
         )
 
-    def decode(source):
-        return decode_rgb(source if from_bytes else tf.io.read_file(source))
-
     def preprocess(source, sample_id):
         if align:
             source, landmarks = source
-        image = decode(source)
+        image = decode_rgb(source if from_bytes else tf.io.read_file(source))
         if align:
             image = alignment.align_face(image, landmarks, image_size[0])
         if augmentation is None:
@@ -359,10 +282,7 @@ def make_preprocess(
         pair = tf.stack([tf.constant(seed, tf.int64), tf.cast(sample_id, tf.int64)])
         return augment_image(image, image_size, augmentation, pair)
 
-    whole = None
-    if augmentation is None and not align and resize_mode == "resize":
-        whole = _decode_together(decode, image_size)
-    return Preprocess(preprocess, whole)
+    return preprocess
 
 
 def epochs_dataset(make_epoch, signature):
@@ -458,16 +378,14 @@ def _decode_one_batch(preprocess, spec):
         n = tf.shape(names)[0]
         size = tf.cast(n, tf.int64)
         static = [names.shape[0], *spec.shape]
-        # Fast path: the whole batch decodes, or one error drops it (and the next path runs).
+        # Fast path: the whole batch decodes, or one error drops it (and the slow path runs).
         fast = (
             tf.data.Dataset.from_tensor_slices((sources, sample_ids))
             .map(preprocess)
             .batch(size, drop_remainder=True)
+            .ignore_errors()
+            .map(lambda images: (images, tf.zeros([n], tf.bool)))
         )
-        if getattr(preprocess, "batch", None) is not None:  # faster still, where it applies
-            together = tf.data.Dataset.from_tensors(sources).map(preprocess.batch)
-            fast = together.ignore_errors().concatenate(fast)
-        fast = fast.ignore_errors().take(1).map(lambda images: (images, tf.zeros([n], tf.bool)))
         # Slow path, run only when the fast one yields nothing: sample by sample, the
         # survivors scattered back to their positions (all zeros if none survives).
         slow = (
@@ -506,8 +424,7 @@ def decode_batches(dataset, preprocess, log=None, cycle_length=AUTOTUNE):
         dataset: elements `(sources [n], names [n], sample_ids [n], *rest)`: `sources` the paths
             or encoded bytes that `preprocess` takes (or a tuple of such batches, such as
             `(bytes, landmarks)`), `names` what a failure is reported as.
-        preprocess: `fn(source, sample_id)` → a tensor of fully known shape; a `Preprocess`
-            with a `batch` decodes each batch through it, as one.
+        preprocess: `fn(source, sample_id)` → a tensor of fully known shape.
         log: a `CorruptFileLog` that records the failures; None: they are printed to stderr.
 
     Returns:

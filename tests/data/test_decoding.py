@@ -110,12 +110,12 @@ def bilinear_resize_reference(image, height, width):
     "sizes",
     [
         [(12, 10)] * 5,  # stored at the training size: only cast
-        [(7, 9)] * 5,  # one other size: resized as one batch
-        [(12, 10), (7, 9), (20, 16), (12, 10), (5, 5)],  # several sizes: one by one
+        [(7, 9)] * 5,  # one other size
+        [(12, 10), (7, 9), (20, 16), (12, 10), (5, 5)],  # several sizes
     ],
     ids=["at-size", "one-other-size", "mixed-sizes"],
 )
-def test_batches_decoded_together_give_each_image_as_alone(tmp_path, sizes):
+def test_pipeline_images_against_a_float64_bilinear_reference(tmp_path, sizes):
     rng = np.random.default_rng(4)
     paths, expected = [], []
     for i, (h, w) in enumerate(sizes):
@@ -123,23 +123,11 @@ def test_batches_decoded_together_give_each_image_as_alone(tmp_path, sizes):
         paths.append(write(tmp_path, f"{i}.png", array, "RGB"))
         expected.append(array.astype(np.float64) if (h, w) == (12, 10)
                         else bilinear_resize_reference(array.astype(np.float64), 12, 10))
-    preprocess = decoding.make_preprocess((12, 10))
-    assert preprocess.batch is not None
-    together = preprocess.batch(tf.constant(paths)).numpy()
-    assert together.shape == (5, 12, 10, 3) and together.dtype == np.float32
-    np.testing.assert_allclose(together, expected, rtol=0, atol=1e-3)
-    # A pipeline takes that path, not the sample-by-sample one (which here fails every sample).
-    def fails(source, sample_id):
-        tf.debugging.assert_equal(sample_id, tf.constant(-1, tf.int64))
-        return tf.zeros([12, 10, 3])
-
-    batch = tf.data.Dataset.from_tensors((tf.constant(paths), tf.constant(paths), tf.zeros([5], tf.int64)))
-    log = CorruptFileLog()
-    ((images,),) = list(decoding.decode_batches(batch, decoding.Preprocess(fails, preprocess.batch), log))
-    np.testing.assert_allclose(images, expected, rtol=0, atol=1e-3)
-    assert log.count == 0
-    # Through a pipeline, with a file that does not decode in the first batch: it becomes a
-    # blank, and every other image is still what it is alone.
+    np.testing.assert_allclose(
+        np.concatenate(list(decoding.image_dataset(paths, batch_size=3, image_size=(12, 10)))),
+        expected, rtol=0, atol=1e-3)
+    # A file that does not decode, in the first batch: it becomes a blank, and every other image
+    # is still what it is alone.
     with open(tmp_path / "bad.png", "wb") as f:
         f.write(b"\x89PNG\r\n\x1a\nbroken")
     paths.insert(1, str(tmp_path / "bad.png"))
@@ -147,31 +135,6 @@ def test_batches_decoded_together_give_each_image_as_alone(tmp_path, sizes):
     batches = list(decoding.image_dataset(paths, batch_size=3, image_size=(12, 10)))
     assert [len(b) for b in batches] == [3, 3]
     np.testing.assert_allclose(np.concatenate(batches), expected, rtol=0, atol=1e-3)
-
-
-def test_images_far_larger_than_the_output_are_resized_one_at_a_time(tmp_path):
-    """A batch of photos held as uint8 until the end would take more memory than its float32
-    output: decoding together refuses an image of more than 4x the output's pixels, and the
-    pipeline resizes that batch image by image, to the same pixels, with nothing reported."""
-    rng = np.random.default_rng(5)
-    arrays = [rng.integers(0, 256, size=size, dtype=np.uint8) for size in ((12, 10, 3), (40, 30, 3))]
-    paths = [write(tmp_path, f"{i}.png", a, "RGB") for i, a in enumerate(arrays)]
-    expected = [arrays[0].astype(np.float64), bilinear_resize_reference(arrays[1].astype(np.float64), 12, 10)]
-    preprocess = decoding.make_preprocess((12, 10))
-    np.testing.assert_allclose(preprocess.batch(tf.constant(paths[:1])).numpy(), expected[:1], atol=1e-3)
-    with pytest.raises(tf.errors.InvalidArgumentError, match="more than 4x the output's pixels"):
-        preprocess.batch(tf.constant(paths))
-    log = CorruptFileLog()
-    (images,) = list(decoding.image_dataset(paths, batch_size=2, image_size=(12, 10), corrupt_files=log))
-    np.testing.assert_allclose(images, expected, rtol=0, atol=1e-3)
-    assert log.count == 0
-
-
-def test_only_images_without_their_own_crop_augmentation_or_alignment_decode_together():
-    assert decoding.make_preprocess((8, 8)).batch is not None
-    assert decoding.make_preprocess((8, 8), "center_crop").batch is None
-    assert decoding.make_preprocess((8, 8), augmentation=Augmentation(flip=True)).batch is None
-    assert decoding.make_preprocess((8, 8), align=True).batch is None
 
 
 def test_augmentation_is_a_function_of_seed_and_sample_id():
