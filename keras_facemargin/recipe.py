@@ -356,7 +356,7 @@ def make_augmentation(names):
     )
 
 
-def _datasets(config, index, log, initial_epoch=0):
+def _datasets(config, index, log):
     from keras_facemargin import data
 
     size = (config.image_size, config.image_size)
@@ -367,7 +367,7 @@ def _datasets(config, index, log, initial_epoch=0):
         mix = data.BatchMix(mixup=config.mixup, cutmix=config.cutmix, seed=config.seed)
     one_hot = config.loss == SOFTMAX and (config.label_smoothing > 0 or mix is not None)
 
-    def make_dataset(input_context=None):
+    def make_dataset(input_context=None, initial_epoch=0):
         if pair:
             ds = data.pk_dataset(index, config.classes_per_batch, config.samples_per_class, image_size=size,
                                  augment=augment, seed=config.seed, corrupt_files=log,
@@ -649,12 +649,13 @@ def _train(config, index, validation, warnings, strategy, backbone, callbacks, e
 
     keras.utils.set_random_seed(config.seed)
     log = data.CorruptFileLog()
+    make_dataset = _datasets(config, index, log)
     # A resumed run draws the epochs' orders and augmentations an uninterrupted run would have.
-    make_dataset = _datasets(config, index, log, resume_epoch(config.run_dir))
-    dataset = make_dataset()
+    first = resume_epoch(config.run_dir)
+    dataset = make_dataset(initial_epoch=first)
     steps = int(dataset.cardinality().numpy())
     if strategy.num_replicas_in_sync > 1 or distribute.is_multi_worker(strategy):
-        dataset = strategy.distribute_datasets_from_function(make_dataset)
+        dataset = strategy.distribute_datasets_from_function(lambda context: make_dataset(context, first))
     with strategy.scope():
         model, embedder, loss = build_model(config, index.num_classes, backbone)
         sparse = [model.get_layer("partial_fc").kernel] if config.sample_rate != 1.0 else []
@@ -680,6 +681,7 @@ def _train(config, index, validation, warnings, strategy, backbone, callbacks, e
                             callbacks=all_callbacks, strategy=strategy, keep_best=config.keep_best,
                             verbose=verbose, shuffle=False)
     if config.ema:
+        # Epoch 0's batches, in a resumed run too, so that it ends as an uninterrupted one.
         _recalibrate(model, embedder, make_dataset(), steps if steps > 0 else None, config, strategy)
     seconds = time.perf_counter() - start
     export_path = None

@@ -234,6 +234,45 @@ def test_ema_exports_the_averaged_weights_with_batch_norm_statistics_recomputed_
     assert not np.allclose(moving, expected, rtol=1e-2, atol=1e-2)
 
 
+class _Interrupted(Exception):
+    pass
+
+
+class _InterruptAfter(keras.callbacks.Callback):
+    """Raises at the end of epoch `epoch` (0-based), before that epoch's backup is written."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise _Interrupted()
+
+
+def test_an_interrupted_ema_run_resumed_ends_as_an_uninterrupted_one(tmp_path):
+    """The batch-norm statistics after EMA come from one pass over epoch 0's batches, in a resumed
+    run too: a resumed run's training pipeline starts at its resume epoch, the recalibration's
+    does not."""
+    from keras_facemargin import recipe
+    from keras_facemargin.config import TrainConfig
+
+    def config(run_dir):
+        return TrainConfig(data=FACES, backbone="simple_cnn", image_size=32, embedding_dim=8, epochs=4,
+                           batch_size=11, augment="flip,translate", optimizer="adam", learning_rate=0.01,
+                           ema=0.9, run_dir=str(run_dir))
+
+    recipe.train(config(tmp_path / "whole"), verbose=0, export=False)
+    with pytest.raises(_Interrupted):
+        recipe.train(config(tmp_path / "split"), callbacks=[_InterruptAfter(1)], verbose=0, export=False)
+    assert not os.path.exists(tmp_path / "split" / "model.keras")
+    recipe.train(config(tmp_path / "split"), verbose=0, export=False)  # resumes after epoch 1
+    expected = keras.saving.load_model(tmp_path / "whole" / "model.keras", compile=False).get_weights()
+    resumed = keras.saving.load_model(tmp_path / "split" / "model.keras", compile=False).get_weights()
+    for a, b in zip(expected, resumed, strict=True):
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-5)
+
+
 def _conv_policies(run_dir):
     """The dtype policies of the convolutions of a run's model.keras, nested models included."""
     model = keras.saving.load_model(os.path.join(run_dir, "model.keras"), compile=False)
