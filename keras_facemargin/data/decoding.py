@@ -374,17 +374,21 @@ class IndexSource:
 
 
 def _decode_one_batch(preprocess, spec):
+    # Every function in here is instantiated again by each new iterator (each epoch of `fit`), at
+    # a cost of milliseconds each: the fast path has one (`flagged`), and the batch's other parts
+    # join by `zip`, which needs none (BENCHMARKS.md, "Training input pipeline").
+    def flagged(source, sample_id):
+        return preprocess(source, sample_id), False
+
     def decode(sources, names, sample_ids, *rest):
         n = tf.shape(names)[0]
         size = tf.cast(n, tf.int64)
-        static = [names.shape[0], *spec.shape]
         # Fast path: the whole batch decodes, or one error drops it (and the slow path runs).
         fast = (
             tf.data.Dataset.from_tensor_slices((sources, sample_ids))
-            .map(preprocess)
+            .map(flagged)
             .batch(size, drop_remainder=True)
             .ignore_errors()
-            .map(lambda images: (images, tf.zeros([n], tf.bool)))
         )
         # Slow path, run only when the fast one yields nothing: sample by sample, the
         # survivors scattered back to their positions (all zeros if none survives).
@@ -406,13 +410,8 @@ def _decode_one_batch(preprocess, spec):
                 )
             )
         )
-
-        def attach(images, failed):
-            images.set_shape(static)
-            failed.set_shape(static[:1])
-            return (images, failed, names, sources, *rest)
-
-        return fast.concatenate(slow).take(1).map(attach)
+        decoded = fast.concatenate(slow).take(1)
+        return tf.data.Dataset.zip((decoded, tf.data.Dataset.from_tensors((names, sources, *rest))))
 
     return decode
 
@@ -452,7 +451,10 @@ def decode_batches(dataset, preprocess, log=None, cycle_length=AUTOTUNE):
     if log is None:
         log = _STDERR_LOG
 
-    def record(images, failed, names, sources, *rest):
+    def record(decoded, batch):
+        (images, failed), (names, sources, *rest) = decoded, batch
+        images.set_shape([names.shape[0], *spec.shape])
+        failed.set_shape(names.shape[:1])
         # Encoded images are kept for the diagnosis; positions (RecordIO) and paths are not needed.
         encoded = isinstance(sources, tf.Tensor) and sources.dtype == tf.string
 
