@@ -116,20 +116,30 @@ def keras_augmentation(names):
     return keras.Sequential(layers)
 
 
-PIPELINES = ("keras", "ours", "pk", "rec", "keras_flip", "ours_flip", "keras_glyphs", "ours_glyphs")
+PIPELINES = ("keras", "ours", "pk", "rec", "keras_flip", "ours_flip", "keras_glyphs", "ours_glyphs",
+             "keras_noat")
+# A control, not a target: our pipelines run without tf.data's autotuning (it stalls about one
+# iterator in four at its end), so each ratio to Keras is also given against Keras's pipeline with
+# the same option, which tells that gain from the rest.
+NO_AUTOTUNE = "keras, no autotuning"
 
 
 def builders(data, index, rec_index, batch, p, k, image_size):
     """Part (2)'s pipelines: `[(--pipelines key, name, builder, the name of its baseline)]`."""
     from keras_facemargin import recipe
 
-    def keras_pipeline(names=()):
+    def keras_pipeline(names=(), autotune=True):
         ds = keras.utils.image_dataset_from_directory(
             data, image_size=image_size, batch_size=batch, shuffle=True, seed=0, verbose=False)
         if names:
             augment = keras_augmentation(names)
             ds = ds.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
-        return ds.prefetch(tf.data.AUTOTUNE)
+        ds = ds.prefetch(tf.data.AUTOTUNE)
+        if not autotune:
+            options = tf.data.Options()
+            options.autotune.enabled = False
+            ds = ds.with_options(options)
+        return ds
 
     def ours(names=(), source=index):
         augment = recipe.make_augmentation(names) if names else False
@@ -147,7 +157,17 @@ def builders(data, index, rec_index, batch, p, k, image_size):
         ("keras_glyphs", "keras + Transl.+Zoom+Contr.", lambda: keras_pipeline(glyphs), None),
         ("ours_glyphs", "ours + translate,zoom,contrast", lambda: ours(glyphs),
          "keras + Transl.+Zoom+Contr."),
+        ("keras_noat", NO_AUTOTUNE, lambda: keras_pipeline(autotune=False), None),
     ]
+
+
+def control_line(rows, ratio):
+    """With the control timed: each pipeline without augmentation against it, as `ratio(name)`."""
+    if NO_AUTOTUNE not in rows:
+        return None
+    plain = [name for name in ("ours", "ours P×K", "ours .rec") if name in rows]
+    return (f"    against {NO_AUTOTUNE} (images/s ratio, CPU ratio): "
+            + "; ".join(f"{name} {' '.join(f'{v:.2f}' for v in ratio(name))}" for name in plain))
 
 
 def chosen(all_builders, only):
@@ -191,6 +211,14 @@ def bench_decode(data, batch, p, k, image_size, rounds, only=PIPELINES, epochs_p
             cost_ratio = np.median([b / a for a, b in zip(cpu[name], cpu[base], strict=True)])
             line += f"{base:>30}{ratio:>7.2f}{cost_ratio:>10.2f}"
         print(line)
+
+    def against_control(name):
+        return (np.median([a / b for a, b in zip(rates[name], rates[NO_AUTOTUNE], strict=True)]),
+                np.median([b / a for a, b in zip(cpu[name], cpu[NO_AUTOTUNE], strict=True)]))
+
+    control = control_line(rates, against_control)
+    if control:
+        print(control)
     print("    runs, images/s: " + "; ".join(
         f"{name} " + " ".join(f"{v:,.0f}" for v in values) for name, values in rates.items()))
     print("    (ratio: images/s over the baseline's, median of the rounds' ratios, target >= 1.0; CPU ratio: "
@@ -211,7 +239,7 @@ def run_alone(args):
                 if key == args.alone]
     ds = build()
     epoch_images(ds)  # warm-up: page cache, tracing
-    starts, n = [], 0
+    starts, ends, n = [], [], 0
     start_cpu, start = time.process_time(), time.perf_counter()
     for _ in range(args.alone_epochs):
         begin = time.perf_counter()
@@ -219,9 +247,13 @@ def run_alone(args):
         images, *_ = next(iterator)
         starts.append(time.perf_counter() - begin)
         n += int(images.shape[0]) + sum(int(images.shape[0]) for images, *_ in iterator)
+        last = time.perf_counter()
+        del iterator  # as `fit` drops each epoch's iterator: tf.data's threads stop here
+        ends.append(time.perf_counter() - last)
     seconds = time.perf_counter() - start
     print(json.dumps({"images_per_s": n / seconds, "cpu_ms": 1000 * (time.process_time() - start_cpu) / n,
                       "start_ms": 1000 * float(np.median(starts)),
+                      "end_ms": 1000 * float(np.median(ends)), "end_max_ms": 1000 * float(np.max(ends)),
                       "epoch_ms": 1000 * seconds / args.alone_epochs}))
 
 
@@ -240,8 +272,8 @@ def bench_fresh(args, only):
                        "-P", str(args.P), "-K", str(args.K), "--alone-epochs", str(args.alone_epochs)]
             out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
             results[name].append(json.loads(out.strip().splitlines()[-1]))
-    print(f"    {'pipeline':<32}{'images/s':>9}{'CPU ms/img':>11}{'start ms':>9}{'epoch ms':>9}"
-          f"{'vs':>30}{'ratio':>7}{'CPU ratio':>10}")
+    print(f"    {'pipeline':<32}{'images/s':>9}{'CPU ms/img':>11}{'start ms':>9}{'end ms':>7}{'(max)':>6}"
+          f"{'epoch ms':>9}{'vs':>30}{'ratio':>7}{'CPU ratio':>10}")
     for _, name, _, base in picked:
         rows = results[name]
 
@@ -249,18 +281,28 @@ def bench_fresh(args, only):
             return float(np.median([row[field] for row in rows]))
 
         line = (f"    {name:<32}{median('images_per_s'):>9,.0f}{median('cpu_ms'):>11.3f}"
-                f"{median('start_ms'):>9.0f}{median('epoch_ms'):>9.0f}")
+                f"{median('start_ms'):>9.0f}{median('end_ms'):>7.0f}"
+                f"{max(row['end_max_ms'] for row in rows):>6.0f}{median('epoch_ms'):>9.0f}")
         if base:
             pairs = list(zip(rows, results[base], strict=True))
             ratio = np.median([a["images_per_s"] / b["images_per_s"] for a, b in pairs])
             cost = np.median([b["cpu_ms"] / a["cpu_ms"] for a, b in pairs])
             line += f"{base:>30}{ratio:>7.2f}{cost:>10.2f}"
         print(line)
+
+    def against_control(name):
+        pairs = list(zip(results[name], results[NO_AUTOTUNE], strict=True))
+        return (np.median([a["images_per_s"] / b["images_per_s"] for a, b in pairs]),
+                np.median([b["cpu_ms"] / a["cpu_ms"] for a, b in pairs]))
+
+    control = control_line(results, against_control)
+    if control:
+        print(control)
     print("    runs, images/s: " + "; ".join(
         f"{name} " + " ".join(f"{row['images_per_s']:,.0f}" for row in rows)
         for name, rows in results.items()))
-    print("    (start ms: median time from a new iteration (an epoch of fit) to its first batch; ratio and "
-          "CPU ratio as in (2), per round)")
+    print("    (start ms: median time from a new iteration (an epoch of fit) to its first batch; end ms: median "
+          "time to drop the finished iterator, and the longest; ratio and CPU ratio as in (2), per round)")
 
 
 def bench_input_wait(data, backbone, image_size, batch, steps):

@@ -28,6 +28,13 @@ from keras_facemargin.data import alignment, recordio
 logger = logging.getLogger(__name__)
 
 AUTOTUNE = tf.data.AUTOTUNE
+# tf.data's autotuning thread is off in these pipelines. With it, about one iterator in four took
+# 220-290 ms to be destroyed (Keras's own pipelines too): a stall at the end of every such epoch
+# of `fit`, longer than decoding a small epoch. Without it the interleave decodes min(16, CPUs)
+# batches at a time, the value autotuning starts from, and `prefetch(AUTOTUNE)` still sizes its
+# buffer by itself (BENCHMARKS.md, "Training input pipeline").
+_PIPELINE_OPTIONS = tf.data.Options()
+_PIPELINE_OPTIONS.autotune.enabled = False
 RESIZE_MODES = ("resize", "center_crop")
 
 
@@ -467,7 +474,7 @@ def decode_batches(dataset, preprocess, log=None, cycle_length=AUTOTUNE):
         return (images, *rest)
 
     # Sequential on purpose: the log's variables are updated by one batch at a time.
-    return decoded.map(record)
+    return decoded.map(record).with_options(_PIPELINE_OPTIONS)
 
 
 def image_dataset(sources, batch_size=64, image_size=(112, 112), from_bytes=False, names=None,

@@ -15,6 +15,9 @@ from keras_facemargin.data import (
     ImageIndex,
     classification_dataset,
     decoding,
+    VerificationPairs,
+    pair_dataset,
+    pk_dataset,
 )
 
 
@@ -198,6 +201,28 @@ def test_classification_dataset_initial_epoch_starts_where_a_resumed_run_does():
     assert not np.array_equal(epochs[0][0][1], epochs[2][0][1])  # epochs differ, so the check can fail
     with pytest.raises(ValueError, match="initial_epoch must be an integer >= 0; got -1"):
         classification_dataset(index, batch_size=16, initial_epoch=-1)
+
+
+def test_the_pipelines_run_without_tf_data_autotuning(tmp_path):
+    # With tf.data's autotuning thread, about one iterator in four took 220-290 ms to be destroyed
+    # at the end of an epoch (BENCHMARKS.md, "Training input pipeline"); every pipeline built on
+    # `decode_batches` turns it off, and what a user chains after it keeps the option.
+    index = ImageIndex.from_directory(FACES)
+    built = {
+        "classification_dataset": classification_dataset(index, 16, image_size=(8, 8)),
+        "pk_dataset": pk_dataset(index, 2, 4, image_size=(8, 8)),
+        "image_dataset": decoding.image_dataset(index.paths[:3], 2, image_size=(8, 8)),
+        "pair_dataset": pair_dataset(
+            VerificationPairs(index.paths[:2], index.paths[11:13], [False, False]),
+            image_size=(8, 8)),
+    }
+    for name, ds in built.items():
+        for chained in (ds, ds.map(lambda *x: x).batch(2)):
+            assert chained.options().autotune.enabled is False, name
+    assert classification_dataset(index, 16).with_options(tf.data.Options()).options(
+    ).autotune.enabled is False
+    # The control: a dataset of our own without `decode_batches` leaves autotuning as it is.
+    assert tf.data.Dataset.range(3).options().autotune.enabled is None
 
 
 def test_a_batch_where_every_file_fails_is_all_blank(tmp_path):
