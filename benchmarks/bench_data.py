@@ -301,8 +301,9 @@ def bench_fresh(args, only):
     print("    runs, images/s: " + "; ".join(
         f"{name} " + " ".join(f"{row['images_per_s']:,.0f}" for row in rows)
         for name, rows in results.items()))
-    print("    (start ms: median time from a new iteration (an epoch of fit) to its first batch; end ms: median "
-          "time to drop the finished iterator, and the longest; ratio and CPU ratio as in (2), per round)")
+    print("    (start ms: median time from a new iteration (an epoch of fit) to its first batch; end ms: "
+          "median time to drop the finished iterator, and the longest; ratio and CPU ratio as in (2), "
+          "per round)")
 
 
 def bench_input_wait(data, backbone, image_size, batch, steps):

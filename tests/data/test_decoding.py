@@ -13,9 +13,9 @@ from keras_facemargin.data import (
     Augmentation,
     CorruptFileLog,
     ImageIndex,
+    VerificationPairs,
     classification_dataset,
     decoding,
-    VerificationPairs,
     pair_dataset,
     pk_dataset,
 )
