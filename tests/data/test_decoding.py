@@ -203,7 +203,7 @@ def test_classification_dataset_initial_epoch_starts_where_a_resumed_run_does():
         classification_dataset(index, batch_size=16, initial_epoch=-1)
 
 
-def test_the_pipelines_run_without_tf_data_autotuning(tmp_path):
+def test_the_pipelines_run_without_tf_data_autotuning():
     # With tf.data's autotuning thread, about one iterator in four took 220-290 ms to be destroyed
     # at the end of an epoch (BENCHMARKS.md, "Training input pipeline"); every pipeline built on
     # `decode_batches` turns it off, and what a user chains after it keeps the option.
