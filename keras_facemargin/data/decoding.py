@@ -8,9 +8,9 @@ that decodes comes out whole (the usual case, at the cost of a plain parallel `m
 with a bad file is dropped there, and only then is it decoded again sample by sample, with
 `ignore_errors` on each sample and the survivors scattered back into their positions. A sample
 that failed becomes a blank (all-zero) image with its label kept, so the batch keeps its shape
-and its P×K structure. The failures are recorded, in the
-pipeline, in a `CorruptFileLog` (a counter and the names, held in `tf.Variable`s), which a Keras
-callback reads at the end of each epoch to log every file with the reason it failed.
+and its P×K structure. The failures are recorded, in the pipeline, in a `CorruptFileLog` (a
+counter and the names, held in `tf.Variable`s), which a Keras callback reads at the end of each
+epoch to log every file with the reason it failed.
 """
 
 import dataclasses
