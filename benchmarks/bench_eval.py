@@ -9,6 +9,8 @@
    in batches, then scored), in images/s of unique images, against `model.predict` alone on the
    same images already decoded into memory (target >= 0.9x); with and without the flip test, for
    the Keras embedder and for the exported SavedModel as the CLI loads it. Interleaved repeats.
+   A control row feeds `model.predict` the same array through a dataset without tf.data's
+   autotuning, which Keras's own pipeline for an array keeps on (its calls then stall at times).
 
     python benchmarks/bench_eval.py [--pairs 1000000] [--dim 512] [--repeats 5]
     python benchmarks/bench_eval.py --data tests/data/faces --backbone iresnet18 --image-size 112
@@ -24,6 +26,10 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from keras_facemargin import evaluation as ev
+
+
+BASELINE = "model.predict, decoded images (baseline)"
+CONTROL = "the same, tf.data autotuning off (control)"
 
 
 def timed(fn, repeats):
@@ -58,14 +64,28 @@ def bench_embedding(args):
         export_embedder(embedder, os.path.join(tmp, "saved_model"))
         served = cli.load_embedder(os.path.join(tmp, "saved_model"))
 
-        def predict(flip):
-            out = embedder.predict(images, batch_size=args.batch_size, verbose=0)
-            if flip:
-                out = out + embedder.predict(images[:, :, ::-1], batch_size=args.batch_size, verbose=0)
-            return out
+        # The control: the same images through a dataset with tf.data's autotuning off. Keras's
+        # own pipeline for an array keeps it on, and on this VM about half of its `predict` calls
+        # then stall for about a second (BENCHMARKS.md, "Evaluation, each image once").
+        import tensorflow as tf
+
+        options = tf.data.Options()
+        options.autotune.enabled = False
+        steady = {flip: tf.data.Dataset.from_tensor_slices(images[:, :, ::-1] if flip else images)
+                  .batch(args.batch_size).prefetch(2).with_options(options)
+                  for flip in (False, True)}
+
+        def predict(flip, control=False):
+            def once(mirror):
+                x = steady[mirror] if control else images[:, :, ::-1] if mirror else images
+                return embedder.predict(x, batch_size=None if control else args.batch_size,
+                                        verbose=0)
+
+            return once(False) + once(True) if flip else once(False)
 
         runs = {
-            "model.predict, decoded images (baseline)": lambda flip: predict(flip),
+            BASELINE: lambda flip: predict(flip),
+            CONTROL: lambda flip: predict(flip, control=True),
             "evaluate_pair_sets, Keras model": lambda flip: ev.evaluate_pair_sets(
                 embedder, sets, flip=flip, batch_size=args.batch_size),
             "evaluate_pair_sets, SavedModel (CLI)": lambda flip: ev.evaluate_pair_sets(
@@ -80,13 +100,16 @@ def bench_embedding(args):
                     start = time.perf_counter()
                     fn(flip)
                     times[name].append(time.perf_counter() - start)
-            base = times["model.predict, decoded images (baseline)"]
-            print(f"{'flip test' if flip else 'no flip'}: {'':<34}{'seconds':>9}{'images/s':>10}{'ratio':>8}")
+            print(f"{'flip test' if flip else 'no flip':<46}{'seconds':>9}{'images/s':>10}"
+                  f"{'ratio':>8}{'/ctrl':>7}  seconds of each repeat")
             for name, values in times.items():
-                ratio = statistics.median(b / t for t, b in zip(values, base, strict=True))
+                ratios = [statistics.median(b / t for t, b in zip(values, times[base], strict=True))
+                          for base in (BASELINE, CONTROL)]
                 seconds = statistics.median(values)
-                print(f"  {name:<42}{seconds:>9.3f}{len(sets) / seconds:>10.1f}{ratio:>8.2f}")
-    print("  (ratio: images/s over the baseline's, target >= 0.9; ours also reads, decodes and scores)")
+                print(f"  {name:<44}{seconds:>9.3f}{len(sets) / seconds:>10.1f}{ratios[0]:>8.2f}"
+                      f"{ratios[1]:>7.2f}  {' '.join(f'{v:.2f}' for v in values)}")
+    print("  (ratio: images/s over the baseline's, /ctrl: over the control's; target >= 0.9;\n"
+          "   ours also reads, decodes and scores)")
 
 
 def main():

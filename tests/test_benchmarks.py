@@ -92,6 +92,12 @@ def test_bench_data():
 def test_bench_eval():
     out = run("bench_eval.py", "--dry-run", "--data", FACES)
     assert "verification_report" in out and "model.predict" in out
+    rows = [line for line in out.splitlines() if line.startswith("  evaluate_pair_sets")]
+    assert len(rows) == 4  # Keras model and SavedModel, without and with the flip test
+    for row in rows:  # ratios to the baseline and to the control without autotuning
+        ratio, control = (float(v) for v in row[46:].split()[2:4])
+        assert ratio > 0 and control > 0
+    assert out.count("tf.data autotuning off (control)") == 2
 
 
 @tensorflow_only

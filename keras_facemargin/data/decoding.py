@@ -3,12 +3,11 @@
 TensorFlow graphs cannot catch an error: one corrupt JPEG raises inside the input pipeline and
 ends the epoch (and `Dataset.ignore_errors` drops the sample, which silently changes the batch).
 Here every batch is decoded by its own small inner dataset,
-`from_tensor_slices(batch).map(decode).batch(n, drop_remainder=True).ignore_errors()`: a batch
-that decodes comes out whole (the usual case, at the cost of a plain parallel `map`); a batch
-with a bad file is dropped there, and only then is it decoded again sample by sample, with
-`ignore_errors` on each sample and the survivors scattered back into their positions. A sample
-that failed becomes a blank (all-zero) image with its label kept, so the batch keeps its shape
-and its P×K structure. The failures are recorded, in the pipeline, in a `CorruptFileLog` (a
+`from_tensor_slices((positions, batch)).map(decode).ignore_errors().batch(n)`: a batch that
+decodes comes out whole (the usual case, at the cost of a plain `map`, and then passed on as it
+is); a batch with a bad file comes out short, and its samples are scattered back into their
+positions. A sample that failed becomes a blank (all-zero) image with its label kept, so the
+batch keeps its shape and its P×K structure. The failures are recorded, in the pipeline, in a `CorruptFileLog` (a
 counter and the names, held in `tf.Variable`s), which a Keras callback reads at the end of each
 epoch to log every file with the reason it failed.
 """
@@ -382,42 +381,27 @@ class IndexSource:
 
 def _decode_one_batch(preprocess, spec):
     # Every function in here is instantiated again by each new iterator (each epoch of `fit`), at
-    # a cost of milliseconds each: the fast path has one (`flagged`), and the batch's other parts
-    # join by `zip`, which needs none (BENCHMARKS.md, "Training input pipeline").
-    def flagged(source, sample_id):
-        return preprocess(source, sample_id), False
+    # a cost of milliseconds each: there is one (`numbered`), and the batch's other parts join by
+    # `zip`, which needs none (BENCHMARKS.md, "Training input pipeline").
+    def numbered(position, source, sample_id):
+        return position, preprocess(source, sample_id)
 
     def decode(sources, names, sample_ids, *rest):
         n = tf.shape(names)[0]
-        size = tf.cast(n, tf.int64)
-        # Fast path: the whole batch decodes, or one error drops it (and the slow path runs).
-        fast = (
-            tf.data.Dataset.from_tensor_slices((sources, sample_ids))
-            .map(flagged)
-            .batch(size, drop_remainder=True)
-            .ignore_errors()
-        )
-        # Slow path, run only when the fast one yields nothing: sample by sample, the
-        # survivors scattered back to their positions (all zeros if none survives).
-        slow = (
+        # Sample by sample, a sample that fails skipped: the batch comes out whole, or short with
+        # the positions of the samples that decoded (and empty if none did).
+        decoded = (
             tf.data.Dataset.from_tensor_slices((tf.range(n), sources, sample_ids))
-            .map(lambda i, s, k: (i, preprocess(s, k)))
+            .map(numbered)
             .ignore_errors()
-            .batch(size)
+            .batch(tf.cast(n, tf.int64))
             .concatenate(
                 tf.data.Dataset.from_tensors(
                     (tf.zeros([0], tf.int32), tf.zeros([0, *spec.shape], spec.dtype))
                 )
             )
             .take(1)
-            .map(
-                lambda done, images: (
-                    tf.scatter_nd(done[:, None], images, tf.concat([[n], spec.shape], 0)),
-                    tf.logical_not(tf.scatter_nd(done[:, None], tf.ones_like(done, tf.bool), [n])),
-                )
-            )
         )
-        decoded = fast.concatenate(slow).take(1)
         return tf.data.Dataset.zip((decoded, tf.data.Dataset.from_tensors((names, sources, *rest))))
 
     return decode
@@ -434,18 +418,16 @@ def decode_batches(dataset, preprocess, log=None, cycle_length=AUTOTUNE):
         log: a `CorruptFileLog` that records the failures; None: they are printed to stderr.
 
     Returns:
-        A dataset of `(images [n, ...], *rest)` with a zero image for every sample that failed.
+        A dataset of `(images [n, ...], *rest)`, or of `images` where there is no rest, with a
+        zero image for every sample that failed.
     """
     source_spec = dataset.element_spec[0]
-    probe = tf.data.Dataset.from_tensors(
-        (
-            tf.nest.map_structure(
-                lambda s: tf.zeros([d or 1 for d in s.shape[1:]], s.dtype), source_spec
-            ),
-            tf.constant(0, tf.int64),
-        )
-    ).map(preprocess)
-    spec = probe.element_spec
+    traced = tf.function(preprocess, autograph=False).get_concrete_function(
+        tf.nest.map_structure(lambda s: tf.TensorSpec(s.shape[1:], s.dtype), source_spec),
+        tf.TensorSpec([], tf.int64),
+    )
+    spec = tf.TensorSpec.from_tensor(traced.structured_outputs)
+    preprocess = traced
     if not spec.shape.is_fully_defined():
         raise ValueError(f"preprocess must return a tensor of known shape; got {spec.shape}")
     decoded = dataset.interleave(
@@ -459,19 +441,21 @@ def decode_batches(dataset, preprocess, log=None, cycle_length=AUTOTUNE):
         log = _STDERR_LOG
 
     def record(decoded, batch):
-        (images, failed), (names, sources, *rest) = decoded, batch
-        images.set_shape([names.shape[0], *spec.shape])
-        failed.set_shape(names.shape[:1])
+        (done, images), (names, sources, *rest) = decoded, batch
+        n = tf.shape(names)[0]
         # Encoded images are kept for the diagnosis; positions (RecordIO) and paths are not needed.
         encoded = isinstance(sources, tf.Tensor) and sources.dtype == tf.string
 
-        def write():
+        def fill():
+            failed = tf.logical_not(tf.scatter_nd(done[:, None], tf.ones_like(done, tf.bool), [n]))
             log.record(names, failed, sources if encoded else None)
-            return tf.constant(True)
+            # The samples that decoded go back to their positions; the others stay zeros.
+            return tf.scatter_nd(done[:, None], images, tf.concat([[n], spec.shape], 0))
 
-        # The log's ops run only for a batch with a failure (almost never), not for every batch.
-        tf.cond(tf.reduce_any(failed), write, lambda: tf.constant(False))
-        return (images, *rest)
+        # Only a batch with a failure (almost never) is scattered and logged.
+        images = tf.cond(tf.shape(done)[0] < n, fill, lambda: images)
+        images.set_shape([names.shape[0], *spec.shape])
+        return (images, *rest) if rest else images
 
     # Sequential on purpose: the log's variables are updated by one batch at a time.
     return decoded.map(record).with_options(_PIPELINE_OPTIONS)
@@ -506,11 +490,13 @@ def image_dataset(sources, batch_size=64, image_size=(112, 112), from_bytes=Fals
         raise ValueError(f"batch_size must be an integer >= 1; got {batch_size!r}")
     if names is None:
         names = [f"image[{i}]" for i in range(len(sources))] if from_bytes else sources
-    ds = tf.data.Dataset.from_tensor_slices(
-        (tf.constant(sources, tf.string), tf.constant([str(n) for n in names], tf.string)))
-    ds = ds.batch(batch_size).map(lambda s, n: (s, n, tf.zeros(tf.shape(s), tf.int64)))
+    ds = tf.data.Dataset.from_tensor_slices((
+        tf.constant(sources, tf.string),
+        tf.constant([str(n) for n in names], tf.string),
+        tf.zeros([len(sources)], tf.int64),  # sample ids: no augmentation draws from them
+    ))
     preprocess = make_preprocess(image_size, resize_mode, None, from_bytes=from_bytes)
-    ds = decode_batches(ds, preprocess, corrupt_files).map(lambda images: images)
+    ds = decode_batches(ds.batch(batch_size), preprocess, corrupt_files)
     ds = ds.apply(tf.data.experimental.assert_cardinality(-(-len(sources) // batch_size)))
     return ds.prefetch(AUTOTUNE) if prefetch else ds
 

@@ -125,16 +125,16 @@ class PairSets:
             sources = [s if from_bytes else str(s) for s, _ in entries]
             names = [n for _, n in entries]
             ds = tf.data.Dataset.from_tensor_slices(
-                (tf.constant(sources, tf.string), tf.constant(names, tf.string))
+                (tf.constant(sources, tf.string), tf.constant(names, tf.string),
+                 tf.zeros([len(sources)], tf.int64))  # sample ids: no augmentation
             ).batch(batch_size)
-            ds = ds.map(lambda s, n: (s, n, tf.zeros_like(s, tf.int64)))
             preprocess = decoding.make_preprocess(image_size, resize_mode, None,
                                                   from_bytes=from_bytes)
             decoded = decoding.decode_batches(ds, preprocess, corrupt_files)
             steps = -(-len(entries) // batch_size)
             parts.append(decoded.apply(tf.data.experimental.assert_cardinality(steps)))
         ds = parts[0] if len(parts) == 1 else parts[0].concatenate(parts[1])
-        return ds.map(lambda images: images).prefetch(decoding.AUTOTUNE)
+        return ds.prefetch(decoding.AUTOTUNE)
 
     def images(self, image_size=(112, 112), batch_size=256, corrupt_files=None):
         """The unique images in memory, in table order (what `VerificationCallback` keeps).

@@ -181,7 +181,7 @@ def test_embed_shows_a_progress_bar_for_an_embedding_function_too(capsys):
     shown = ev.embed(embedder, images, batch_size=4, flip=True, verbose=1)
     assert "3/3" in capsys.readouterr().out
     np.testing.assert_array_equal(quiet, shown)
-    assert calls == [4, 4, 2] * 4
+    assert calls == [4, 4, 4, 4, 2, 2] * 2  # a batch, then its mirror
 
 
 # ---- identification ---------------------------------------------------------------------------
