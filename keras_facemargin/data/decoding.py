@@ -549,13 +549,14 @@ class CorruptFileLog(keras.callbacks.Callback):
             sources: string `[n]`, the encoded images (kept for the diagnosis of the first
                 `max_sources` failures), or None where the names are the files' paths.
         """
-        failed_names = tf.boolean_mask(names, failed)
+        where = tf.where(failed)[:, 0]
+        failed_names = tf.gather(names, where)
         room = tf.maximum(self.max_paths - tf.size(self._names), 0)
         kept = failed_names[:room]
         if sources is None:
             kept_sources = tf.fill(tf.shape(kept), "")
         else:
-            failed_sources = tf.boolean_mask(sources, failed)[:room]
+            failed_sources = tf.gather(sources, where)[:room]
             position = tf.size(self._names) + tf.range(tf.size(kept))
             keep = tf.logical_and(tf.not_equal(failed_sources, kept), position < self.max_sources)
             kept_sources = tf.where(keep, failed_sources, tf.fill(tf.shape(kept), ""))
@@ -605,24 +606,21 @@ class CorruptFileLog(keras.callbacks.Callback):
 
 
 class _StderrLog:
-    """Without a `CorruptFileLog`, failures still show: one line on stderr per batch."""
+    """Without a `CorruptFileLog`, failures still show: one line on stderr per batch with one.
+
+    `decode_batches` calls `record` only for a batch where a sample failed."""
 
     def record(self, names, failed, sources=None):
-        failed_names = tf.boolean_mask(names, failed)
-
-        def report():
-            tf.print(
-                "keras_facemargin.data:",
-                tf.size(failed_names),
-                "images could not be decoded and were replaced by blanks (pass a CorruptFileLog "
-                "to count them and see why):",
-                failed_names,
-                summarize=-1,
-                output_stream=sys.stderr,
-            )
-            return tf.constant(0)
-
-        tf.cond(tf.size(failed_names) > 0, report, lambda: tf.constant(0))
+        failed_names = tf.gather(names, tf.where(failed)[:, 0])
+        tf.print(
+            "keras_facemargin.data:",
+            tf.size(failed_names),
+            "images could not be decoded and were replaced by blanks (pass a CorruptFileLog "
+            "to count them and see why):",
+            failed_names,
+            summarize=-1,
+            output_stream=sys.stderr,
+        )
 
 
 _STDERR_LOG = _StderrLog()
