@@ -11,7 +11,7 @@ and Dense -> UnitNormalization with a semi-hard triplet loss over the embeddings
 replicas (`cross_replica=True`), and the same without it (`triplet_local`); and Dense ->
 CosineHead(loss=...) with AdaFace, CurricularFace, AdaCos and ElasticFace+, whose head keeps
 their running statistics and random state (among the weights written). It writes their weights after the step, and the losses of the
-step, to OUT.npz.
+step, to OUT.npz, with the ArcFace model's outputs for 11 inputs through `evaluation.embed`.
 """
 
 import os
@@ -95,6 +95,11 @@ def step_mode(mode, out):
         with strategy.scope():
             history = model.fit(data, epochs=1, verbose=0)
         results[f"{name}_loss"] = np.float64(history.history["loss"][0])
+        if name == "arcface":  # embedding, as `VerificationCallback` does it in `fit`: 11 rows
+            with strategy.scope():
+                results["arcface_embed"] = kf.evaluation.embed(
+                    model, np.random.default_rng(1).normal(size=(11, 8)).astype("float32"),
+                    batch_size=4, normalize=False, verbose=0)
         for i, weight in enumerate(model.weights):
             results[f"{name}_{i}"] = weight.numpy()
         if name in stateful:  # every local replica's copy of every statistic, side by side

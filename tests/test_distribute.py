@@ -96,6 +96,8 @@ def test_single_process_step_moves_the_weights(single):
     assert int(single["replicas"]) == 1
     for name in ("arcface", "triplet", "adaface", "curricularface", "adacos", "elasticface_plus"):
         assert np.isfinite(single[f"{name}_loss"]) and single[f"{name}_loss"] > 0
+    # One row per input: the replicated runs must match it (`_check_matches_single`).
+    assert single["arcface_embed"].shape == (11, 4)
 
 
 def test_mirrored_two_cpus_first_step_equals_single_process(single, tmp_path):

@@ -3,11 +3,12 @@
 TensorFlow graphs cannot catch an error: one corrupt JPEG raises inside the input pipeline and
 ends the epoch (and `Dataset.ignore_errors` drops the sample, which silently changes the batch).
 Here every batch is decoded by its own small inner dataset,
-`from_tensor_slices((positions, batch)).map(decode).ignore_errors().batch(n)`: a batch that
-decodes comes out whole (the usual case, at the cost of a plain `map`, and then passed on as it
-is); a batch with a bad file comes out short, and its samples are scattered back into their
-positions. A sample that failed becomes a blank (all-zero) image with its label kept, so the
-batch keeps its shape and its P×K structure. The failures are recorded, in the pipeline, in a `CorruptFileLog` (a
+`from_tensor_slices(batch).map(decode).batch(n, drop_remainder=True).ignore_errors()`: a batch
+that decodes comes out whole (the usual case, at the cost of a plain parallel `map`); a batch
+with a bad file is dropped there, and only then is it decoded again sample by sample, with
+`ignore_errors` on each sample and the survivors scattered back into their positions. A sample
+that failed becomes a blank (all-zero) image with its label kept, so the batch keeps its shape
+and its P×K structure. The failures are recorded, in the pipeline, in a `CorruptFileLog` (a
 counter and the names, held in `tf.Variable`s), which a Keras callback reads at the end of each
 epoch to log every file with the reason it failed.
 """
@@ -381,27 +382,42 @@ class IndexSource:
 
 def _decode_one_batch(preprocess, spec):
     # Every function in here is instantiated again by each new iterator (each epoch of `fit`), at
-    # a cost of milliseconds each: there is one (`numbered`), and the batch's other parts join by
-    # `zip`, which needs none (BENCHMARKS.md, "Training input pipeline").
-    def numbered(position, source, sample_id):
-        return position, preprocess(source, sample_id)
+    # a cost of milliseconds each: the fast path has one (`flagged`), and the batch's other parts
+    # join by `zip`, which needs none (BENCHMARKS.md, "Training input pipeline").
+    def flagged(source, sample_id):
+        return preprocess(source, sample_id), False
 
     def decode(sources, names, sample_ids, *rest):
         n = tf.shape(names)[0]
-        # Sample by sample, a sample that fails skipped: the batch comes out whole, or short with
-        # the positions of the samples that decoded (and empty if none did).
-        decoded = (
-            tf.data.Dataset.from_tensor_slices((tf.range(n), sources, sample_ids))
-            .map(numbered)
+        size = tf.cast(n, tf.int64)
+        # Fast path: the whole batch decodes, or one error drops it (and the slow path runs).
+        fast = (
+            tf.data.Dataset.from_tensor_slices((sources, sample_ids))
+            .map(flagged)
+            .batch(size, drop_remainder=True)
             .ignore_errors()
-            .batch(tf.cast(n, tf.int64))
+        )
+        # Slow path, run only when the fast one yields nothing: sample by sample, the
+        # survivors scattered back to their positions (all zeros if none survives).
+        slow = (
+            tf.data.Dataset.from_tensor_slices((tf.range(n), sources, sample_ids))
+            .map(lambda i, s, k: (i, preprocess(s, k)))
+            .ignore_errors()
+            .batch(size)
             .concatenate(
                 tf.data.Dataset.from_tensors(
                     (tf.zeros([0], tf.int32), tf.zeros([0, *spec.shape], spec.dtype))
                 )
             )
             .take(1)
+            .map(
+                lambda done, images: (
+                    tf.scatter_nd(done[:, None], images, tf.concat([[n], spec.shape], 0)),
+                    tf.logical_not(tf.scatter_nd(done[:, None], tf.ones_like(done, tf.bool), [n])),
+                )
+            )
         )
+        decoded = fast.concatenate(slow).take(1)
         return tf.data.Dataset.zip((decoded, tf.data.Dataset.from_tensors((names, sources, *rest))))
 
     return decode
@@ -422,6 +438,8 @@ def decode_batches(dataset, preprocess, log=None, cycle_length=AUTOTUNE):
         zero image for every sample that failed.
     """
     source_spec = dataset.element_spec[0]
+    # Traced once, here, for its output's shape and for both paths of `_decode_one_batch`, which
+    # call it; tracing it in each was a third of the time to build a pipeline.
     traced = tf.function(preprocess, autograph=False).get_concrete_function(
         tf.nest.map_structure(lambda s: tf.TensorSpec(s.shape[1:], s.dtype), source_spec),
         tf.TensorSpec([], tf.int64),
@@ -441,20 +459,18 @@ def decode_batches(dataset, preprocess, log=None, cycle_length=AUTOTUNE):
         log = _STDERR_LOG
 
     def record(decoded, batch):
-        (done, images), (names, sources, *rest) = decoded, batch
-        n = tf.shape(names)[0]
+        (images, failed), (names, sources, *rest) = decoded, batch
+        images.set_shape([names.shape[0], *spec.shape])
+        failed.set_shape(names.shape[:1])
         # Encoded images are kept for the diagnosis; positions (RecordIO) and paths are not needed.
         encoded = isinstance(sources, tf.Tensor) and sources.dtype == tf.string
 
-        def fill():
-            failed = tf.logical_not(tf.scatter_nd(done[:, None], tf.ones_like(done, tf.bool), [n]))
+        def write():
             log.record(names, failed, sources if encoded else None)
-            # The samples that decoded go back to their positions; the others stay zeros.
-            return tf.scatter_nd(done[:, None], images, tf.concat([[n], spec.shape], 0))
+            return tf.constant(True)
 
-        # Only a batch with a failure (almost never) is scattered and logged.
-        images = tf.cond(tf.shape(done)[0] < n, fill, lambda: images)
-        images.set_shape([names.shape[0], *spec.shape])
+        # The log's ops run only for a batch with a failure (almost never), not for every batch.
+        tf.cond(tf.reduce_any(failed), write, lambda: tf.constant(False))
         return (images, *rest) if rest else images
 
     # Sequential on purpose: the log's variables are updated by one batch at a time.
