@@ -27,7 +27,6 @@ from sklearn.metrics import roc_auc_score
 
 from keras_facemargin import evaluation as ev
 
-
 BASELINE = "model.predict, decoded images (baseline)"
 CONTROL = "the same, tf.data autotuning off (control)"
 

@@ -168,6 +168,7 @@ def _batch_function(model):
     if model.distribute_strategy.num_replicas_in_sync > 1:
         # `predict_on_batch` would give every replica the whole batch; `predict` splits it.
         return lambda batch: np.asarray(model.predict(batch, verbose=0), np.float32)
-    # `model.predict`'s own compiled step, without its per-call set-up (data adapter, iterator,
-    # callbacks): 80 ms of 1.37 s on the 55 faces (BENCHMARKS.md, "Evaluation").
+    # `model.predict`'s own compiled step, without its set-up for each call (data adapter,
+    # iterator, callbacks): 60-80 ms of 1.35 s on 55 faces (BENCHMARKS.md, "Evaluation, each
+    # image once").
     return lambda batch: np.asarray(model.predict_on_batch(batch), np.float32)

@@ -184,6 +184,32 @@ def test_embed_shows_a_progress_bar_for_an_embedding_function_too(capsys):
     assert calls == [4, 4, 4, 4, 2, 2] * 2  # a batch, then its mirror
 
 
+def test_embed_a_keras_model_against_its_float64_weights(rng):
+    """An array and a dataset of uneven batches, with and without the flip test."""
+    images = rng.uniform(0, 255, size=(10, 3, 4, 3)).astype(np.float32)
+    model = keras.Sequential([keras.Input((3, 4, 3)), keras.layers.Flatten(), keras.layers.Dense(5)])
+    kernel, bias = (np.asarray(w, np.float64) for w in model.get_weights())
+
+    def reference(x, flip, normalize):
+        out = x.reshape(len(x), -1).astype(np.float64) @ kernel + bias
+        if flip:
+            out = out + x[:, :, ::-1].reshape(len(x), -1).astype(np.float64) @ kernel + bias
+        return out / np.linalg.norm(out, axis=1, keepdims=True) if normalize else out
+
+    inputs = {"array": images}
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        inputs["dataset"] = tf.data.Dataset.from_tensor_slices(images).batch(4)
+    for name, x in inputs.items():
+        for flip in (False, True):
+            for normalize in (False, True):
+                got = ev.embed(model, x, batch_size=4, flip=flip, normalize=normalize, verbose=0)
+                assert got.dtype == np.float32 and got.shape == (10, 5), name
+                np.testing.assert_allclose(got, reference(images, flip, normalize), rtol=1e-4,
+                                           atol=1e-3, err_msg=f"{name} flip={flip}")
+
+
 # ---- identification ---------------------------------------------------------------------------
 
 
