@@ -184,6 +184,7 @@ def test_embed_shows_a_progress_bar_for_an_embedding_function_too(capsys):
     assert calls == [4, 4, 4, 4, 2, 2] * 2  # a batch, then its mirror
 
 
+@pytest.mark.multibackend  # each backend has its own branch in `embed`
 def test_embed_a_keras_model_against_its_float64_weights(rng):
     """An array and a dataset of uneven batches, with and without the flip test."""
     images = rng.uniform(0, 255, size=(10, 3, 4, 3)).astype(np.float32)
