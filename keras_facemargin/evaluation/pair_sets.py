@@ -114,25 +114,16 @@ class PairSets:
             A `tf.data.Dataset` of float32 batches `[batch, height, width, 3]` in [0, 255],
             `len(self)` images in all; an image that does not decode is blank.
         """
-        import tensorflow as tf
-
         from keras_facemargin.data import decoding
 
-        parts = []
-        for entries, from_bytes in ((self._files, False), (self._encoded, True)):
-            if not entries:
-                continue
-            sources = [s if from_bytes else str(s) for s, _ in entries]
-            names = [n for _, n in entries]
-            ds = tf.data.Dataset.from_tensor_slices(
-                (tf.constant(sources, tf.string), tf.constant(names, tf.string),
-                 tf.zeros([len(sources)], tf.int64))  # sample ids: no augmentation
-            ).batch(batch_size)
-            preprocess = decoding.make_preprocess(image_size, resize_mode, None,
-                                                  from_bytes=from_bytes)
-            decoded = decoding.decode_batches(ds, preprocess, corrupt_files)
-            steps = -(-len(entries) // batch_size)
-            parts.append(decoded.apply(tf.data.experimental.assert_cardinality(steps)))
+        parts = [
+            decoding.image_dataset([s for s, _ in entries], batch_size, image_size,
+                                   from_bytes=from_bytes, names=[n for _, n in entries],
+                                   resize_mode=resize_mode, corrupt_files=corrupt_files,
+                                   prefetch=False)
+            for entries, from_bytes in ((self._files, False), (self._encoded, True))
+            if entries
+        ]
         ds = parts[0] if len(parts) == 1 else parts[0].concatenate(parts[1])
         return ds.prefetch(decoding.AUTOTUNE)
 
