@@ -123,22 +123,6 @@ def load_keras_model(path):
         raise UsageError(f"--{error}") from None
 
 
-def _embed_batches(embedder, batches, flip, progress=None):
-    import numpy as np
-
-    from keras_facemargin.evaluation import normalize_rows
-
-    out = []
-    for images in batches:
-        features = np.asarray(embedder(images), dtype=np.float32)
-        if flip:
-            features = features + np.asarray(embedder(images[:, :, ::-1]), dtype=np.float32)
-        out.append(features)
-        if progress is not None:
-            progress.add(len(images))
-    return normalize_rows(np.concatenate(out))
-
-
 def _embed_images(embedder, images, batch_size, flip):
     """`(embeddings, corrupt, bad)` of `images` (image file paths, or an `ImageIndex` of a folder
     or a RecordIO set, read in its order), each embedded once with a progress bar: the rows of
@@ -146,27 +130,21 @@ def _embed_images(embedder, images, batch_size, flip):
     import numpy as np
 
     from keras_facemargin import data
+    from keras_facemargin import evaluation as ev
 
     index = images if isinstance(images, data.ImageIndex) else None
     paths = list(index.paths) if index is not None else images
     log = data.CorruptFileLog(max_paths=len(paths))
     if index is not None:
-        dataset = data.classification_dataset(index, batch_size, embedder.image_size, training=False,
-                                              corrupt_files=log).map(lambda batch, labels: batch)
+        batches = data.classification_dataset(index, batch_size, embedder.image_size,
+                                              training=False, corrupt_files=log)
     else:
-        dataset = data.image_dataset(paths, batch_size, embedder.image_size, corrupt_files=log)
-    embeddings = _embed_batches(embedder, (batch.numpy() for batch in dataset), flip,
-                                _progress(len(paths)))
+        batches = data.image_batches(paths, batch_size, embedder.image_size, corrupt_files=log)
+    embeddings = ev.embed(embedder, batches, flip=flip, verbose=1 if sys.stderr.isatty() else 0)
     bad = log.collect()
     corrupt = np.isin(np.array(paths, dtype=object), np.array([f.path for f in bad], dtype=object))
     embeddings[corrupt] = np.nan
     return embeddings, corrupt, bad
-
-
-def _progress(total):
-    import keras
-
-    return keras.utils.Progbar(total, verbose=1 if sys.stderr.isatty() else 0, unit_name="image")
 
 
 # ---- evaluate ---------------------------------------------------------------------------------

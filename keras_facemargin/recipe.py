@@ -556,8 +556,8 @@ def _projector_sample(config, index, validation, limit=1000):
     else:
         paths, labels = index.paths.astype(str), [index.class_names[k] for k in index.labels]
     keep = np.sort(rng.permutation(len(paths))[:limit])
-    images = np.concatenate([batch.numpy() for batch in data.image_dataset(
-        [paths[i] for i in keep], image_size=size, names=[str(paths[i]) for i in keep])])
+    images = np.concatenate(list(data.image_batches(
+        [paths[i] for i in keep], image_size=size, names=[str(paths[i]) for i in keep])))
     return images, [labels[i] for i in keep]
 
 

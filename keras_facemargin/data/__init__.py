@@ -21,7 +21,9 @@ from keras_facemargin.data.decoding import (
     Augmentation,
     CorruptFile,
     CorruptFileLog,
+    ImageBatches,
     find_corrupt_files,
+    image_batches,
     image_dataset,
 )
 from keras_facemargin.data.identity_groups import read_identity_groups, write_identity_groups
@@ -45,6 +47,7 @@ __all__ = [
     "BatchMix",
     "CorruptFile",
     "CorruptFileLog",
+    "ImageBatches",
     "ImageIndex",
     "PKSampler",
     "VerificationPairs",
@@ -53,6 +56,7 @@ __all__ = [
     "arcface_template",
     "classification_dataset",
     "find_corrupt_files",
+    "image_batches",
     "image_dataset",
     "pack_recordio",
     "pair_arrays",

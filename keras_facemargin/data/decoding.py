@@ -517,6 +517,132 @@ def image_dataset(sources, batch_size=64, image_size=(112, 112), from_bytes=Fals
     return ds.prefetch(AUTOTUNE) if prefetch else ds
 
 
+def image_batches(sources, batch_size=64, image_size=(112, 112), from_bytes=False, names=None,
+                  resize_mode="resize", corrupt_files=None):
+    """Batches of decoded images as NumPy arrays, each source once and in order, for embedding.
+
+    What `image_dataset` gives, for a Python loop (`embed`, the evaluation): `tf.data` reads and
+    decodes the images one by one in parallel, and Python gathers them into batches. An image that
+    does not decode raises for itself alone, so it is caught here: it becomes a blank image,
+    recorded in `corrupt_files`. A graph cannot catch an error, which is why `image_dataset`
+    carries a second pipeline for such a batch; without it this one starts in a third of the
+    time, which counts when a small set is evaluated (BENCHMARKS.md, "Evaluation, each image
+    once").
+
+    Args:
+        sources: file paths, or encoded images with `from_bytes`.
+        batch_size: images per batch.
+        image_size: `(height, width)`.
+        from_bytes: whether `sources` are encoded images.
+        names: what each source is called in reports (default: the path, or `image[i]`).
+        resize_mode: `"resize"` or `"center_crop"`.
+        corrupt_files: a `CorruptFileLog`, or None (failures are printed to stderr).
+
+    Returns:
+        An `ImageBatches`: iterating it gives float32 arrays `[batch, height, width, 3]` in
+        [0, 255], the last one partial; `len()` is the number of batches. Iterate it again to
+        read the images again.
+
+    Example:
+
+    ```python
+    embeddings = evaluation.embed(embedder, image_batches(paths, image_size=(112, 112)))
+    ```
+    """
+    return ImageBatches(sources, batch_size, image_size, from_bytes=from_bytes, names=names,
+                        resize_mode=resize_mode, corrupt_files=corrupt_files)
+
+
+class ImageBatches:
+    """Decoded images in NumPy batches, each source once and in order; made by `image_batches`.
+
+    Args:
+        sources: file paths, or encoded images with `from_bytes`.
+        batch_size: images per batch.
+        image_size: `(height, width)`.
+        from_bytes: whether `sources` are encoded images.
+        names: what each source is called in reports (default: the path, or `image[i]`).
+        resize_mode: `"resize"` or `"center_crop"`.
+        corrupt_files: a `CorruptFileLog`, or None (failures are printed to stderr).
+    """
+
+    def __init__(self, sources, batch_size=64, image_size=(112, 112), from_bytes=False,
+                 names=None, resize_mode="resize", corrupt_files=None):
+        sources = [bytes(s) if from_bytes else str(s) for s in sources]
+        if not sources:
+            raise ValueError("sources must hold at least one image; got none")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1; got {batch_size!r}")
+        if names is None:
+            names = [f"image[{i}]" for i in range(len(sources))] if from_bytes else sources
+        names = [str(n) for n in names]
+        if len(names) != len(sources):
+            raise ValueError(f"names must give one name per source ({len(sources)}); "
+                             f"got {len(names)}")
+        preprocess = make_preprocess(image_size, resize_mode, None, from_bytes=from_bytes)
+        self.batch_size = batch_size
+        self.image_shape = (*check_image_size(image_size), 3)
+        self._log = _STDERR_LOG if corrupt_files is None else corrupt_files
+        # The encoded image is kept for the diagnosis where the source is not a file.
+        self._parts = [(sources, names, sources if from_bytes else [b""] * len(sources))]
+        self._datasets = [tf.data.Dataset.from_tensor_slices(tf.constant(sources, tf.string))
+                          .map(lambda s: preprocess(s, 0), num_parallel_calls=AUTOTUNE,
+                               deterministic=True)]
+
+    def __len__(self):
+        """The number of batches."""
+        return -(-self.size // self.batch_size)
+
+    @property
+    def size(self):
+        """The number of images."""
+        return sum(len(sources) for sources, _, _ in self._parts)
+
+    def concatenate(self, other):
+        """These images, then `other`'s (same image size), in this one's batches and log.
+
+        Args:
+            other: an `ImageBatches`.
+
+        Returns:
+            A new `ImageBatches`.
+        """
+        if not isinstance(other, ImageBatches) or other.image_shape != self.image_shape:
+            raise ValueError(
+                f"other must be an ImageBatches of images {self.image_shape}; got "
+                f"{getattr(other, 'image_shape', type(other).__name__)}"
+            )
+        out = object.__new__(ImageBatches)
+        out.__dict__.update(self.__dict__)
+        out._parts = self._parts + other._parts
+        out._datasets = self._datasets + other._datasets
+        return out
+
+    def __iter__(self):
+        names = [n for _, part_names, _ in self._parts for n in part_names]
+        encoded = [s for _, _, part_sources in self._parts for s in part_sources]
+        dataset = self._datasets[0]
+        for part in self._datasets[1:]:
+            dataset = dataset.concatenate(part)
+        # A batch's worth decoded ahead, while the caller embeds the last one.
+        images = iter(dataset.prefetch(self.batch_size).with_options(_PIPELINE_OPTIONS))
+        for start in range(0, len(names), self.batch_size):
+            batch, failed = [], []
+            for _ in range(min(self.batch_size, len(names) - start)):
+                try:
+                    batch.append(next(images).numpy())
+                    failed.append(False)
+                except tf.errors.OpError:
+                    batch.append(np.zeros(self.image_shape, np.float32))
+                    failed.append(True)
+            if any(failed):
+                stop = start + len(batch)
+                self._log.record(tf.constant(names[start:stop]), tf.constant(failed),
+                                 tf.constant(encoded[start:stop]) if any(encoded[start:stop])
+                                 else None)
+            yield np.stack(batch)
+
+
 class CorruptFileLog(keras.callbacks.Callback):
     """Counts and names the files a pipeline could not decode; a Keras callback that logs them.
 

@@ -100,9 +100,9 @@ class PairSets:
         sizes = ", ".join(f"{n}: {len(s[2])} pairs" for n, s in self.sets.items())
         return f"PairSets({len(self)} unique images; {sizes})"
 
-    def dataset(self, image_size=(112, 112), batch_size=256, resize_mode="resize",
+    def batches(self, image_size=(112, 112), batch_size=256, resize_mode="resize",
                 corrupt_files=None):
-        """The unique images in table order, decoded for evaluation.
+        """The unique images in table order, decoded for evaluation (`data.image_batches`).
 
         Args:
             image_size: `(height, width)`.
@@ -111,21 +111,19 @@ class PairSets:
             corrupt_files: a `CorruptFileLog`, or None (failures are printed to stderr).
 
         Returns:
-            A `tf.data.Dataset` of float32 batches `[batch, height, width, 3]` in [0, 255],
+            An `ImageBatches` of float32 arrays `[batch, height, width, 3]` in [0, 255],
             `len(self)` images in all; an image that does not decode is blank.
         """
-        from keras_facemargin.data import decoding
+        from keras_facemargin.data import image_batches
 
         parts = [
-            decoding.image_dataset([s for s, _ in entries], batch_size, image_size,
-                                   from_bytes=from_bytes, names=[n for _, n in entries],
-                                   resize_mode=resize_mode, corrupt_files=corrupt_files,
-                                   prefetch=False)
+            image_batches([s for s, _ in entries], batch_size, image_size, from_bytes=from_bytes,
+                          names=[n for _, n in entries], resize_mode=resize_mode,
+                          corrupt_files=corrupt_files)
             for entries, from_bytes in ((self._files, False), (self._encoded, True))
             if entries
         ]
-        ds = parts[0] if len(parts) == 1 else parts[0].concatenate(parts[1])
-        return ds.prefetch(decoding.AUTOTUNE)
+        return parts[0] if len(parts) == 1 else parts[0].concatenate(parts[1])
 
     def images(self, image_size=(112, 112), batch_size=256, corrupt_files=None):
         """The unique images in memory, in table order (what `VerificationCallback` keeps).
@@ -138,8 +136,8 @@ class PairSets:
         Returns:
             uint8 `[len(self), height, width, 3]`, the decoded pixels rounded.
         """
-        out = [np.clip(np.round(batch.numpy()), 0, 255).astype(np.uint8)
-               for batch in self.dataset(image_size, batch_size, corrupt_files=corrupt_files)]
+        out = [np.clip(np.round(batch), 0, 255).astype(np.uint8)
+               for batch in self.batches(image_size, batch_size, corrupt_files=corrupt_files)]
         return np.concatenate(out)
 
     def evaluate(self, embeddings, far_targets=(1e-4, 1e-3, 1e-2), folds=10):
@@ -147,7 +145,7 @@ class PairSets:
 
         Args:
             embeddings: `[len(self), dim]`, one row per unique image in table order (as
-                `dataset` gives them); cosine scores are used.
+                `batches` gives them); cosine scores are used.
             far_targets: FARs in (0, 1) at which TAR is reported.
             folds: the k of the k-fold accuracy for sets without folds of their own (LFW's
                 pairs.txt has them), lowered to the number of pairs of a smaller set.
@@ -239,7 +237,7 @@ def evaluate_pair_sets(embedder, pair_sets, image_size=None, flip=False,
     if not isinstance(pair_sets, PairSets):
         pair_sets = PairSets(pair_sets)
     size = embedder_image_size(embedder, image_size)
-    images = pair_sets.dataset(size, batch_size, corrupt_files=corrupt_files)
+    images = pair_sets.batches(size, batch_size, corrupt_files=corrupt_files)
     embeddings = embed(embedder, images, batch_size=batch_size, flip=flip, verbose=verbose)
     return pair_sets.evaluate(embeddings, far_targets, folds=folds)
 

@@ -101,7 +101,7 @@ def indexed_pair_scores(embeddings, index_a, index_b, metric="cosine", chunk_siz
 
 
 def embed(model, images, batch_size=256, flip=False, normalize=True, verbose="auto"):
-    """Embeddings of `images` `[n, H, W, C]` (an array or a `tf.data.Dataset` of image batches).
+    """Embeddings of `images` `[n, H, W, C]` (an array, or batches: `image_batches`, a dataset).
 
     With `flip=True` each embedding is the sum of the image's and its horizontal mirror's, the
     "flip test" of face verification; a batch is embedded, then its mirror, so a dataset is read
@@ -113,9 +113,9 @@ def embed(model, images, batch_size=256, flip=False, normalize=True, verbose="au
     Args:
         model: a Keras model, or a function from images `[batch, H, W, C]` to `[batch, dim]`
             (such as `load_embedder`'s).
-        images: `[n, H, W, C]` array, or a `tf.data.Dataset` of image batches (or of tuples whose
-            first element is the images).
-        batch_size: images per call (arrays only; a dataset keeps its own batches).
+        images: `[n, H, W, C]` array, or an iterable of image batches: `data.image_batches`, a
+            `tf.data.Dataset` (of batches, or of tuples whose first element is the batch).
+        batch_size: images per call (arrays only; batches are embedded as they come).
         flip: add the embedding of each image's horizontal mirror (the flip test).
         normalize: L2-normalise the rows (after the flip sum).
         verbose: as `model.predict`'s: a bar on a terminal ("auto", 1), one line at the end (2),
@@ -130,7 +130,8 @@ def embed(model, images, batch_size=256, flip=False, normalize=True, verbose="au
         total = -(-len(images) // batch_size)
     else:
         batches = (b[0] if isinstance(b, tuple) else b for b in images)
-        total = int(images.cardinality()) if hasattr(images, "cardinality") else -1
+        total = (int(images.cardinality()) if hasattr(images, "cardinality")
+                 else len(images) if hasattr(images, "__len__") else -1)
     progress = None
     if verbose:
         progress = keras.utils.Progbar(total if total >= 0 else None, unit_name="batch",

@@ -109,6 +109,11 @@ def bilinear_resize_reference(image, height, width):
     return out
 
 
+def as_arrays(batches):
+    return [np.asarray(b) for b in batches]
+
+
+@pytest.mark.parametrize("read", [decoding.image_dataset, decoding.image_batches])
 @pytest.mark.parametrize(
     "sizes",
     [
@@ -118,7 +123,7 @@ def bilinear_resize_reference(image, height, width):
     ],
     ids=["at-size", "one-other-size", "mixed-sizes"],
 )
-def test_pipeline_images_against_a_float64_bilinear_reference(tmp_path, sizes):
+def test_pipeline_images_against_a_float64_bilinear_reference(tmp_path, sizes, read):
     rng = np.random.default_rng(4)
     paths, expected = [], []
     for i, (h, w) in enumerate(sizes):
@@ -127,7 +132,7 @@ def test_pipeline_images_against_a_float64_bilinear_reference(tmp_path, sizes):
         expected.append(array.astype(np.float64) if (h, w) == (12, 10)
                         else bilinear_resize_reference(array.astype(np.float64), 12, 10))
     np.testing.assert_allclose(
-        np.concatenate(list(decoding.image_dataset(paths, batch_size=3, image_size=(12, 10)))),
+        np.concatenate(as_arrays(read(paths, batch_size=3, image_size=(12, 10)))),
         expected, rtol=0, atol=1e-3)
     # A file that does not decode, in the first batch: it becomes a blank, and every other image
     # is still what it is alone.
@@ -135,9 +140,51 @@ def test_pipeline_images_against_a_float64_bilinear_reference(tmp_path, sizes):
         f.write(b"\x89PNG\r\n\x1a\nbroken")
     paths.insert(1, str(tmp_path / "bad.png"))
     expected.insert(1, np.zeros((12, 10, 3)))
-    batches = list(decoding.image_dataset(paths, batch_size=3, image_size=(12, 10)))
-    assert [len(b) for b in batches] == [3, 3]
+    batches = as_arrays(read(paths, batch_size=3, image_size=(12, 10)))
+    assert [b.shape for b in batches] == [(3, 12, 10, 3)] * 2
+    assert all(b.dtype == np.float32 for b in batches)
     np.testing.assert_allclose(np.concatenate(batches), expected, rtol=0, atol=1e-3)
+
+
+def test_image_batches_blank_and_report_what_does_not_decode(tmp_path):
+    faces = [first_image(FACES, person) for person in ("John_Simm", "John_Salley", "John_Savage")]
+    broken = str(tmp_path / "broken.jpg")
+    with open(broken, "wb") as f:
+        f.write(b"\xff\xd8\xff not really")
+    missing = str(tmp_path / "missing.jpg")
+    paths = [faces[0], broken, faces[1], missing, faces[2]]
+    encoded = [open(faces[2], "rb").read(), b"\x89PNG\r\n\x1a\nbroken", open(faces[0], "rb").read()]
+    log = CorruptFileLog()
+    batches = decoding.image_batches(paths, 2, (16, 16), names=[f"n{i}" for i in range(5)],
+                                     corrupt_files=log)
+    both = batches.concatenate(decoding.image_batches(encoded, 2, (16, 16), from_bytes=True))
+    assert (len(batches), batches.size, len(both), both.size) == (3, 5, 4, 8)
+    out = as_arrays(both)
+    assert [len(b) for b in out] == [2, 2, 2, 2]  # the parts run on in the first one's batches
+    images = np.concatenate(out)
+    # Each good image is what the per-image reader gives alone, wherever the failures are.
+    alone = decoding.make_preprocess((16, 16))
+    for row, path in ((0, faces[0]), (2, faces[1]), (4, faces[2]), (5, faces[2]), (7, faces[0])):
+        np.testing.assert_allclose(images[row], alone(tf.constant(path), 0).numpy(), atol=1e-4)
+        assert images[row].max() > 0
+    for row in (1, 3, 6):
+        assert not images[row].any()
+    # Failures go to the first part's log, named as asked, each with its reason.
+    reasons = dict(log.collect())
+    assert list(reasons) == ["n1", "n3", "image[1]"] and log.count == 3
+    assert reasons["image[1]"].startswith("InvalidArgumentError")
+    # Iterating again reads the images again, and counts their failures again.
+    np.testing.assert_array_equal(np.concatenate(as_arrays(both)), images)
+    assert log.count == 6
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1; got 0"):
+        decoding.image_batches(paths, 0)
+    with pytest.raises(ValueError, match="sources must hold at least one image; got none"):
+        decoding.image_batches([])
+    with pytest.raises(ValueError, match=r"names must give one name per source \(5\); got 2"):
+        decoding.image_batches(paths, names=["a", "b"])
+    with pytest.raises(ValueError, match=r"other must be an ImageBatches of images \(16, 16, 3\); "
+                                         r"got \(8, 8, 3\)"):
+        batches.concatenate(decoding.image_batches(paths, 2, (8, 8)))
 
 
 def test_augmentation_is_a_function_of_seed_and_sample_id():
@@ -248,6 +295,10 @@ def test_without_a_log_failures_go_to_stderr(tmp_path, capfd):
     index = ImageIndex([good, bad], [0, 1], ["a", "b"])
     ((images, _),) = list(classification_dataset(index, 2, image_size=(8, 8), training=False))
     assert float(tf.reduce_max(images[1])) == 0.0 and float(tf.reduce_max(images[0])) > 0
+    err = capfd.readouterr().err
+    assert "1 images could not be decoded and were replaced by blanks" in err and bad in err
+    (images,) = list(decoding.image_batches([good, bad], 2, image_size=(8, 8)))
+    assert images[1].max() == 0.0 and images[0].max() > 0
     err = capfd.readouterr().err
     assert "1 images could not be decoded and were replaced by blanks" in err and bad in err
 
