@@ -98,6 +98,8 @@ def test_bench_eval():
         ratio, control = (float(v) for v in row[46:].split()[2:4])
         assert ratio > 0 and control > 0
     assert out.count("tf.data autotuning off (control)") == 2
+    fixed = [line for line in out.splitlines() if "costs nothing): " in line]
+    assert len(fixed) == 2 and all(float(line.split(": ")[1].split(" ms")[0]) > 0 for line in fixed)
 
 
 @tensorflow_only

@@ -3,7 +3,8 @@
 Everything here builds `tf.data` pipelines (TensorFlow is required, whatever the Keras backend):
 an `ImageIndex` of paths and labels, then `pk_dataset` (P identities × K images per batch, for
 pair losses) or `classification_dataset` (shuffled batches, optionally mixed by a `BatchMix`, for
-margin-softmax losses), and `pair_dataset` over `VerificationPairs` for evaluation. Files that do
+margin-softmax losses), and `pair_dataset` over `VerificationPairs` for evaluation;
+`image_batches` reads a list of images once each, in NumPy batches, for embedding. Files that do
 not decode are replaced by blank images and reported through a `CorruptFileLog`. An index may read
 an InsightFace/MXNet RecordIO set (`ImageIndex.from_recordio`, `pack_recordio` writes one) and
 may carry five face landmarks per image, aligned to ArcFace's template by `align_face`.

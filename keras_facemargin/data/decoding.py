@@ -10,9 +10,11 @@ with a bad file is dropped there, and only then is it decoded again sample by sa
 that failed becomes a blank (all-zero) image with its label kept, so the batch keeps its shape
 and its P×K structure. The failures are recorded, in the pipeline, in a `CorruptFileLog` (a
 counter and the names, held in `tf.Variable`s), which a Keras callback reads at the end of each
-epoch to log every file with the reason it failed.
+epoch to log every file with the reason it failed. Evaluation reads its images in a Python loop,
+where an error can be caught: `image_batches` decodes image by image and needs no second path.
 """
 
+import copy
 import dataclasses
 import logging
 import math
@@ -612,8 +614,7 @@ class ImageBatches:
                 f"other must be an ImageBatches of images {self.image_shape}; got "
                 f"{getattr(other, 'image_shape', type(other).__name__)}"
             )
-        out = object.__new__(ImageBatches)
-        out.__dict__.update(self.__dict__)
+        out = copy.copy(self)
         out._parts = self._parts + other._parts
         out._datasets = self._datasets + other._datasets
         return out
