@@ -11,7 +11,8 @@ that failed becomes a blank (all-zero) image with its label kept, so the batch k
 and its P×K structure. The failures are recorded, in the pipeline, in a `CorruptFileLog` (a
 counter and the names, held in `tf.Variable`s), which a Keras callback reads at the end of each
 epoch to log every file with the reason it failed. Evaluation reads its images in a Python loop,
-where an error can be caught: `image_batches` decodes image by image and needs no second path.
+which can see which positions are missing: `image_batches` decodes image by image, leaves out the
+failures, and needs no second path.
 """
 
 import copy
@@ -523,13 +524,13 @@ def image_batches(sources, batch_size=64, image_size=(112, 112), from_bytes=Fals
                   resize_mode="resize", corrupt_files=None):
     """Batches of decoded images as NumPy arrays, each source once and in order, for embedding.
 
-    What `image_dataset` gives, for a Python loop (`embed`, the evaluation): `tf.data` reads and
-    decodes the images one by one in parallel, and Python gathers them into batches. An image that
-    does not decode raises for itself alone, so it is caught here: it becomes a blank image,
-    recorded in `corrupt_files`. A graph cannot catch an error, which is why `image_dataset`
-    carries a second pipeline for such a batch; without it this one starts in a third of the
-    time, which counts when a small set is evaluated (BENCHMARKS.md, "Evaluation, each image
-    once").
+    What `image_dataset` gives, for a Python loop (`embed`, the evaluation): `tf.data` decodes
+    the images one by one in parallel, each with its position, and leaves out any that fails
+    (`ignore_errors`); Python gathers them into batches, where a missing position is a source that
+    did not decode: it becomes a blank image, recorded in `corrupt_files`. `image_dataset` must do
+    this inside the graph, with a second pipeline in every batch for a batch with a failure; without
+    it this one starts in a third of the time, which counts when a small set is evaluated
+    (BENCHMARKS.md, "Evaluation, each image once").
 
     Args:
         sources: file paths, or encoded images with `from_bytes`.
@@ -581,15 +582,13 @@ class ImageBatches:
         if len(names) != len(sources):
             raise ValueError(f"names must give one name per source ({len(sources)}); "
                              f"got {len(names)}")
-        preprocess = make_preprocess(image_size, resize_mode, None, from_bytes=from_bytes)
         self.batch_size = batch_size
         self.image_shape = (*check_image_size(image_size), 3)
         self._log = _STDERR_LOG if corrupt_files is None else corrupt_files
+        preprocess = make_preprocess(image_size, resize_mode, None, from_bytes=from_bytes)
         # The encoded image is kept for the diagnosis where the source is not a file.
-        self._parts = [(sources, names, sources if from_bytes else [b""] * len(sources))]
-        self._datasets = [tf.data.Dataset.from_tensor_slices(tf.constant(sources, tf.string))
-                          .map(lambda s: preprocess(s, 0), num_parallel_calls=AUTOTUNE,
-                               deterministic=True)]
+        self._parts = [(sources, names, sources if from_bytes else [b""] * len(sources),
+                        preprocess)]
 
     def __len__(self):
         """The number of batches."""
@@ -598,7 +597,7 @@ class ImageBatches:
     @property
     def size(self):
         """The number of images."""
-        return sum(len(sources) for sources, _, _ in self._parts)
+        return sum(len(part[0]) for part in self._parts)
 
     def concatenate(self, other):
         """These images, then `other`'s (same image size), in this one's batches and log.
@@ -616,32 +615,40 @@ class ImageBatches:
             )
         out = copy.copy(self)
         out._parts = self._parts + other._parts
-        out._datasets = self._datasets + other._datasets
         return out
 
-    def __iter__(self):
-        names = [n for _, part_names, _ in self._parts for n in part_names]
-        encoded = [s for _, _, part_sources in self._parts for s in part_sources]
-        dataset = self._datasets[0]
-        for part in self._datasets[1:]:
-            dataset = dataset.concatenate(part)
+    def _dataset(self):
+        """`(position, image)` for every source that decodes, in order; the others are left out."""
+        dataset, offset = None, 0
+        for sources, _, _, preprocess in self._parts:
+            part = tf.data.Dataset.from_tensor_slices(
+                (tf.range(offset, offset + len(sources), dtype=tf.int64), tf.constant(sources)))
+            part = part.map(lambda i, s, f=preprocess: (i, f(s, 0)),
+                            num_parallel_calls=AUTOTUNE, deterministic=True)
+            dataset = part if dataset is None else dataset.concatenate(part)
+            offset += len(sources)
         # A batch's worth decoded ahead, while the caller embeds the last one.
-        images = iter(dataset.prefetch(self.batch_size).with_options(_PIPELINE_OPTIONS))
+        return dataset.ignore_errors().prefetch(self.batch_size).with_options(_PIPELINE_OPTIONS)
+
+    def __iter__(self):
+        names = [n for part in self._parts for n in part[1]]
+        encoded = [s for part in self._parts for s in part[2]]
+        decoded = iter(self._dataset())
+        ahead = next(decoded, None)
         for start in range(0, len(names), self.batch_size):
-            batch, failed = [], []
-            for _ in range(min(self.batch_size, len(names) - start)):
-                try:
-                    batch.append(next(images).numpy())
-                    failed.append(False)
-                except tf.errors.OpError:
-                    batch.append(np.zeros(self.image_shape, np.float32))
-                    failed.append(True)
-            if any(failed):
-                stop = start + len(batch)
+            stop = min(start + self.batch_size, len(names))
+            batch = np.zeros((stop - start, *self.image_shape), np.float32)
+            failed = np.ones(stop - start, bool)
+            # A position missing from the dataset is a source that did not decode: it stays blank.
+            while ahead is not None and int(ahead[0]) < stop:
+                batch[int(ahead[0]) - start] = ahead[1].numpy()
+                failed[int(ahead[0]) - start] = False
+                ahead = next(decoded, None)
+            if failed.any():
                 self._log.record(tf.constant(names[start:stop]), tf.constant(failed),
                                  tf.constant(encoded[start:stop]) if any(encoded[start:stop])
                                  else None)
-            yield np.stack(batch)
+            yield batch
 
 
 class CorruptFileLog(keras.callbacks.Callback):
