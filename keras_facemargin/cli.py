@@ -139,7 +139,7 @@ def _embed_images(embedder, images, batch_size, flip):
         batches = data.classification_dataset(index, batch_size, embedder.image_size,
                                               training=False, corrupt_files=log)
     else:
-        batches = data.image_batches(paths, batch_size, embedder.image_size, corrupt_files=log)
+        batches = data.ImageBatches(paths, batch_size, embedder.image_size, corrupt_files=log)
     embeddings = ev.embed(embedder, batches, flip=flip, verbose=1 if sys.stderr.isatty() else 0)
     bad = log.collect()
     corrupt = np.isin(np.array(paths, dtype=object), np.array([f.path for f in bad], dtype=object))

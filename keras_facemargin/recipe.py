@@ -556,7 +556,7 @@ def _projector_sample(config, index, validation, limit=1000):
     else:
         paths, labels = index.paths.astype(str), [index.class_names[k] for k in index.labels]
     keep = np.sort(rng.permutation(len(paths))[:limit])
-    images = np.concatenate(list(data.image_batches(
+    images = np.concatenate(list(data.ImageBatches(
         [paths[i] for i in keep], image_size=size, names=[str(paths[i]) for i in keep])))
     return images, [labels[i] for i in keep]
 

@@ -4,7 +4,7 @@ Everything here builds `tf.data` pipelines (TensorFlow is required, whatever the
 an `ImageIndex` of paths and labels, then `pk_dataset` (P identities × K images per batch, for
 pair losses) or `classification_dataset` (shuffled batches, optionally mixed by a `BatchMix`, for
 margin-softmax losses), and `pair_dataset` over `VerificationPairs` for evaluation;
-`image_batches` reads a list of images once each, in NumPy batches, for embedding. Files that do
+`ImageBatches` reads a list of images once each, in NumPy batches, for embedding. Files that do
 not decode are replaced by blank images and reported through a `CorruptFileLog`. An index may read
 an InsightFace/MXNet RecordIO set (`ImageIndex.from_recordio`, `pack_recordio` writes one) and
 may carry five face landmarks per image, aligned to ArcFace's template by `align_face`.
@@ -24,7 +24,6 @@ from keras_facemargin.data.decoding import (
     CorruptFileLog,
     ImageBatches,
     find_corrupt_files,
-    image_batches,
     image_dataset,
 )
 from keras_facemargin.data.identity_groups import read_identity_groups, write_identity_groups
@@ -57,7 +56,6 @@ __all__ = [
     "arcface_template",
     "classification_dataset",
     "find_corrupt_files",
-    "image_batches",
     "image_dataset",
     "pack_recordio",
     "pair_arrays",

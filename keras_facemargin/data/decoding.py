@@ -11,7 +11,7 @@ that failed becomes a blank (all-zero) image with its label kept, so the batch k
 and its P×K structure. The failures are recorded, in the pipeline, in a `CorruptFileLog` (a
 counter and the names, held in `tf.Variable`s), which a Keras callback reads at the end of each
 epoch to log every file with the reason it failed. Evaluation reads its images in a Python loop,
-which can see which positions are missing: `image_batches` decodes image by image, leaves out the
+which can see which positions are missing: `ImageBatches` decodes image by image, leaves out the
 failures, and needs no second path.
 """
 
@@ -480,6 +480,21 @@ def decode_batches(dataset, preprocess, log=None, cycle_length=AUTOTUNE):
     return decoded.map(record).with_options(_PIPELINE_OPTIONS)
 
 
+def _checked_sources(sources, batch_size, from_bytes, names):
+    """`(sources, names)` as lists of bytes or str and of str, or the error of a bad argument."""
+    sources = [bytes(s) if from_bytes else str(s) for s in sources]
+    if not sources:
+        raise ValueError("sources must hold at least one image; got none")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1; got {batch_size!r}")
+    if names is None:
+        names = [f"image[{i}]" for i in range(len(sources))] if from_bytes else sources
+    names = [str(n) for n in names]
+    if len(names) != len(sources):
+        raise ValueError(f"names must give one name per source ({len(sources)}); got {len(names)}")
+    return sources, names
+
+
 def image_dataset(sources, batch_size=64, image_size=(112, 112), from_bytes=False, names=None,
                   resize_mode="resize", corrupt_files=None, prefetch=True):
     """Batches of images `[batch, height, width, 3]` (float32 in [0, 255]) in the given order.
@@ -502,16 +517,10 @@ def image_dataset(sources, batch_size=64, image_size=(112, 112), from_bytes=Fals
         A `tf.data.Dataset` of float32 image batches `[batch, height, width, 3]` (no labels), one
         image per source in order, the last batch partial.
     """
-    sources = [bytes(s) if from_bytes else str(s) for s in sources]
-    if not sources:
-        raise ValueError("sources must hold at least one image; got none")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1; got {batch_size!r}")
-    if names is None:
-        names = [f"image[{i}]" for i in range(len(sources))] if from_bytes else sources
+    sources, names = _checked_sources(sources, batch_size, from_bytes, names)
     ds = tf.data.Dataset.from_tensor_slices((
         tf.constant(sources, tf.string),
-        tf.constant([str(n) for n in names], tf.string),
+        tf.constant(names, tf.string),
         tf.zeros([len(sources)], tf.int64),  # sample ids: no augmentation draws from them
     ))
     preprocess = make_preprocess(image_size, resize_mode, None, from_bytes=from_bytes)
@@ -520,8 +529,7 @@ def image_dataset(sources, batch_size=64, image_size=(112, 112), from_bytes=Fals
     return ds.prefetch(AUTOTUNE) if prefetch else ds
 
 
-def image_batches(sources, batch_size=64, image_size=(112, 112), from_bytes=False, names=None,
-                  resize_mode="resize", corrupt_files=None):
+class ImageBatches:
     """Batches of decoded images as NumPy arrays, each source once and in order, for embedding.
 
     What `image_dataset` gives, for a Python loop (`embed`, the evaluation): `tf.data` decodes
@@ -532,6 +540,9 @@ def image_batches(sources, batch_size=64, image_size=(112, 112), from_bytes=Fals
     it this one starts in a third of the time, which counts when a small set is evaluated
     (BENCHMARKS.md, "Evaluation, each image once").
 
+    Iterating gives float32 arrays `[batch, height, width, 3]` in [0, 255], the last one partial;
+    `len()` is the number of batches. Each iteration reads the images again.
+
     Args:
         sources: file paths, or encoded images with `from_bytes`.
         batch_size: images per batch.
@@ -540,48 +551,17 @@ def image_batches(sources, batch_size=64, image_size=(112, 112), from_bytes=Fals
         names: what each source is called in reports (default: the path, or `image[i]`).
         resize_mode: `"resize"` or `"center_crop"`.
         corrupt_files: a `CorruptFileLog`, or None (failures are printed to stderr).
-
-    Returns:
-        An `ImageBatches`: iterating it gives float32 arrays `[batch, height, width, 3]` in
-        [0, 255], the last one partial; `len()` is the number of batches. Iterate it again to
-        read the images again.
 
     Example:
 
     ```python
-    embeddings = evaluation.embed(embedder, image_batches(paths, image_size=(112, 112)))
+    embeddings = evaluation.embed(embedder, ImageBatches(paths, image_size=(112, 112)))
     ```
-    """
-    return ImageBatches(sources, batch_size, image_size, from_bytes=from_bytes, names=names,
-                        resize_mode=resize_mode, corrupt_files=corrupt_files)
-
-
-class ImageBatches:
-    """Decoded images in NumPy batches, each source once and in order; made by `image_batches`.
-
-    Args:
-        sources: file paths, or encoded images with `from_bytes`.
-        batch_size: images per batch.
-        image_size: `(height, width)`.
-        from_bytes: whether `sources` are encoded images.
-        names: what each source is called in reports (default: the path, or `image[i]`).
-        resize_mode: `"resize"` or `"center_crop"`.
-        corrupt_files: a `CorruptFileLog`, or None (failures are printed to stderr).
     """
 
     def __init__(self, sources, batch_size=64, image_size=(112, 112), from_bytes=False,
                  names=None, resize_mode="resize", corrupt_files=None):
-        sources = [bytes(s) if from_bytes else str(s) for s in sources]
-        if not sources:
-            raise ValueError("sources must hold at least one image; got none")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1; got {batch_size!r}")
-        if names is None:
-            names = [f"image[{i}]" for i in range(len(sources))] if from_bytes else sources
-        names = [str(n) for n in names]
-        if len(names) != len(sources):
-            raise ValueError(f"names must give one name per source ({len(sources)}); "
-                             f"got {len(names)}")
+        sources, names = _checked_sources(sources, batch_size, from_bytes, names)
         self.batch_size = batch_size
         self.image_shape = (*check_image_size(image_size), 3)
         self._log = _STDERR_LOG if corrupt_files is None else corrupt_files

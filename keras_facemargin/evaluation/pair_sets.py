@@ -102,7 +102,7 @@ class PairSets:
 
     def batches(self, image_size=(112, 112), batch_size=256, resize_mode="resize",
                 corrupt_files=None):
-        """The unique images in table order, decoded for evaluation (`data.image_batches`).
+        """The unique images in table order, decoded for evaluation (`data.ImageBatches`).
 
         Args:
             image_size: `(height, width)`.
@@ -114,12 +114,12 @@ class PairSets:
             An `ImageBatches` of float32 arrays `[batch, height, width, 3]` in [0, 255],
             `len(self)` images in all; an image that does not decode is blank.
         """
-        from keras_facemargin.data import image_batches
+        from keras_facemargin.data import ImageBatches
 
         parts = [
-            image_batches([s for s, _ in entries], batch_size, image_size, from_bytes=from_bytes,
-                          names=[n for _, n in entries], resize_mode=resize_mode,
-                          corrupt_files=corrupt_files)
+            ImageBatches([s for s, _ in entries], batch_size, image_size, from_bytes=from_bytes,
+                         names=[n for _, n in entries], resize_mode=resize_mode,
+                         corrupt_files=corrupt_files)
             for entries, from_bytes in ((self._files, False), (self._encoded, True))
             if entries
         ]

@@ -101,7 +101,7 @@ def indexed_pair_scores(embeddings, index_a, index_b, metric="cosine", chunk_siz
 
 
 def embed(model, images, batch_size=256, flip=False, normalize=True, verbose="auto"):
-    """Embeddings of `images` `[n, H, W, C]` (an array, or batches: `image_batches`, a dataset).
+    """Embeddings of `images` `[n, H, W, C]` (an array, or batches: `ImageBatches`, a dataset).
 
     With `flip=True` each embedding is the sum of the image's and its horizontal mirror's, the
     "flip test" of face verification; a batch is embedded, then its mirror, so a dataset is read
@@ -113,7 +113,7 @@ def embed(model, images, batch_size=256, flip=False, normalize=True, verbose="au
     Args:
         model: a Keras model, or a function from images `[batch, H, W, C]` to `[batch, dim]`
             (such as `load_embedder`'s).
-        images: `[n, H, W, C]` array, or an iterable of image batches: `data.image_batches`, a
+        images: `[n, H, W, C]` array, or an iterable of image batches: `data.ImageBatches`, a
             `tf.data.Dataset` (of batches, or of tuples whose first element is the batch).
         batch_size: images per call (arrays only; batches are embedded as they come).
         flip: add the embedding of each image's horizontal mirror (the flip test).

@@ -113,7 +113,7 @@ def as_arrays(batches):
     return [np.asarray(b) for b in batches]
 
 
-@pytest.mark.parametrize("read", [decoding.image_dataset, decoding.image_batches])
+@pytest.mark.parametrize("read", [decoding.image_dataset, decoding.ImageBatches])
 @pytest.mark.parametrize(
     "sizes",
     [
@@ -146,7 +146,7 @@ def test_pipeline_images_against_a_float64_bilinear_reference(tmp_path, sizes, r
     np.testing.assert_allclose(np.concatenate(batches), expected, rtol=0, atol=1e-3)
 
 
-def test_image_batches_blank_and_report_what_does_not_decode(tmp_path):
+def test_imagebatches_blank_and_report_what_does_not_decode(tmp_path):
     faces = [first_image(FACES, person) for person in ("John_Simm", "John_Salley", "John_Savage")]
     broken = str(tmp_path / "broken.jpg")
     with open(broken, "wb") as f:
@@ -155,9 +155,9 @@ def test_image_batches_blank_and_report_what_does_not_decode(tmp_path):
     paths = [faces[0], broken, faces[1], missing, faces[2]]
     encoded = [open(faces[2], "rb").read(), b"\x89PNG\r\n\x1a\nbroken", open(faces[0], "rb").read()]
     log = CorruptFileLog()
-    batches = decoding.image_batches(paths, 2, (16, 16), names=[f"n{i}" for i in range(5)],
+    batches = decoding.ImageBatches(paths, 2, (16, 16), names=[f"n{i}" for i in range(5)],
                                      corrupt_files=log)
-    both = batches.concatenate(decoding.image_batches(encoded, 2, (16, 16), from_bytes=True))
+    both = batches.concatenate(decoding.ImageBatches(encoded, 2, (16, 16), from_bytes=True))
     assert (len(batches), batches.size, len(both), both.size) == (3, 5, 4, 8)
     out = as_arrays(both)
     assert [len(b) for b in out] == [2, 2, 2, 2]  # the parts run on in the first one's batches
@@ -177,14 +177,14 @@ def test_image_batches_blank_and_report_what_does_not_decode(tmp_path):
     np.testing.assert_array_equal(np.concatenate(as_arrays(both)), images)
     assert log.count == 6
     with pytest.raises(ValueError, match="batch_size must be an integer >= 1; got 0"):
-        decoding.image_batches(paths, 0)
+        decoding.ImageBatches(paths, 0)
     with pytest.raises(ValueError, match="sources must hold at least one image; got none"):
-        decoding.image_batches([])
+        decoding.ImageBatches([])
     with pytest.raises(ValueError, match=r"names must give one name per source \(5\); got 2"):
-        decoding.image_batches(paths, names=["a", "b"])
+        decoding.ImageBatches(paths, names=["a", "b"])
     with pytest.raises(ValueError, match=r"other must be an ImageBatches of images \(16, 16, 3\); "
                                          r"got \(8, 8, 3\)"):
-        batches.concatenate(decoding.image_batches(paths, 2, (8, 8)))
+        batches.concatenate(decoding.ImageBatches(paths, 2, (8, 8)))
 
 
 def test_augmentation_is_a_function_of_seed_and_sample_id():
@@ -297,7 +297,7 @@ def test_without_a_log_failures_go_to_stderr(tmp_path, capfd):
     assert float(tf.reduce_max(images[1])) == 0.0 and float(tf.reduce_max(images[0])) > 0
     err = capfd.readouterr().err
     assert "1 images could not be decoded and were replaced by blanks" in err and bad in err
-    (images,) = list(decoding.image_batches([good, bad], 2, image_size=(8, 8)))
+    (images,) = list(decoding.ImageBatches([good, bad], 2, image_size=(8, 8)))
     assert images[1].max() == 0.0 and images[0].max() > 0
     err = capfd.readouterr().err
     assert "1 images could not be decoded and were replaced by blanks" in err and bad in err
