@@ -86,6 +86,40 @@ def test_embed_writes_npz(trained):
     np.testing.assert_allclose(np.linalg.norm(data["embeddings"], axis=1), 1.0, atol=1e-5)
 
 
+def test_embed_rows_against_the_exported_signature_with_and_without_flip(trained):
+    # Images stored at the model's size (decoding only casts them), 7 of them in batches of 3
+    # (the last one short); the reference calls the SavedModel's signature directly, in float64.
+    import tensorflow as tf
+    from PIL import Image
+
+    tmp, _, export = trained
+    folder = tmp / "at-size"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, size=(7, 32, 32, 3), dtype=np.uint8)
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(folder / f"{i}.png")
+    serve = tf.saved_model.load(export).signatures["serving_default"]
+
+    def signature(x):
+        return serve(images=tf.constant(x))["embeddings"].numpy().astype(np.float64)
+
+    def unit(x):
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    expected = {False: unit(signature(images)),
+                True: unit(signature(images) + signature(images[:, :, ::-1].copy()))}
+    assert np.abs(expected[False] - expected[True]).max() > 1e-3  # the flip changes the rows
+    for flip in (False, True):
+        out = tmp / f"at-size-{flip}.npz"
+        argv = ["embed", "--model", export, "--images", str(folder), "--out", str(out),
+                "--batch-size", "3"]
+        assert cli.main(argv + (["--flip"] if flip else [])) == 0
+        saved = np.load(out)
+        assert [os.path.basename(p) for p in saved["paths"]] == [f"{i}.png" for i in range(7)]
+        np.testing.assert_allclose(saved["embeddings"], expected[flip], atol=1e-5)
+
+
 def test_resume_with_another_configuration_is_refused(trained, capsys):
     _, run_dir, _ = trained
     code = cli.main(["train", "--data", FACES, "--run-dir", run_dir, "--image-size", "32",
