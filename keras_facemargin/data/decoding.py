@@ -613,16 +613,17 @@ class ImageBatches:
     def __iter__(self):
         names = [n for part in self._parts for n in part[1]]
         encoded = [s for part in self._parts for s in part[2]]
-        decoded = iter(self._dataset())
+        decoded = ((int(position), image) for position, image in self._dataset())
         ahead = next(decoded, None)
         for start in range(0, len(names), self.batch_size):
             stop = min(start + self.batch_size, len(names))
             batch = np.zeros((stop - start, *self.image_shape), np.float32)
             failed = np.ones(stop - start, bool)
             # A position missing from the dataset is a source that did not decode: it stays blank.
-            while ahead is not None and int(ahead[0]) < stop:
-                batch[int(ahead[0]) - start] = ahead[1].numpy()
-                failed[int(ahead[0]) - start] = False
+            while ahead is not None and ahead[0] < stop:
+                position, image = ahead
+                batch[position - start] = image.numpy()
+                failed[position - start] = False
                 ahead = next(decoded, None)
             if failed.any():
                 self._log.record(tf.constant(names[start:stop]), tf.constant(failed),
